@@ -1,0 +1,75 @@
+"""Celery settings for ultra-tasks, built from the typed settings (environment driven).
+
+The choices that decide correctness (see DESIGN.md):
+- no loss on worker death: acks late, reject on worker lost, prefetch 1;
+- the visibility timeout exceeds the job time limit, in every place kombu reads it;
+- strict priority across the LLM queues: kombu's Redis transport polls queues round robin unless told
+  ``queue_order_strategy="priority"``, and then polls them in the order of ``task_queues`` below;
+- JSON only: a tampered message can never execute code.
+"""
+
+from __future__ import annotations
+
+from kombu import Exchange, Queue
+
+from beat_schedule import build_schedule
+from ultra_tasks.config import get_settings
+from ultra_tasks.keys import LLM_QUEUES, QUEUE_DEFAULT, QUEUE_OPS
+
+_s = get_settings()
+
+broker_url = _s.effective_broker_url
+result_backend = _s.effective_result_backend_url
+
+# --- serialization: JSON only
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+result_accept_content = ["json"]
+event_serializer = "json"
+
+# --- no loss
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+# A job interrupted by a lost broker connection is redelivered by the broker anyway; cancelling it at once
+# avoids running it twice in parallel.
+worker_cancel_long_running_tasks_on_connection_loss = True
+broker_connection_retry_on_startup = True
+task_time_limit = _s.job_time_limit
+task_soft_time_limit = _s.effective_soft_time_limit
+
+_transport_options = {
+    "visibility_timeout": _s.broker_visibility_timeout,
+    "queue_order_strategy": "priority",
+    # Flower reads queue lengths with these; keep them identical everywhere (kombu's defaults, made explicit).
+    "priority_steps": [0, 3, 6, 9],
+    "sep": "\x06\x16",
+}
+broker_transport_options = _transport_options
+result_backend_transport_options = {"visibility_timeout": _s.broker_visibility_timeout}
+visibility_timeout = _s.broker_visibility_timeout
+result_expires = _s.job_result_ttl
+result_extended = True
+
+# --- queues: LLM jobs in strict priority order, then ops
+_direct = Exchange("ultra", type="direct")
+task_queues = [
+    *(Queue(name, _direct, routing_key=name) for name in LLM_QUEUES),
+    Queue(QUEUE_OPS, _direct, routing_key=QUEUE_OPS),
+]
+task_default_queue = QUEUE_DEFAULT
+task_default_exchange = "ultra"
+task_default_routing_key = QUEUE_DEFAULT
+task_routes = {"ultra.ops.*": {"queue": QUEUE_OPS, "routing_key": QUEUE_OPS}}
+task_create_missing_queues = False
+
+# --- observability (Flower)
+worker_send_task_events = True
+task_send_sent_event = True
+worker_hijack_root_logger = False
+
+# --- beat
+beat_schedule = build_schedule(_s)
+timezone = "UTC"
+enable_utc = True

@@ -1,0 +1,60 @@
+"""ultra-tasks: run many LLM jobs on Celery without losing one when a provider, a worker, Redis or the
+database fails.
+
+    >>> import ultra_tasks
+    >>> handle = ultra_tasks.submit("Summarize ...", model="gpt-4o-mini", priority="high")
+    >>> handle.result(timeout=60).text
+"""
+
+from ultra_tasks.celery_app import app
+from ultra_tasks.config import Settings, get_settings
+from ultra_tasks.errors import (
+    CircuitOpenException,
+    ConfigurationError,
+    DependencyUnavailableError,
+    ErrorKind,
+    JobError,
+    JobFailedError,
+    JobNotFoundError,
+    JobTimeoutError,
+    JobValidationError,
+    PermanentProviderError,
+    ProviderError,
+    QuotaExhaustedError,
+    RateLimitedError,
+    ServiceUnavailableException,
+    TimeoutException,
+    UltraTasksError,
+    UnknownModelError,
+)
+from ultra_tasks.jobs.models import JobResult, JobStatus
+from ultra_tasks.jobs.submit import JobHandle, submit
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CircuitOpenException",
+    "ConfigurationError",
+    "DependencyUnavailableError",
+    "ErrorKind",
+    "JobError",
+    "JobFailedError",
+    "JobHandle",
+    "JobNotFoundError",
+    "JobResult",
+    "JobStatus",
+    "JobTimeoutError",
+    "JobValidationError",
+    "PermanentProviderError",
+    "ProviderError",
+    "QuotaExhaustedError",
+    "RateLimitedError",
+    "ServiceUnavailableException",
+    "Settings",
+    "TimeoutException",
+    "UltraTasksError",
+    "UnknownModelError",
+    "app",
+    "get_settings",
+    "submit",
+]

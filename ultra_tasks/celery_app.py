@@ -1,0 +1,30 @@
+"""The Celery application. ``celery -A ultra_tasks worker|beat|flower`` finds it as ``ultra_tasks.app``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_init, worker_process_init
+
+log = logging.getLogger(__name__)
+
+app = Celery("ultra_tasks", include=["ultra_tasks.jobs.tasks", "ultra_tasks.health.tasks"])
+app.config_from_object("celeryconfig")
+
+
+@worker_init.connect
+def _prepare_worker(**_: Any) -> None:
+    # A worker must not take jobs before the schema it writes to exists.
+    from ultra_tasks.db.migrate import upgrade_schema
+
+    upgrade_schema()
+
+
+@worker_process_init.connect
+def _after_fork(**_: Any) -> None:
+    # Connection pools must not be shared across fork (prefork pool only; threads share one process).
+    from ultra_tasks.db.engine import dispose_engines
+
+    dispose_engines()

@@ -1,0 +1,248 @@
+"""Typed settings, read once from the environment (and a ``.env`` file).
+
+Every variable of the seed's "Configuration Options" keeps its name and default, except paths under /tmp,
+which live under ``./var/`` (``ULTRA_VAR_DIR``). A malformed value raises ``ConfigurationError`` naming the
+variable and what was expected, so a bad deploy stops at start-up rather than at the first job.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+from ultra_tasks.errors import ConfigurationError
+
+_BROKER_SCHEMES = {"redis", "rediss", "amqp", "amqps", "pyamqp", "sentinel"}
+_REDIS_SCHEMES = {"redis", "rediss", "unix"}
+_HTTP_SCHEMES = {"http", "https"}
+#: Variables whose values are never echoed in error messages or `ultra config`.
+SECRET_FIELDS = {"openai_api_key", "anthropic_api_key", "openai_compat_api_key", "flower_basic_auth"}
+
+
+def _require_scheme(value: str | None, schemes: set[str], what: str) -> str | None:
+    if value is None or value == "":
+        return None
+    scheme = urlsplit(value).scheme
+    if scheme not in schemes:
+        raise ValueError(f"expected a {what} URL with a scheme in {sorted(schemes)}")
+    return value
+
+
+class Settings(BaseSettings):
+    """All configuration of ultra-tasks. Field ``foo_bar`` is read from env var ``FOO_BAR``."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    # --- seed: circuit breaker
+    circuit_breaker_failure_threshold: int = Field(5, ge=1)
+    #: seconds an open breaker waits before a half-open probe
+    circuit_breaker_reset_timeout: float = Field(60, gt=0)
+
+    # --- seed: retries
+    retry_max_attempts: int = Field(3, ge=1)
+    retry_initial_delay: float = Field(0.1, ge=0)  #: seconds
+    retry_max_delay: float = Field(2.0, ge=0)  #: seconds
+    retry_backoff_factor: float = Field(2.0, ge=1)
+
+    # --- seed: cache
+    cache_memory_size: int = Field(1000, ge=0)
+    cache_disk_dir: Path | None = None  #: default ./var/cache
+    cache_redis_url: str | None = None
+    cache_default_ttl: int = Field(3600, ge=0)  #: seconds
+
+    # --- seed: queue
+    queue_storage_path: Path | None = None  #: default ./var/spool/requests.jsonl (JSON lines, never pickle)
+    queue_max_size: int = Field(1000, ge=1)
+    #: jobs one LLM worker process runs at once (its thread count)
+    queue_worker_count: int = Field(5, ge=1)
+
+    # --- infrastructure
+    ultra_var_dir: Path = Path("./var")
+    redis_url: str = "redis://localhost:6379/0"
+    broker_url: str | None = None  #: default: REDIS_URL
+    result_backend_url: str | None = None  #: default: REDIS_URL
+    ultra_redis_namespace: str = Field("ultra", pattern=r"^[A-Za-z0-9_.-]+$")
+    database_url: str | None = None  #: default: SQLite file ./var/ultra.db
+    database_replica_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    database_pool_size: int = Field(10, ge=1)
+    database_max_overflow: int = Field(40, ge=0)
+
+    # --- providers
+    openai_api_key: str | None = None
+    openai_base_url: str | None = None
+    anthropic_api_key: str | None = None
+    anthropic_base_url: str | None = None
+    openai_compat_api_key: str | None = None
+    openai_compat_base_url: str | None = None
+    #: where the local fake provider listens; used when a provider has no API key
+    fake_provider_url: str = "http://127.0.0.1:8787"
+    #: extra model routes, JSON object {"glob pattern": "provider"}
+    model_map: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    provider_timeout: float = Field(60.0, gt=0)  #: seconds for one provider call
+    default_max_tokens: int = Field(1024, ge=1)
+
+    # --- jobs
+    max_input_chars: int = Field(200_000, ge=1)
+    job_time_limit: int = Field(300, ge=1)  #: seconds (hard limit of one job run)
+    job_soft_time_limit: int | None = None  #: default: JOB_TIME_LIMIT - 15
+    #: seconds before an unacknowledged message is redelivered; must exceed JOB_TIME_LIMIT
+    broker_visibility_timeout: int = Field(3600, ge=1)
+    job_result_ttl: int = Field(7 * 24 * 3600, ge=60)  #: seconds results stay in the result backend
+
+    # --- operations
+    health_check_interval: float = Field(30.0, gt=0)  #: seconds
+    flower_basic_auth: str = Field("ultra:ultra", pattern=r"^[^:,]+:[^,]+(,[^:,]+:[^,]+)*$")
+    flower_port: int = Field(5555, ge=1, le=65535)
+    log_level: str = Field("INFO", pattern=r"^(?i:debug|info|warning|error|critical)$")
+
+    @field_validator("redis_url", "cache_redis_url")
+    @classmethod
+    def _redis_url(cls, v: str | None) -> str | None:
+        return _require_scheme(v, _REDIS_SCHEMES, "Redis")
+
+    @field_validator("broker_url", "result_backend_url")
+    @classmethod
+    def _broker_url(cls, v: str | None) -> str | None:
+        return _require_scheme(v, _BROKER_SCHEMES, "broker")
+
+    @field_validator("openai_base_url", "anthropic_base_url", "openai_compat_base_url", "fake_provider_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        return _require_scheme(v, _HTTP_SCHEMES, "HTTP")
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, v: str | None) -> str | None:
+        if not v:
+            return None
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            make_url(v)
+        except ArgumentError as exc:
+            raise ValueError("expected an SQLAlchemy URL such as postgresql+psycopg2://user@host/db") from exc
+        return v
+
+    @field_validator("database_replica_urls", mode="before")
+    @classmethod
+    def _replicas(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [part.strip() for part in v.split(",") if part.strip()]
+        for url in v:
+            cls._database_url(url)
+        return v
+
+    @field_validator("model_map", mode="before")
+    @classmethod
+    def _model_map(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            if not v.strip():
+                return {}
+            try:
+                v = json.loads(v)
+            except json.JSONDecodeError as exc:
+                raise ValueError('expected a JSON object such as {"llama-*": "openai_compat"}') from exc
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.broker_visibility_timeout <= self.job_time_limit:
+            raise ValueError(
+                "BROKER_VISIBILITY_TIMEOUT must exceed JOB_TIME_LIMIT, or a running job is redelivered "
+                f"while it still runs (got {self.broker_visibility_timeout} <= {self.job_time_limit})"
+            )
+        if self.job_soft_time_limit is not None and self.job_soft_time_limit >= self.job_time_limit:
+            raise ValueError("JOB_SOFT_TIME_LIMIT must be below JOB_TIME_LIMIT")
+        return self
+
+    # --- derived values (one place, so every component agrees)
+    @property
+    def var_dir(self) -> Path:
+        return self.ultra_var_dir.expanduser().resolve()
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or self.redis_url
+
+    @property
+    def effective_result_backend_url(self) -> str:
+        return self.result_backend_url or self.redis_url
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.var_dir / 'ultra.db'}"
+
+    @property
+    def effective_cache_disk_dir(self) -> Path:
+        return self.cache_disk_dir or self.var_dir / "cache"
+
+    @property
+    def effective_queue_storage_path(self) -> Path:
+        return self.queue_storage_path or self.var_dir / "spool" / "requests.jsonl"
+
+    @property
+    def effective_soft_time_limit(self) -> int:
+        if self.job_soft_time_limit is not None:
+            return self.job_soft_time_limit
+        return max(1, self.job_time_limit - 15)
+
+    def redacted(self) -> dict[str, Any]:
+        """Settings as a dict with secrets and URL passwords masked, for display and logs."""
+        out: dict[str, Any] = {}
+        for name, value in self.model_dump().items():
+            if name in SECRET_FIELDS and value:
+                out[name.upper()] = "***"
+            elif isinstance(value, str) and "@" in value and "://" in value:
+                out[name.upper()] = redact_url(value)
+            else:
+                out[name.upper()] = value
+        return out
+
+
+def redact_url(url: str) -> str:
+    """Mask the password in a URL so it can be logged."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return parts._replace(netloc=netloc).geturl()
+    return url
+
+
+def _describe(error: dict[str, Any]) -> str:
+    field = ".".join(str(p) for p in error.get("loc", ())) or "settings"
+    name = field.split(".")[0].upper()
+    msg = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    if name.lower() in SECRET_FIELDS or name == "SETTINGS":
+        return f"{name}: {msg}" if name != "SETTINGS" else msg
+    given = error.get("input")
+    if isinstance(given, str) and "://" in given:
+        given = redact_url(given)
+    return f"{name}={given!r}: {msg}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings from the environment; raise ConfigurationError naming each bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(dict(e)) for e in exc.errors())
+        raise ConfigurationError(f"invalid configuration: {problems}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read on first use."""
+    return load_settings()
+
+
+def reset_settings() -> None:
+    """Forget cached settings (tests and `ultra` subcommands that change the environment)."""
+    get_settings.cache_clear()

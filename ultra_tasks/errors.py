@@ -1,0 +1,179 @@
+"""The one exception tree of ultra-tasks.
+
+Third-party errors (redis, SQLAlchemy, the provider SDKs) are mapped to these at the boundary with
+``raise ... from exc`` so callers only ever catch ours::
+
+    UltraTasksError
+    ├── ConfigurationError              a malformed or inconsistent setting (names the variable)
+    ├── JobValidationError (ValueError) bad input to submit(); names the field; nothing was recorded
+    │   └── UnknownModelError           no provider serves the model
+    ├── DependencyUnavailableError      Redis, the broker or the database cannot be reached
+    ├── JobError
+    │   ├── JobNotFoundError            no job with that id
+    │   ├── JobFailedError              the job ended failed; carries its error record
+    │   └── JobTimeoutError             result() waited longer than asked (also a TimeoutException)
+    ├── TimeoutException (TimeoutError) seed name: something took longer than allowed
+    ├── CircuitOpenException            seed name: a breaker refused the call
+    └── ProviderError                   a provider call failed; ``kind`` says how to react
+        ├── ServiceUnavailableException seed name: transient (connection, 5xx, 529 overloaded)
+        │   ├── ProviderTimeoutError    the call timed out (also a TimeoutException)
+        │   ├── RateLimitedError        429; ``retry_after`` seconds when the provider said so
+        │   └── QuotaExhaustedError     the account is out of quota; never retried
+        └── PermanentProviderError      400/401/403/404/422: retrying cannot help
+            ├── ProviderBadRequestError 400, 404, 422
+            └── ProviderAuthError       401, 403
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+
+class UltraTasksError(Exception):
+    """Base of every error raised by ultra-tasks."""
+
+
+class ConfigurationError(UltraTasksError):
+    """A setting is malformed or inconsistent; the message names the variable."""
+
+
+class JobValidationError(UltraTasksError, ValueError):
+    """Bad input to ``submit``; ``field`` names what is wrong. Nothing was recorded or enqueued."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class UnknownModelError(JobValidationError):
+    """No configured provider serves this model."""
+
+    def __init__(self, model: str, known_patterns: list[str]) -> None:
+        super().__init__(
+            "model",
+            f"no provider serves model {model!r} (known: {', '.join(known_patterns)}; "
+            "add a route with MODEL_MAP)",
+        )
+        self.model = model
+
+
+class DependencyUnavailableError(UltraTasksError):
+    """Redis, the broker or the database could not be reached."""
+
+    def __init__(self, dependency: str, message: str) -> None:
+        super().__init__(f"{dependency} unavailable: {message}")
+        self.dependency = dependency
+
+
+class JobError(UltraTasksError):
+    """Something about one job."""
+
+    def __init__(self, job_id: str, message: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+
+class JobNotFoundError(JobError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id, f"no job with id {job_id!r}")
+
+
+class JobFailedError(JobError):
+    """The job ended failed; ``error`` is its recorded error (type, message, kind, provider...)."""
+
+    def __init__(self, job_id: str, error: dict[str, Any]) -> None:
+        super().__init__(job_id, f"job {job_id} failed: {error.get('type')}: {error.get('message')}")
+        self.error = error
+
+
+class TimeoutException(UltraTasksError, TimeoutError):
+    """Seed name: an operation took longer than it was allowed to."""
+
+
+class JobTimeoutError(JobError, TimeoutException):
+    def __init__(self, job_id: str, timeout: float) -> None:
+        super().__init__(job_id, f"job {job_id} has no result after {timeout:g}s")
+        self.timeout = timeout
+
+
+class CircuitOpenException(UltraTasksError):
+    """Seed name: the circuit breaker ``name`` is open; try again in ``retry_after`` seconds."""
+
+    def __init__(self, name: str, retry_after: float = 0.0) -> None:
+        super().__init__(f"circuit breaker {name!r} is open; retry in {retry_after:.1f}s")
+        self.name = name
+        self.retry_after = retry_after
+
+
+class ErrorKind(StrEnum):
+    """How the resilience layer should react to a provider error."""
+
+    TRANSIENT = "transient"
+    RATE_LIMITED = "rate_limited"
+    QUOTA_EXHAUSTED = "quota_exhausted"
+    PERMANENT = "permanent"
+
+
+class ProviderError(UltraTasksError):
+    """A provider call failed. ``kind`` classifies it; ``status_code`` is the HTTP status if any."""
+
+    kind: ErrorKind = ErrorKind.TRANSIENT
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        model: str | None = None,
+        status_code: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(f"{provider}: {message}")
+        self.provider = provider
+        self.model = model
+        self.status_code = status_code
+        self.retry_after = retry_after
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe record of this error for the job table and results."""
+        return {
+            "type": type(self).__name__,
+            "kind": self.kind.value,
+            "message": str(self),
+            "provider": self.provider,
+            "model": self.model,
+            "status_code": self.status_code,
+            "retry_after": self.retry_after,
+        }
+
+
+class ServiceUnavailableException(ProviderError):
+    """Seed name: the provider is unavailable for now (connection error, 5xx, 529); worth retrying."""
+
+    kind = ErrorKind.TRANSIENT
+
+
+class ProviderTimeoutError(ServiceUnavailableException, TimeoutException):
+    kind = ErrorKind.TRANSIENT
+
+
+class RateLimitedError(ServiceUnavailableException):
+    kind = ErrorKind.RATE_LIMITED
+
+
+class QuotaExhaustedError(ServiceUnavailableException):
+    kind = ErrorKind.QUOTA_EXHAUSTED
+
+
+class PermanentProviderError(ProviderError):
+    kind = ErrorKind.PERMANENT
+
+
+class ProviderBadRequestError(PermanentProviderError):
+    pass
+
+
+class ProviderAuthError(PermanentProviderError):
+    pass

@@ -1,0 +1,70 @@
+"""Run one job on a worker: record the attempt, call the provider, record the outcome.
+
+Idempotent by job id: a redelivered job whose outcome is already recorded returns it without calling a
+provider again (acks-late delivery is at-least-once).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ultra_tasks.config import Settings, get_settings
+from ultra_tasks.errors import ProviderError
+from ultra_tasks.jobs import records
+from ultra_tasks.jobs.models import JobResult, JobStatus
+from ultra_tasks.providers.base import LLMRequest
+from ultra_tasks.providers.registry import ProviderRegistry, default_registry
+
+log = logging.getLogger(__name__)
+
+
+def failed_outcome(job_id: str, error: dict[str, Any]) -> dict[str, Any]:
+    return {"job_id": job_id, "status": JobStatus.FAILED.value, "error": error}
+
+
+def execute_job(
+    job_id: str,
+    payload: dict[str, Any],
+    *,
+    worker: str | None = None,
+    registry: ProviderRegistry | None = None,
+    settings: Settings | None = None,
+) -> dict[str, Any]:
+    """Run the job and return its outcome (a JobResult dict, or a failed outcome with its error)."""
+    settings = settings or get_settings()
+    registry = registry or default_registry()
+    record = records.mark_running(job_id, worker)
+    if record is None:
+        log.warning("job %s is not in the job table; running it unrecorded", job_id)
+    elif record.status == JobStatus.SUCCEEDED.value and record.result:
+        log.info("job %s already succeeded; returning the recorded result", job_id)
+        return record.result
+    elif record.status == JobStatus.FAILED.value and record.error:
+        return failed_outcome(job_id, record.error)
+    attempts = record.attempts if record is not None else 1
+
+    request = LLMRequest.from_dict(payload)
+    try:
+        provider = registry.for_model(request.model)
+        response = provider.complete(request, timeout=settings.provider_timeout)
+    except ProviderError as exc:
+        error = exc.to_dict()
+        log.warning("job %s failed: %s", job_id, exc)
+        if record is not None:
+            records.mark_failed(job_id, error)
+        return failed_outcome(job_id, error)
+
+    result = JobResult(
+        job_id=job_id,
+        text=response.text,
+        model=response.model,
+        provider=response.provider,
+        usage=response.usage.to_dict(),
+        latency_ms=round(response.latency_ms, 3),
+        finish_reason=response.finish_reason,
+        attempts=attempts,
+    ).to_dict()
+    if record is not None:
+        records.mark_succeeded(job_id, result)
+    return result

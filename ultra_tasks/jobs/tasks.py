@@ -1,0 +1,32 @@
+"""Celery tasks of the job path."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Task
+
+from ultra_tasks.celery_app import app
+from ultra_tasks.errors import DependencyUnavailableError
+from ultra_tasks.jobs.runner import execute_job
+
+#: how long a job whose database is unreachable waits before its next try (seconds, doubled each time)
+DB_RETRY_BASE_S = 2.0
+DB_RETRY_MAX_S = 60.0
+
+
+@app.task(name="ultra.run_job", bind=True, max_retries=30)
+def run_job(self: Task, job_id: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """Run one LLM job. ``payload`` is the validated request (JSON), never a callable."""
+    try:
+        return execute_job(job_id, payload, worker=self.request.hostname)
+    except DependencyUnavailableError as exc:
+        # Countdown stays far below the visibility timeout, so the broker never redelivers it meanwhile.
+        delay = min(DB_RETRY_MAX_S, DB_RETRY_BASE_S * 2 ** self.request.retries)
+        raise self.retry(exc=exc, countdown=delay) from exc
+
+
+@app.task(name="ultra.noop")
+def noop(job_id: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """Does nothing: the baseline that scripts/bench_throughput.py compares the job path against."""
+    return {"job_id": job_id}

@@ -1,0 +1,138 @@
+"""Turn what a producer passed to ``submit`` into a normalized request, or say exactly what is wrong.
+
+Runs before anything is recorded or enqueued, so bad input never leaves a half-made job behind.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ultra_tasks.config import Settings
+from ultra_tasks.errors import JobValidationError
+from ultra_tasks.keys import PRIORITY_QUEUES
+from ultra_tasks.providers.base import ROLES, ChatMessage, LLMRequest
+from ultra_tasks.providers.registry import provider_for_model
+
+#: sampling parameters accepted in ``params`` (those the providers share or map)
+ALLOWED_PARAMS = ("top_p", "top_k", "stop", "seed", "presence_penalty", "frequency_penalty")
+MAX_TOKENS_LIMIT = 200_000
+MAX_METADATA_BYTES = 16 * 1024
+
+
+def _json_value(field: str, value: Any) -> None:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise JobValidationError(field, f"must be JSON-serializable ({exc})") from None
+
+
+def _messages(prompt: Any, messages: Any, system: Any) -> tuple[str, tuple[ChatMessage, ...]]:
+    """Return (field name to blame for size, messages)."""
+    if prompt is not None and messages is not None:
+        raise JobValidationError("prompt", "give either prompt or messages, not both")
+    if prompt is None and messages is None:
+        raise JobValidationError("prompt", "give a prompt or messages")
+    out: list[ChatMessage] = []
+    if system is not None:
+        if not isinstance(system, str) or not system.strip():
+            raise JobValidationError("system", "must be a non-empty string")
+        out.append(ChatMessage("system", system))
+    if prompt is not None:
+        if not isinstance(prompt, str):
+            raise JobValidationError("prompt", f"expected a string, got {type(prompt).__name__}")
+        if not prompt.strip():
+            raise JobValidationError("prompt", "must not be empty")
+        out.append(ChatMessage("user", prompt))
+        return "prompt", tuple(out)
+    if isinstance(messages, str | bytes) or not isinstance(messages, Sequence):
+        raise JobValidationError("messages", "expected a list of {role, content} objects")
+    if not messages:
+        raise JobValidationError("messages", "must not be empty")
+    for i, msg in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(msg, Mapping):
+            raise JobValidationError(where, "expected an object with role and content")
+        extra = set(msg) - {"role", "content"}
+        if extra:
+            raise JobValidationError(where, f"unknown key(s) {sorted(extra)}; expected role and content")
+        role = msg.get("role")
+        if role not in ROLES:
+            raise JobValidationError(f"{where}.role", f"expected one of {', '.join(ROLES)}, got {role!r}")
+        content = msg.get("content")
+        if not isinstance(content, str) or not content.strip():
+            raise JobValidationError(f"{where}.content", "must be a non-empty string")
+        out.append(ChatMessage(role, content))
+    if not any(m.role == "user" for m in out):
+        raise JobValidationError("messages", "needs at least one user message")
+    return "messages", tuple(out)
+
+
+def validate_priority(priority: Any) -> str:
+    if priority not in PRIORITY_QUEUES:
+        raise JobValidationError("priority", f"expected one of {', '.join(PRIORITY_QUEUES)}, got {priority!r}")
+    return str(priority)
+
+
+def build_request(
+    settings: Settings,
+    *,
+    prompt: Any = None,
+    messages: Any = None,
+    system: Any = None,
+    model: Any,
+    max_tokens: Any = None,
+    temperature: Any = None,
+    params: Any = None,
+) -> LLMRequest:
+    """A validated, normalized LLMRequest; JobValidationError naming the field otherwise."""
+    size_field, msgs = _messages(prompt, messages, system)
+    if not isinstance(model, str) or not model.strip():
+        raise JobValidationError("model", "must be a non-empty string")
+    provider_for_model(model, settings)  # raises UnknownModelError (field "model")
+
+    if max_tokens is None:
+        max_tokens = settings.default_max_tokens
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
+        raise JobValidationError("max_tokens", f"expected an integer from 1 to {MAX_TOKENS_LIMIT}, got {max_tokens!r}")
+    if temperature is not None and (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, int | float)
+        or not math.isfinite(temperature)
+        or not 0 <= temperature <= 2
+    ):
+        raise JobValidationError("temperature", f"expected a number from 0 to 2, got {temperature!r}")
+
+    params = {} if params is None else params
+    if not isinstance(params, Mapping):
+        raise JobValidationError("params", f"expected an object, got {type(params).__name__}")
+    for key, value in params.items():
+        if key not in ALLOWED_PARAMS:
+            raise JobValidationError(f"params.{key}", f"unknown parameter (allowed: {', '.join(ALLOWED_PARAMS)})")
+        _json_value(f"params.{key}", value)
+
+    size = sum(len(m.content) for m in msgs)
+    if size > settings.max_input_chars:
+        raise JobValidationError(
+            size_field, f"input is {size} characters, over the limit of {settings.max_input_chars} (MAX_INPUT_CHARS)"
+        )
+    return LLMRequest(
+        model=model,
+        messages=msgs,
+        max_tokens=max_tokens,
+        temperature=float(temperature) if temperature is not None else None,
+        params=dict(params),
+    )
+
+
+def validate_metadata(metadata: Any) -> dict[str, Any]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise JobValidationError("metadata", f"expected an object, got {type(metadata).__name__}")
+    _json_value("metadata", dict(metadata))
+    if len(json.dumps(dict(metadata))) > MAX_METADATA_BYTES:
+        raise JobValidationError("metadata", f"larger than {MAX_METADATA_BYTES} bytes")
+    return dict(metadata)

@@ -1,0 +1,31 @@
+"""Every Redis key and channel ultra-tasks uses, under one configurable namespace (ULTRA_REDIS_NAMESPACE).
+
+Celery's own keys (queues named below, ``celery-task-meta-*``, ``unacked*``) are managed by kombu and the
+result backend; everything else lives here so an operator can find, inspect or clear it.
+"""
+
+from __future__ import annotations
+
+from ultra_tasks.config import get_settings
+
+#: Celery queues: LLM jobs consumed in this strict order, then operational tasks.
+QUEUE_HIGH = "llm.high"
+QUEUE_DEFAULT = "llm.default"
+QUEUE_LOW = "llm.low"
+QUEUE_OPS = "ops"
+LLM_QUEUES = (QUEUE_HIGH, QUEUE_DEFAULT, QUEUE_LOW)
+PRIORITY_QUEUES = {"high": QUEUE_HIGH, "default": QUEUE_DEFAULT, "low": QUEUE_LOW}
+
+
+def _ns() -> str:
+    return get_settings().ultra_redis_namespace
+
+
+def health_last() -> str:
+    """Hash: component -> JSON of its latest health-check verdict."""
+    return f"{_ns()}:health:last"
+
+
+def migration_lock() -> str:
+    """Lock held while one process applies database migrations."""
+    return f"{_ns()}:lock:migrations"

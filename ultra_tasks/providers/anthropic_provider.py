@@ -1,0 +1,60 @@
+"""Anthropic messages through the official SDK."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anthropic
+
+from ultra_tasks.providers.base import LLMRequest, LLMResponse, Provider, Usage
+from ultra_tasks.providers.sdk_errors import map_sdk_error
+
+PASSTHROUGH_PARAMS = ("top_p", "top_k")
+
+
+class AnthropicProvider(Provider):
+    def __init__(self, name: str, *, api_key: str, base_url: str | None) -> None:
+        self.name = name
+        self._client = anthropic.Anthropic(api_key=api_key, base_url=base_url, max_retries=0)
+
+    def complete(self, request: LLMRequest, *, timeout: float) -> LLMResponse:
+        # Anthropic takes system prompts beside the conversation, not inside it.
+        system = "\n\n".join(m.content for m in request.messages if m.role == "system")
+        kwargs: dict[str, Any] = {
+            "model": request.model,
+            "max_tokens": request.max_tokens,
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages if m.role != "system"],
+        }
+        if system:
+            kwargs["system"] = system
+        if request.temperature is not None:
+            # Anthropic accepts 0..1 where OpenAI accepts 0..2: clamp rather than fail the job.
+            kwargs["temperature"] = min(1.0, request.temperature)
+        if "stop" in request.params:
+            stop = request.params["stop"]
+            kwargs["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+        for key in PASSTHROUGH_PARAMS:
+            if key in request.params:
+                kwargs[key] = request.params[key]
+        started = time.perf_counter()
+        try:
+            message = self._client.messages.create(timeout=timeout, **kwargs)
+        except Exception as exc:
+            raise map_sdk_error(exc, provider=self.name, model=request.model, sdk=anthropic) from exc
+        latency_ms = (time.perf_counter() - started) * 1000
+        text = "".join(getattr(block, "text", "") for block in message.content)
+        return LLMResponse(
+            text=text,
+            model=message.model or request.model,
+            provider=self.name,
+            usage=Usage(
+                input_tokens=message.usage.input_tokens or 0,
+                output_tokens=message.usage.output_tokens or 0,
+            ),
+            latency_ms=latency_ms,
+            finish_reason=message.stop_reason,
+        )
+
+    def close(self) -> None:
+        self._client.close()

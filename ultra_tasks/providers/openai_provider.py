@@ -1,0 +1,65 @@
+"""OpenAI chat completions (and any OpenAI-compatible server) through the official SDK."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import openai
+
+from ultra_tasks.errors import ProviderError, ServiceUnavailableException
+from ultra_tasks.providers.base import LLMRequest, LLMResponse, Provider, Usage
+from ultra_tasks.providers.sdk_errors import map_sdk_error
+
+#: request parameters OpenAI accepts beside messages/max_tokens/temperature
+PASSTHROUGH_PARAMS = ("top_p", "stop", "seed", "presence_penalty", "frequency_penalty")
+
+
+class OpenAIProvider(Provider):
+    def __init__(self, name: str, *, api_key: str, base_url: str | None) -> None:
+        self.name = name
+        # max_retries=0: our own retry layer owns retries, so attempts are counted once and budgeted.
+        self._client = openai.OpenAI(api_key=api_key, base_url=base_url, max_retries=0)
+
+    def complete(self, request: LLMRequest, *, timeout: float) -> LLMResponse:
+        kwargs: dict[str, Any] = {
+            "model": request.model,
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "max_tokens": request.max_tokens,
+        }
+        if request.temperature is not None:
+            kwargs["temperature"] = request.temperature
+        for key in PASSTHROUGH_PARAMS:
+            if key in request.params:
+                kwargs[key] = request.params[key]
+        started = time.perf_counter()
+        try:
+            completion = self._client.chat.completions.create(timeout=timeout, **kwargs)
+        except Exception as exc:
+            raise map_sdk_error(exc, provider=self.name, model=request.model, sdk=openai) from exc
+        latency_ms = (time.perf_counter() - started) * 1000
+        try:
+            choice = completion.choices[0]
+            text = choice.message.content or ""
+            usage = completion.usage
+        except (IndexError, AttributeError) as exc:
+            raise ServiceUnavailableException(
+                "malformed completion (no choices)", provider=self.name, model=request.model
+            ) from exc
+        return LLMResponse(
+            text=text,
+            model=completion.model or request.model,
+            provider=self.name,
+            usage=Usage(
+                input_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+                output_tokens=getattr(usage, "completion_tokens", 0) or 0,
+            ),
+            latency_ms=latency_ms,
+            finish_reason=choice.finish_reason,
+        )
+
+    def close(self) -> None:
+        try:
+            self._client.close()
+        except ProviderError:  # pragma: no cover - close never maps errors
+            pass
