@@ -118,7 +118,9 @@ def test_anthropic_sdk_gets_echo_from_text_blocks_and_counts_system(
     assert (msg.usage.input_tokens, msg.usage.output_tokens) == (6, 4)
 
 
-def test_anthropic_reply_answers_last_user_turn_and_truncates(control: Any, claude: anthropic.Anthropic) -> None:
+def test_anthropic_reply_answers_last_user_turn_and_truncates(
+    control: Any, claude: anthropic.Anthropic
+) -> None:
     history = [
         {"role": "user", "content": "old question"},
         {"role": "assistant", "content": "old answer"},
@@ -142,7 +144,9 @@ def test_healthz_and_context_manager_lifecycle() -> None:
 # -- request validation -------------------------------------------------------
 
 
-def test_requests_without_api_key_get_401_in_provider_format(server: FakeProviderServer, control: Any) -> None:
+def test_requests_without_api_key_get_401_in_provider_format(
+    server: FakeProviderServer, control: Any
+) -> None:
     body = json.dumps({"model": "m", "max_tokens": 5, "messages": USER}).encode()
     status, data = raw_post(server.url + "/v1/chat/completions", body, {"Content-Type": "application/json"})
     assert status == 401
@@ -172,9 +176,9 @@ def test_malformed_or_incomplete_requests_get_400(server: FakeProviderServer, co
 def test_streaming_requests_are_rejected_with_400(
     control: Any, oai: openai.OpenAI, claude: anthropic.Anthropic
 ) -> None:
-    with pytest.raises(openai.BadRequestError, match="[Ss]tream"):
+    with pytest.raises(openai.BadRequestError, match=r"[Ss]tream"):
         ask_openai(oai, stream=True)
-    with pytest.raises(anthropic.BadRequestError, match="[Ss]tream"):
+    with pytest.raises(anthropic.BadRequestError, match=r"[Ss]tream"):
         ask_claude(claude, stream=True)
 
 
@@ -209,7 +213,9 @@ def test_status_fault_raises_matching_openai_exception(
     assert exc.type
 
 
-def test_openai_rate_limit_exposes_retry_after_header(control: FakeProviderControl, oai: openai.OpenAI) -> None:
+def test_openai_rate_limit_exposes_retry_after_header(
+    control: FakeProviderControl, oai: openai.OpenAI
+) -> None:
     control.add_fault("status", status=429, retry_after=7)
     with pytest.raises(openai.RateLimitError) as info:
         ask_openai(oai)
@@ -327,7 +333,9 @@ def test_latency_fault_delays_then_next_fault_still_applies(
     assert time.monotonic() - started >= 0.3
 
 
-def test_sleep_marker_delays_only_that_request(control: FakeProviderControl, claude: anthropic.Anthropic) -> None:
+def test_sleep_marker_delays_only_that_request(
+    control: FakeProviderControl, claude: anthropic.Anthropic
+) -> None:
     started = time.monotonic()
     msg = ask_claude(claude, messages=[{"role": "user", "content": "slow [[sleep_ms=400]] please"}])
     assert time.monotonic() - started >= 0.4
@@ -370,8 +378,15 @@ def test_control_api_lists_removes_and_validates_faults(control: FakeProviderCon
     second = control.add_fault("latency", api="openai", ms=10)
     listed = control.faults()
     assert [f["id"] for f in listed] == [first, second]
-    assert listed[0] == {"id": first, "kind": "status", "model": "*", "api": "*", "times": None,
-                         "hits": 0, "status": 503}
+    assert listed[0] == {
+        "id": first,
+        "kind": "status",
+        "model": "*",
+        "api": "*",
+        "times": None,
+        "hits": 0,
+        "status": 503,
+    }
     control.remove_fault(first)
     assert [f["id"] for f in control.faults()] == [second]
     with pytest.raises(ValueError, match="404"):
@@ -429,7 +444,9 @@ async def _burst(url: str, count: int) -> list[tuple[int, str]]:
             async with session.post(url + "/v1/messages", json=body, headers={"x-api-key": "k"}) as resp:
                 data = await resp.json()
                 return resp.status, data["content"][0]["text"]
-        async with session.post(url + "/v1/chat/completions", json=body, headers={"Authorization": "Bearer k"}) as resp:
+        async with session.post(
+            url + "/v1/chat/completions", json=body, headers={"Authorization": "Bearer k"}
+        ) as resp:
             data = await resp.json()
             return resp.status, data["choices"][0]["message"]["content"]
 

@@ -1,8 +1,7 @@
 """Fault-injecting fake LLM provider speaking the OpenAI and Anthropic HTTP APIs.
 
-Answers are deterministic (``"echo: " + last user text``) and faults (status codes,
-quota exhaustion, latency, hangs, dropped connections) are switched at run time
-through a small JSON control API under ``/_fake``.
+Answers are deterministic (``"echo: " + last user text``); faults are switched at run time
+through a JSON control API under ``/_fake`` (see ``FakeProviderControl``).
 """
 
 from __future__ import annotations
@@ -51,36 +50,16 @@ _STATUS_ERRORS: dict[int, tuple[str, str | None, str, str]] = {
 }
 
 
-def _error_kinds(status: int) -> tuple[str, str | None, str, str]:
-    if status in _STATUS_ERRORS:
-        return _STATUS_ERRORS[status]
-    if status >= 500:
-        return ("server_error", None, "api_error", f"Server error {status}.")
-    return ("invalid_request_error", None, "invalid_request_error", f"Request failed with {status}.")
-
-
-def error_response(
-    api: str,
-    status: int,
-    message: str | None = None,
-    *,
-    error_type: str | None = None,
-    code: str | None = None,
-    retry_after: float | None = None,
-) -> web.Response:
-    """Build an error response in the given provider's wire format."""
-    oa_type, oa_code, an_type, default = _error_kinds(status)
-    headers = {}
-    if retry_after is not None:
-        headers["Retry-After"] = f"{retry_after:g}"
+def _error_response(api: str, status: int, message: str | None = None, *, error_type: str | None = None,
+                    code: str | None = None, retry_after: float | None = None) -> web.Response:
+    """An error response in the given provider's wire format."""
+    fallback = _STATUS_ERRORS[500 if status >= 500 else 400]  # unlisted codes get a generic type
+    oa_type, oa_code, an_type, default = _STATUS_ERRORS.get(status, fallback)
+    headers = {} if retry_after is None else {"Retry-After": f"{retry_after:g}"}
     if api == OPENAI:
         headers["x-request-id"] = f"req_{uuid.uuid4().hex}"
-        err: dict[str, Any] = {
-            "message": message or default,
-            "type": error_type or oa_type,
-            "param": None,
-            "code": code if code is not None else oa_code,
-        }
+        err = {"message": message or default, "type": error_type or oa_type, "param": None,
+               "code": code or oa_code}
         return web.json_response({"error": err}, status=status, headers=headers)
     headers["request-id"] = f"req_{uuid.uuid4().hex}"
     body = {"type": "error", "error": {"type": error_type or an_type, "message": message or default}}
@@ -97,8 +76,9 @@ def _text(content: Any) -> str:
     return ""
 
 
-def _words(text: str) -> int:
-    return len(text.split())
+def _bad_number(value: Any, integer: bool = False) -> bool:
+    kinds = int if integer else (int, float)
+    return value is not None and (isinstance(value, bool) or not isinstance(value, kinds) or value < 0)
 
 
 @dataclass
@@ -107,51 +87,92 @@ class _Fault:
     kind: str
     model: str
     api: str
-    remaining: int | None
+    times: int | None  # remaining applications; None = unlimited
     params: dict[str, Any]
     hits: int = 0
 
-    def matches(self, api: str, model: str | None) -> bool:
-        return self.api in ("*", api) and self.model in ("*", model)
-
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "kind": self.kind, "model": self.model, "api": self.api,
-                "times": self.remaining, "hits": self.hits, **self.params}
+                "times": self.times, "hits": self.hits, **self.params}
 
 
 def _parse_fault(fault_id: str, spec: Any) -> _Fault:
     """Validate a control-API fault spec; raises ValueError with a readable reason."""
     if not isinstance(spec, dict):
         raise ValueError("fault spec must be a JSON object")
-    kind, model, api = spec.get("kind"), spec.get("model") or "*", spec.get("api") or "*"
-    times = spec.get("times")
+    kind, times = spec.get("kind"), spec.get("times")
+    model, api = spec.get("model") or "*", spec.get("api") or "*"
     if kind not in FAULT_KINDS:
         raise ValueError(f"kind must be one of {list(FAULT_KINDS)}")
     if not isinstance(model, str):
         raise ValueError("model must be a string")
     if api not in ("*", OPENAI, ANTHROPIC):
         raise ValueError("api must be '*', 'openai' or 'anthropic'")
-    if times is not None and (isinstance(times, bool) or not isinstance(times, int) or times < 1):
+    if _bad_number(times, integer=True) or times == 0:
         raise ValueError("times must be null or a positive integer")
     params = {k: v for k, v in spec.items() if k not in ("kind", "model", "api", "times")}
     for key in ("ms", "retry_after", "reset_after", "max_s"):
-        value = params.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0):
+        if _bad_number(params.get(key)):
             raise ValueError(f"{key} must be a non-negative number")
-    if kind == "status":
-        status = params.get("status")
-        if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599:
-            raise ValueError("status faults need an integer 'status' between 400 and 599")
+    status = params.get("status")
+    if kind == "status" and (status is None or _bad_number(status, True) or not 400 <= status <= 599):
+        raise ValueError("status faults need an integer 'status' between 400 and 599")
     if kind == "latency" and params.get("ms") is None:
         raise ValueError("latency faults need 'ms'")
-    if params.get("message") is not None and not isinstance(params["message"], str):
+    if not isinstance(params.get("message", ""), str):
         raise ValueError("message must be a string")
     return _Fault(fault_id, kind, model, api, times, params)
 
 
+def _validate(body: Any) -> str | None:
+    """Why a chat/messages request body is invalid, or None."""
+    if not isinstance(body, dict):
+        return "Request body must be a JSON object."
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        return "model: field required (a non-empty string)."
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+        return "messages: field required (a non-empty list of message objects)."
+    if body.get("stream"):
+        return "Streaming is not supported by the fake provider (stream=true); send stream=false."
+    for key in ("max_tokens", "max_completion_tokens"):
+        if _bad_number(body.get(key), integer=True):
+            return f"{key}: must be a non-negative integer."
+    return None
+
+
+def _answer(api: str, body: dict[str, Any], system: str) -> web.Response:
+    """The deterministic successful reply: a pure function of (model, messages, max tokens)."""
+    model, messages = body["model"], body["messages"]
+    last_user = next((_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
+    reply = "echo: " + last_user
+    limit = body.get("max_completion_tokens")
+    limit = body.get("max_tokens") if limit is None else limit
+    truncated = limit is not None and len(reply.split()) > limit
+    if truncated:
+        reply = " ".join(reply.split()[:limit])
+    prompt = len(system.split()) + sum(len(_text(m.get("content")).split()) for m in messages)
+    completion = len(reply.split())
+    if api == OPENAI:
+        return web.json_response({
+            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion",
+            "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply, "refusal": None},
+                         "logprobs": None, "finish_reason": "length" if truncated else "stop"}],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                      "total_tokens": prompt + completion},
+        }, headers={"x-request-id": f"req_{uuid.uuid4().hex}"})
+    return web.json_response({
+        "id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant", "model": model,
+        "content": [{"type": "text", "text": reply}],
+        "stop_reason": "max_tokens" if truncated else "end_turn", "stop_sequence": None,
+        "usage": {"input_tokens": prompt, "output_tokens": completion},
+    }, headers={"request-id": f"req_{uuid.uuid4().hex}"})
+
+
 @dataclass
 class _Call:
-    """Per-request bookkeeping so the outcome is counted exactly once."""
+    """Per-request bookkeeping so each request's outcome is counted exactly once."""
 
     outcome: str | None = None
 
@@ -170,13 +191,14 @@ class FakeProviderServer:
         self._runner: web.AppRunner | None = None
         self._stopping: asyncio.Event | None = None
 
-    # -- lifecycle ---------------------------------------------------------
+    # -- lifecycle ---------------------------------------------------------------------------
     @property
     def url(self) -> str:
         """Base URL, e.g. ``http://127.0.0.1:54321`` (the real port once started)."""
         if self._runner is None:
             raise RuntimeError("server not started")
-        return f"http://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
     @property
     def control(self) -> FakeProviderControl:
@@ -196,20 +218,18 @@ class FakeProviderServer:
                 loop.run_until_complete(self._start_async())
             except BaseException as exc:  # re-raised in the caller's thread
                 failure.append(exc)
-                ready.set()
-                loop.close()
-                return
             ready.set()
-            loop.run_forever()
-            # Let cancelled handlers finish unwinding before closing the loop.
-            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-            for task in pending:
-                task.cancel()
-            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            if not failure:
+                loop.run_forever()
+                # Let cancelled handlers finish unwinding before closing the loop.
+                pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+                for task in pending:
+                    task.cancel()
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             loop.close()
 
         self._loop = loop
-        self._thread = threading.Thread(target=run, name=f"fake-provider-{self.port}", daemon=True)
+        self._thread = threading.Thread(target=run, name="fake-llm-provider", daemon=True)
         self._thread.start()
         ready.wait()
         if failure:
@@ -219,12 +239,12 @@ class FakeProviderServer:
 
     async def _start_async(self) -> None:
         self._stopping = asyncio.Event()
-        # handler_cancellation: a client disconnect cancels its handler, which is
-        # how a hung request ends without waiting for max_s.
+        # handler_cancellation: a client disconnect cancels its handler, which is how a hung
+        # request ends early. A short shutdown_timeout bounds stop() even if a handler lingers.
         runner = web.AppRunner(self._make_app(), handle_signals=False, access_log=None,
                                handler_cancellation=True, shutdown_timeout=1.0)
         await runner.setup()
-        # A large backlog so bursts of hundreds of connects are not refused.
+        # A large listen backlog so bursts of hundreds of simultaneous connects are not refused.
         site = web.TCPSite(runner, self.host, self.port, backlog=2048)
         await site.start()
         self.port = runner.addresses[0][1]
@@ -244,7 +264,7 @@ class FakeProviderServer:
 
     async def _stop_async(self) -> None:
         assert self._stopping is not None and self._runner is not None
-        self._stopping.set()  # wakes hung/delayed handlers so shutdown need not wait
+        self._stopping.set()  # wakes hung/delayed handlers so shutdown need not wait for them
         await self._runner.cleanup()
 
     def __enter__(self) -> FakeProviderServer:
@@ -254,9 +274,8 @@ class FakeProviderServer:
                  tb: TracebackType | None) -> None:
         self.stop()
 
-    # -- app ---------------------------------------------------------------
     def _make_app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(client_max_size=64 * 1024 * 1024)  # room for long prompts
         app.router.add_post("/v1/chat/completions", self._openai)
         app.router.add_post("/v1/messages", self._anthropic)
         app.router.add_get("/healthz", self._healthz)
@@ -273,7 +292,7 @@ class FakeProviderServer:
         return {"total": 0, "by_api": {OPENAI: 0, ANTHROPIC: 0}, "by_model": {}, "by_outcome": {},
                 "in_flight": in_flight, "max_in_flight": in_flight}
 
-    # -- control API (all state is touched only on the server loop: no locks) --
+    # -- control API (state is only touched on the server loop, so no locks) ------------------
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
 
@@ -305,12 +324,12 @@ class FakeProviderServer:
         return web.json_response(self._stats)
 
     async def _reset(self, request: web.Request) -> web.Response:
-        # Keep in_flight: requests still running will decrement it when they finish.
+        # Keep in_flight: requests still running decrement it when they finish.
         self._faults = []
         self._stats = self._fresh_stats(in_flight=self._stats["in_flight"])
         return web.json_response({"ok": True})
 
-    # -- provider endpoints -------------------------------------------------
+    # -- provider endpoints ------------------------------------------------------------------
     async def _openai(self, request: web.Request) -> web.StreamResponse:
         return await self._handle(request, OPENAI)
 
@@ -335,11 +354,10 @@ class FakeProviderServer:
             self._record(call, "client_disconnected")
             raise
         finally:
-            # self._stats may have been replaced by a reset; decrement the live one.
-            self._stats["in_flight"] -= 1
+            self._stats["in_flight"] -= 1  # the live dict: a reset may have replaced `stats`
 
     async def _pause(self, seconds: float) -> bool:
-        """Sleep up to ``seconds``; True if the server started stopping meanwhile."""
+        """Sleep up to ``seconds``; True if the server began stopping meanwhile."""
         assert self._stopping is not None
         try:
             await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
@@ -351,143 +369,76 @@ class FakeProviderServer:
     def _drop(request: web.Request) -> web.StreamResponse:
         if request.transport is not None:
             request.transport.close()
-        # Raising CancelledError takes aiohttp's "client went away" path: no
-        # response is written and nothing is logged as an error.
+        # CancelledError takes aiohttp's "client went away" path: nothing written, nothing logged.
         raise asyncio.CancelledError
 
-    def _select_fault(self, api: str, model: str | None) -> tuple[float, _Fault | None]:
-        """Added latency (ms) of leading latency faults and the first other matching fault."""
+    def _select_fault(self, api: str, model: str) -> tuple[float, _Fault | None]:
+        """Summed delay (ms) of leading latency faults, and the first other matching fault."""
         delay_ms, chosen = 0.0, None
         for fault in list(self._faults):
-            if not fault.matches(api, model):
+            if fault.api not in ("*", api) or fault.model not in ("*", model):
                 continue
             fault.hits += 1
-            if fault.remaining is not None:
-                fault.remaining -= 1
-                if fault.remaining <= 0:
+            if fault.times is not None:
+                fault.times -= 1
+                if fault.times <= 0:
                     self._faults.remove(fault)
-            if fault.kind == "latency":
-                delay_ms += float(fault.params["ms"])
-                continue
-            chosen = fault
-            break
+            if fault.kind != "latency":
+                chosen = fault
+                break
+            delay_ms += float(fault.params["ms"])
         return delay_ms, chosen
 
     async def _process(self, request: web.Request, api: str, call: _Call) -> web.StreamResponse:
-        # anthropic>=2 sends its api_key as "Authorization: Bearer", older ones as x-api-key.
+        # anthropic>=2 sends api_key as "Authorization: Bearer"; older SDKs send x-api-key.
         key_headers = ("Authorization",) if api == OPENAI else ("x-api-key", "Authorization")
         if not any(request.headers.get(h, "").strip() for h in key_headers):
             self._record(call, "unauthenticated")
-            msg = ("You didn't provide an API key. Provide it in an Authorization header (Bearer auth)."
-                   if api == OPENAI else "x-api-key header is required")
-            return error_response(api, 401, msg)
+            return _error_response(api, 401, "No API key provided (Authorization or x-api-key header).")
         try:
             body = await request.json()
         except ValueError:
             self._record(call, "invalid_request")
-            return error_response(api, 400, "Could not parse the JSON body of your request.")
+            return _error_response(api, 400, "Could not parse the JSON body of your request.")
         model = body.get("model") if isinstance(body, dict) else None
         if isinstance(model, str):
             self._stats["by_model"][model] = self._stats["by_model"].get(model, 0) + 1
-        problem = self._validate(body, api)
-        if problem is not None:
+        problem = _validate(body)
+        if problem is not None or not isinstance(model, str):
             self._record(call, "invalid_request")
-            return error_response(api, 400, problem)
-        assert isinstance(model, str)
+            return _error_response(api, 400, problem)
 
-        messages: list[dict[str, Any]] = body["messages"]
         system = _text(body.get("system")) if api == ANTHROPIC else ""
-        texts = [system] + [_text(m.get("content")) for m in messages]
-        marker_ms = max((int(m) for t in texts for m in _SLEEP_MARKER.findall(t)), default=0)
+        texts = [system, *(_text(m.get("content")) for m in body["messages"])]
         delay_ms, fault = self._select_fault(api, model)
-        delay_ms += marker_ms
+        delay_ms += max((int(ms) for t in texts for ms in _SLEEP_MARKER.findall(t)), default=0)
         if delay_ms > 0 and await self._pause(delay_ms / 1000):
             self._record(call, "stopped")
             return self._drop(request)
 
-        if fault is not None:
-            params = fault.params
-            if fault.kind == "status":
-                status = int(params["status"])
-                self._record(call, f"status_{status}")
-                retry_after = params.get("retry_after")
-                return error_response(api, status, params.get("message"), retry_after=retry_after)
-            if fault.kind == "quota":
-                self._record(call, "quota")
-                reset_after = params.get("reset_after")
-                if api == OPENAI:
-                    return error_response(api, 429, params.get("message") or _QUOTA_OPENAI,
-                                          error_type="insufficient_quota", code="insufficient_quota",
-                                          retry_after=reset_after)
-                return error_response(api, 400, params.get("message") or _QUOTA_ANTHROPIC,
-                                      error_type="invalid_request_error", retry_after=reset_after)
-            if fault.kind == "drop":
-                self._record(call, "drop")
+        params = fault.params if fault else {}
+        if fault and fault.kind == "status":
+            self._record(call, f"status_{params['status']}")
+            return _error_response(api, params["status"], params.get("message"),
+                                   retry_after=params.get("retry_after"))
+        if fault and fault.kind == "quota":
+            self._record(call, "quota")
+            if api == OPENAI:
+                return _error_response(api, 429, params.get("message") or _QUOTA_OPENAI,
+                                       error_type="insufficient_quota", code="insufficient_quota",
+                                       retry_after=params.get("reset_after"))
+            return _error_response(api, 400, params.get("message") or _QUOTA_ANTHROPIC,
+                                   error_type="invalid_request_error", retry_after=params.get("reset_after"))
+        if fault and fault.kind == "drop":
+            self._record(call, "drop")
+            return self._drop(request)
+        if fault and fault.kind == "hang":
+            self._record(call, "hang")
+            # Ends early when the client disconnects (handler cancellation) or on stop().
+            if await self._pause(float(params.get("max_s", 600))):
                 return self._drop(request)
-            if fault.kind == "hang":
-                self._record(call, "hang")
-                # Ends early when the client disconnects (handler cancellation) or on stop().
-                if await self._pause(float(params.get("max_s", 600))):
-                    return self._drop(request)
-
         self._record(call, "ok")
-        return self._answer(api, model, messages, system, body)
-
-    @staticmethod
-    def _validate(body: Any, api: str) -> str | None:
-        if not isinstance(body, dict):
-            return "Request body must be a JSON object."
-        if not isinstance(body.get("model"), str) or not body["model"]:
-            return "model: field required (a non-empty string)."
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
-            return "messages: field required (a non-empty list of message objects)."
-        if body.get("stream"):
-            return "Streaming is not supported by the fake provider (stream=true); send stream=false."
-        for key in ("max_tokens", "max_completion_tokens"):
-            value = body.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                return f"{key}: must be a non-negative integer."
-        return None
-
-    @staticmethod
-    def _answer(api: str, model: str, messages: list[dict[str, Any]], system: str,
-                body: dict[str, Any]) -> web.Response:
-        last_user = next((_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
-        reply = "echo: " + last_user
-        limit = body.get("max_completion_tokens")
-        limit = body.get("max_tokens") if limit is None else limit
-        words = reply.split()
-        truncated = limit is not None and len(words) > limit
-        if truncated:
-            reply = " ".join(words[:limit])
-        prompt = _words(system) + sum(_words(_text(m.get("content"))) for m in messages)
-        completion = _words(reply)
-        if api == OPENAI:
-            return web.json_response({
-                "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": model,
-                "choices": [{
-                    "index": 0,
-                    "message": {"role": "assistant", "content": reply, "refusal": None},
-                    "logprobs": None,
-                    "finish_reason": "length" if truncated else "stop",
-                }],
-                "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
-                          "total_tokens": prompt + completion},
-            }, headers={"x-request-id": f"req_{uuid.uuid4().hex}"})
-        return web.json_response({
-            "id": f"msg_{uuid.uuid4().hex[:24]}",
-            "type": "message",
-            "role": "assistant",
-            "model": model,
-            "content": [{"type": "text", "text": reply}],
-            "stop_reason": "max_tokens" if truncated else "end_turn",
-            "stop_sequence": None,
-            "usage": {"input_tokens": prompt, "output_tokens": completion},
-        }, headers={"request-id": f"req_{uuid.uuid4().hex}"})
+        return _answer(api, body, system)
 
 
 class FakeProviderControl:
@@ -501,8 +452,8 @@ class FakeProviderControl:
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+        headers = {"Content-Type": "application/json"}
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         try:
             with self._opener.open(req, timeout=self.timeout) as resp:
                 return json.loads(resp.read() or b"null")
@@ -534,7 +485,7 @@ class FakeProviderControl:
     def healthy(self) -> bool:
         try:
             return bool(self._call("GET", "/healthz").get("ok"))
-        except (OSError, ValueError):  # URLError and timeouts are OSErrors
+        except (OSError, ValueError):  # URLError and socket timeouts are OSErrors
             return False
 
 
@@ -554,7 +505,3 @@ def serve(host: str = "127.0.0.1", port: int = 8787) -> None:
         server.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-if __name__ == "__main__":
-    serve()

@@ -1,0 +1,63 @@
+# Shared set-up for scripts/run and scripts/test: a virtual environment with the project installed, and
+# the local services the project needs (started with this machine kind's own commands when they are down).
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${VENV:-$ROOT/.venv}"
+PY="$VENV/bin/python"
+
+log() { printf '\033[1m[ultra]\033[0m %s\n' "$*" >&2; }
+
+ensure_venv() {
+  local extras="${1:-}"
+  if [ ! -x "$PY" ]; then
+    log "creating virtual environment $VENV"
+    python3 -m venv "$VENV"
+  fi
+  # Reinstall only when the project's dependency list changed since the last install.
+  local stamp="$VENV/.ultra-installed" want
+  want="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)$extras"
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    log "installing ultra-tasks${extras:+ with [$extras]} into $VENV"
+    "$PY" -m pip install --quiet --upgrade pip >/dev/null
+    "$PY" -m pip install --quiet --disable-pip-version-check -e "$ROOT${extras:+[$extras]}"
+    echo "$want" > "$stamp"
+  fi
+}
+
+redis_up() { "$PY" - "$1" <<'PY' 2>/dev/null
+import sys, redis
+redis.Redis.from_url(sys.argv[1], socket_connect_timeout=1).ping()
+PY
+}
+
+ensure_redis() {
+  local url="${1:-${REDIS_URL:-redis://localhost:6379/0}}"
+  redis_up "$url" && return 0
+  if command -v redis-server >/dev/null; then
+    log "Redis is not answering at $url; starting a local redis-server"
+    mkdir -p /var/lib/redis /var/log/redis 2>/dev/null || true
+    redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+      --dir /var/lib/redis --logfile /var/log/redis/ci.log || true
+    for _ in $(seq 1 50); do redis_up "$url" && return 0; sleep 0.2; done
+  fi
+  log "Redis is required at $url and could not be started (install redis-server, or set REDIS_URL)"
+  return 1
+}
+
+pg_up() { "$PY" - "$1" <<'PY' 2>/dev/null
+import sys, sqlalchemy
+sqlalchemy.create_engine(sys.argv[1]).connect().close()
+PY
+}
+
+ensure_postgres() {
+  local url="$1"
+  pg_up "$url" && return 0
+  if command -v pg_ctlcluster >/dev/null && [ -d /etc/postgresql ]; then
+    log "PostgreSQL is not answering; starting the local cluster"
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+    for _ in $(seq 1 50); do pg_up "$url" && return 0; sleep 0.2; done
+  fi
+  log "PostgreSQL is required at $url and could not be started"
+  return 1
+}

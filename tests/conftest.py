@@ -1,0 +1,237 @@
+"""Real-service fixtures: Redis, a SQL database, the fake provider over HTTP and real Celery workers.
+
+The environment is set in ``pytest_configure``, before anything reads ultra-tasks' settings:
+- Redis: ``ULTRA_TEST_REDIS_URL`` (default redis://127.0.0.1:6379/13), flushed at start;
+- SQL: a fresh database made from ``ULTRA_TEST_DATABASE_URL`` (PostgreSQL, and always on CI), dropped at
+  the end; without it, a temporary SQLite file (the embedded default);
+- the fake provider: one server for the session, reset after every test that injects faults.
+On CI (CI=true) a service that cannot be reached fails the run; locally the tests that need it are skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ON_CI = os.environ.get("CI") == "true"
+TEST_REDIS_URL = os.environ.get("ULTRA_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+_state: dict[str, object] = {}
+
+
+def _redis_ok() -> bool:
+    import redis
+
+    try:
+        redis.Redis.from_url(TEST_REDIS_URL, socket_connect_timeout=1).ping()
+        return True
+    except redis.RedisError:
+        return False
+
+
+def _make_database(tmp: Path) -> tuple[str, Callable[[], None]]:
+    """A fresh, empty database for this session and a function that drops it."""
+    base = os.environ.get("ULTRA_TEST_DATABASE_URL")
+    if not base:
+        return f"sqlite:///{tmp / 'ultra-test.db'}", lambda: None
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"ultra_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(base).set(database=name).render_as_string(hide_password=False)
+
+    def drop() -> None:
+        from ultra_tasks.db.engine import dispose_engines
+
+        dispose_engines()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return url, drop
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config, "workerinput"):
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="ultra-test-"))
+    _state["tmp"] = tmp
+    os.environ.update(
+        {
+            "REDIS_URL": TEST_REDIS_URL,
+            "ULTRA_REDIS_NAMESPACE": "ultra-test",
+            "ULTRA_VAR_DIR": str(tmp / "var"),
+            "LOG_LEVEL": "INFO",
+        }
+    )
+    for var in ("BROKER_URL", "RESULT_BACKEND_URL", "OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENAI_BASE_URL",
+                "ANTHROPIC_BASE_URL", "MODEL_MAP", "CACHE_REDIS_URL"):
+        os.environ.pop(var, None)
+    _state["redis_ok"] = _redis_ok()
+    if _state["redis_ok"]:
+        import redis
+
+        redis.Redis.from_url(TEST_REDIS_URL).flushdb()
+    try:
+        url, drop = _make_database(tmp)
+        os.environ["DATABASE_URL"] = url
+        _state["drop_db"] = drop
+        _state["db_ok"] = True
+    except Exception as exc:  # reported by the fixtures that need it
+        _state["db_ok"] = False
+        _state["db_error"] = str(exc)
+    from ultra_tasks.providers.fake_server import FakeProviderServer
+
+    fake = FakeProviderServer().start()
+    _state["fake"] = fake
+    os.environ["FAKE_PROVIDER_URL"] = fake.url
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    fake = _state.pop("fake", None)
+    if fake is not None:
+        fake.stop()  # type: ignore[attr-defined]
+    drop = _state.pop("drop_db", None)
+    if callable(drop):
+        drop()
+    tmp = _state.pop("tmp", None)
+    if isinstance(tmp, Path):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _need(ok_key: str, what: str) -> None:
+    if not _state.get(ok_key):
+        message = f"{what} is not reachable ({_state.get('db_error', TEST_REDIS_URL)})"
+        if ON_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test may change environment variables; they and the cached settings are restored after."""
+    from ultra_tasks.config import reset_settings
+
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+    reset_settings()
+
+
+@pytest.fixture(scope="session")
+def redis_client() -> Iterator[object]:
+    _need("redis_ok", "Redis")
+    import redis
+
+    client = redis.Redis.from_url(TEST_REDIS_URL, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def database() -> str:
+    """The session's SQL database URL, migrated to the newest schema."""
+    _need("db_ok", "The SQL database")
+    from ultra_tasks.db.migrate import upgrade_schema
+
+    upgrade_schema()
+    return os.environ["DATABASE_URL"]
+
+
+@pytest.fixture
+def fake_provider() -> Iterator[object]:
+    """Control of the session's fake provider; faults and counters are reset after the test."""
+    from ultra_tasks.providers.fake_server import FakeProviderControl
+
+    control = FakeProviderControl(os.environ["FAKE_PROVIDER_URL"])
+    control.reset()
+    yield control
+    control.reset()
+
+
+@dataclass
+class WorkerProcess:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+
+
+def start_worker(
+    queues: str = "llm.high,llm.default,llm.low",
+    concurrency: int = 8,
+    name: str | None = None,
+    env: dict[str, str] | None = None,
+    ready_timeout: float = 60,
+) -> WorkerProcess:
+    """Start a real Celery worker subprocess and wait until it answers a ping."""
+    from ultra_tasks.celery_app import app
+
+    node = name or f"test-{uuid.uuid4().hex[:6]}@localhost"
+    tmp = _state["tmp"]
+    assert isinstance(tmp, Path)
+    log_path = tmp / f"{node.split('@')[0]}.log"
+    argv = [sys.executable, "-m", "celery", "-A", "ultra_tasks", "worker", "-Q", queues, "-P", "threads",
+            "-c", str(concurrency), "-n", node, "--loglevel", "INFO", "--without-mingle", "--without-gossip"]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                env={**os.environ, **(env or {})}, start_new_session=True)
+    worker = WorkerProcess(node, proc, log_path)
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker {node} exited with {proc.returncode}:\n{worker.log()[-3000:]}")
+        replies = app.control.ping(destination=[node], timeout=0.5) or []
+        if any(node in reply for reply in replies):
+            return worker
+    worker.stop(signal.SIGKILL)
+    raise RuntimeError(f"worker {node} did not become ready in {ready_timeout}s:\n{worker.log()[-3000:]}")
+
+
+@pytest.fixture
+def worker_factory(redis_client: object, database: str) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start Celery workers on demand; all are stopped after the test."""
+    started: list[WorkerProcess] = []
+
+    def factory(**kwargs: object) -> WorkerProcess:
+        worker = start_worker(**kwargs)  # type: ignore[arg-type]
+        started.append(worker)
+        return worker
+
+    yield factory
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture(scope="module")
+def llm_worker(redis_client: object, database: str) -> Iterator[WorkerProcess]:
+    """One LLM worker shared by the tests of a module."""
+    worker = start_worker(concurrency=8)
+    yield worker
+    worker.stop()

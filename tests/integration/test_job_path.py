@@ -1,0 +1,84 @@
+"""The job path end to end: submit → SQL record → Celery queue → real worker → provider over HTTP → result."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+import ultra_tasks
+from ultra_tasks import JobFailedError, JobHandle, JobStatus, submit
+
+pytestmark = pytest.mark.timeout(120)
+
+MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-latest"}
+
+
+def test_jobs_at_every_priority_through_both_sdks_complete_and_read_back_through_fresh_handles(
+    llm_worker: Any, fake_provider: Any
+) -> None:
+    # Given a running worker, when jobs are submitted at all three priorities to both providers
+    submitted = {
+        (provider, priority): submit(f"say {priority} via {provider}", model=model, priority=priority)
+        for provider, model in MODELS.items()
+        for priority in ("high", "default", "low")
+    }
+    # then each result, read through a handle made from the id alone, says who served it and how
+    for (provider, priority), handle in submitted.items():
+        result = JobHandle(handle.id).result(timeout=30)
+        assert result.job_id == handle.id
+        assert result.text == f"echo: say {priority} via {provider}"
+        assert result.provider == provider
+        assert result.model == MODELS[provider]
+        assert result.usage == {"input_tokens": 4, "output_tokens": 5, "total_tokens": 9}
+        assert result.latency_ms > 0
+        assert result.cached is False and result.fallback_used is False
+        assert JobHandle(handle.id).status() is JobStatus.SUCCEEDED
+    # and the provider saw exactly one request per job, through each SDK
+    stats = fake_provider.stats()
+    assert stats["by_api"] == {"openai": 3, "anthropic": 3}
+
+
+def test_job_record_tracks_request_result_provider_attempts_and_timings(llm_worker: Any) -> None:
+    handle = submit(messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+                    model="gpt-4o", priority="high", max_tokens=50, temperature=0, metadata={"ticket": 7})
+    handle.result(timeout=30)
+    record = handle.record()
+    assert record["status"] == "succeeded"
+    assert record["queue"] == "llm.high"
+    assert record["request"]["messages"][0] == {"role": "system", "content": "be brief"}
+    assert record["request"]["metadata"] == {"ticket": 7}
+    assert record["result"]["text"] == "echo: hi"
+    assert record["provider"] == "openai" and record["model_used"] == "gpt-4o"
+    assert record["attempts"] == 1
+    assert record["created_at"] <= record["started_at"] <= record["finished_at"]
+    assert record["worker"] == llm_worker.name
+
+
+def test_result_and_status_work_from_another_process_given_the_id(llm_worker: Any) -> None:
+    handle = submit("from afar", model="claude-3-5-sonnet-latest")
+    code = (
+        "import json, sys; from ultra_tasks import JobHandle; h = JobHandle(sys.argv[1]); "
+        "r = h.result(timeout=30); print(json.dumps({'status': h.status().value, 'text': r.text}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, handle.id], capture_output=True, text=True, timeout=60,
+                         env=os.environ.copy(), check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"status": "succeeded", "text": "echo: from afar"}
+
+
+def test_permanent_provider_error_fails_the_job_with_a_classified_error(
+    llm_worker: Any, fake_provider: Any
+) -> None:
+    fake_provider.add_fault("status", model="gpt-4.1", status=400, message="bad thing")
+    handle = submit("will fail", model="gpt-4.1")
+    with pytest.raises(JobFailedError) as info:
+        handle.result(timeout=30)
+    assert info.value.error["kind"] == "permanent"
+    assert info.value.error["status_code"] == 400
+    assert info.value.error["provider"] == "openai"
+    assert handle.status() is JobStatus.FAILED
+    assert handle.record()["error"]["type"] == "ProviderBadRequestError"

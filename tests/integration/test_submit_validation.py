@@ -1,0 +1,87 @@
+"""Bad input to submit() is refused with an error naming the field, and nothing is recorded or enqueued."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import ultra_tasks
+from ultra_tasks import JobStatus, JobValidationError, UnknownModelError, submit
+from ultra_tasks.jobs.records import count_jobs
+from ultra_tasks.keys import LLM_QUEUES
+
+pytestmark = pytest.mark.timeout(60)
+
+OK: dict[str, Any] = {"model": "gpt-4o-mini"}
+BAD_INPUTS = [
+    pytest.param({"prompt": "", **OK}, "prompt", id="empty-prompt"),
+    pytest.param({"prompt": "   ", **OK}, "prompt", id="blank-prompt"),
+    pytest.param({"messages": [], **OK}, "messages", id="empty-messages"),
+    pytest.param({"prompt": "hi", "messages": [{"role": "user", "content": "hi"}], **OK}, "prompt", id="both"),
+    pytest.param({**OK}, "prompt", id="neither"),
+    pytest.param({"prompt": 42, **OK}, "prompt", id="prompt-not-text"),
+    pytest.param({"messages": "hello", **OK}, "messages", id="messages-a-string"),
+    pytest.param({"messages": ["hello"], **OK}, "messages[0]", id="message-not-object"),
+    pytest.param({"messages": [{"role": "bot", "content": "x"}], **OK}, "messages[0].role", id="bad-role"),
+    pytest.param({"messages": [{"role": "user", "content": ""}], **OK}, "messages[0].content", id="empty-content"),
+    pytest.param({"messages": [{"role": "user"}], **OK}, "messages[0].content", id="missing-content"),
+    pytest.param({"messages": [{"role": "user", "content": "x", "name": "y"}], **OK}, "messages[0]",
+                 id="unknown-message-key"),
+    pytest.param({"messages": [{"role": "system", "content": "x"}], **OK}, "messages", id="no-user-message"),
+    pytest.param({"prompt": "hi", "model": "gpt-4o", "priority": "urgent"}, "priority", id="unknown-priority"),
+    pytest.param({"prompt": "hi", "model": "gpt-4o", "priority": 0}, "priority", id="numeric-priority"),
+    pytest.param({"prompt": "hi", "model": "llama-3-70b"}, "model", id="model-no-provider-serves"),
+    pytest.param({"prompt": "hi", "model": ""}, "model", id="empty-model"),
+    pytest.param({"prompt": "x" * 200_001, **OK}, "prompt", id="input-over-size-limit"),
+    pytest.param({"prompt": "hi", "max_tokens": 0, **OK}, "max_tokens", id="zero-max-tokens"),
+    pytest.param({"prompt": "hi", "max_tokens": "10", **OK}, "max_tokens", id="text-max-tokens"),
+    pytest.param({"prompt": "hi", "temperature": 3, **OK}, "temperature", id="temperature-out-of-range"),
+    pytest.param({"prompt": "hi", "temperature": float("nan"), **OK}, "temperature", id="temperature-nan"),
+    pytest.param({"prompt": "hi", "params": {"top_p": {1, 2}}, **OK}, "params.top_p", id="param-not-json"),
+    pytest.param({"prompt": "hi", "params": {"logit_bias_x": 1}, **OK}, "params.logit_bias_x", id="unknown-param"),
+    pytest.param({"prompt": "hi", "metadata": {"when": object()}, **OK}, "metadata", id="metadata-not-json"),
+    pytest.param({"prompt": "hi", "metadata": [1], **OK}, "metadata", id="metadata-not-object"),
+]
+
+
+def _queue_lengths(redis_client: Any) -> list[int]:
+    return [redis_client.llen(q) for q in LLM_QUEUES]
+
+
+@pytest.mark.parametrize(("kwargs", "field"), BAD_INPUTS)
+def test_bad_input_names_the_field_and_records_and_enqueues_nothing(
+    kwargs: dict[str, Any], field: str, redis_client: Any, database: str
+) -> None:
+    jobs_before, queues_before = count_jobs(), _queue_lengths(redis_client)
+    with pytest.raises(JobValidationError) as info:
+        submit(**kwargs)
+    assert info.value.field == field
+    assert str(info.value).startswith(f"{field}: ")
+    assert count_jobs() == jobs_before
+    assert _queue_lengths(redis_client) == queues_before
+
+
+def test_unknown_model_error_lists_known_routes_and_how_to_add_one(database: str) -> None:
+    with pytest.raises(UnknownModelError, match=r"llama-3.*gpt-\*.*MODEL_MAP"):
+        submit("hi", model="llama-3")
+
+
+def test_input_size_limit_is_configurable(monkeypatch: pytest.MonkeyPatch, database: str) -> None:
+    from ultra_tasks.config import reset_settings
+
+    monkeypatch.setenv("MAX_INPUT_CHARS", "10")
+    reset_settings()
+    with pytest.raises(JobValidationError, match="11 characters, over the limit of 10"):
+        submit("x" * 11, model="gpt-4o")
+
+
+def test_result_times_out_with_a_clear_error_while_no_worker_takes_the_job(redis_client: Any, database: str) -> None:
+    handle = submit("nobody home", model="gpt-4o", priority="low")
+    try:
+        with pytest.raises(ultra_tasks.JobTimeoutError, match="no result after 0.5s"):
+            handle.result(timeout=0.5)
+        assert handle.status() is JobStatus.QUEUED
+        assert redis_client.llen("llm.low") == 1
+    finally:
+        redis_client.delete("llm.low")  # leave no stray job for later tests

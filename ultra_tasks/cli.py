@@ -1,0 +1,270 @@
+"""The ``ultra`` command line.
+
+Exit codes scripts can rely on: 0 success; 1 a job failed; 2 bad input or configuration; 3 a dependency
+(Redis, broker, database) is unreachable; 4 timed out waiting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from enum import IntEnum
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ultra_tasks.errors import (
+    ConfigurationError,
+    DependencyUnavailableError,
+    JobFailedError,
+    JobNotFoundError,
+    JobTimeoutError,
+    JobValidationError,
+)
+
+
+class Exit(IntEnum):
+    OK = 0
+    JOB_FAILED = 1
+    BAD_INPUT = 2
+    UNAVAILABLE = 3
+    TIMEOUT = 4
+
+
+cli = typer.Typer(help="ultra-tasks: resilient LLM jobs on Celery.", no_args_is_help=True, add_completion=False)
+jobs_cli = typer.Typer(help="Inspect jobs.", no_args_is_help=True)
+db_cli = typer.Typer(help="Database schema.", no_args_is_help=True)
+cli.add_typer(jobs_cli, name="jobs")
+cli.add_typer(db_cli, name="db")
+console = Console()
+err = Console(stderr=True, soft_wrap=True)
+
+
+def _fail(code: Exit, message: str) -> NoReturn:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(int(code))
+
+
+def _guarded(fn: Any) -> Any:
+    """Map our exceptions to exit codes and one clear line on stderr."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (JobValidationError, ConfigurationError) as exc:
+            _fail(Exit.BAD_INPUT, str(exc))
+        except JobNotFoundError as exc:
+            _fail(Exit.BAD_INPUT, str(exc))
+        except DependencyUnavailableError as exc:
+            _fail(Exit.UNAVAILABLE, str(exc))
+        except JobTimeoutError as exc:
+            _fail(Exit.TIMEOUT, str(exc))
+        except JobFailedError as exc:
+            _fail(Exit.JOB_FAILED, str(exc))
+
+    return wrapper
+
+
+@cli.command()
+@_guarded
+def submit(
+    prompt: str = typer.Argument(..., help="The user prompt."),
+    model: str = typer.Option("gpt-4o-mini", "--model", "-m"),
+    priority: str = typer.Option("default", "--priority", "-p", help="high, default or low"),
+    system: str | None = typer.Option(None, help="A system prompt."),
+    max_tokens: int | None = typer.Option(None, help="Output token limit."),
+    temperature: float | None = typer.Option(None),
+    wait: bool = typer.Option(True, help="Wait for the result."),
+    timeout: float = typer.Option(120.0, help="Seconds to wait for the result."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Submit one job (and by default wait for its result)."""
+    from ultra_tasks.jobs.submit import submit as submit_job
+
+    handle = submit_job(
+        prompt, model=model, priority=priority, system=system, max_tokens=max_tokens, temperature=temperature
+    )
+    if not wait:
+        console.print_json(json.dumps({"id": handle.id})) if as_json else console.print(handle.id)
+        return
+    result = handle.result(timeout=timeout)
+    if as_json:
+        console.print_json(json.dumps(result.to_dict()))
+    else:
+        console.print(result.text, highlight=False)
+        err.print(
+            f"[dim]job {handle.id} · {result.provider}/{result.model} · {result.latency_ms:.0f} ms · "
+            f"{result.usage.get('total_tokens', 0)} tokens[/dim]"
+        )
+
+
+@jobs_cli.command("show")
+@_guarded
+def jobs_show(job_id: str) -> None:
+    """Show one job's record as JSON."""
+    from ultra_tasks.jobs.submit import JobHandle
+
+    console.print_json(json.dumps(JobHandle(job_id).record()))
+
+
+@jobs_cli.command("list")
+@_guarded
+def jobs_list(
+    status: str | None = typer.Option(None, help="queued, running, succeeded or failed"),
+    limit: int = typer.Option(20, min=1, max=1000),
+) -> None:
+    """List the newest jobs."""
+    from ultra_tasks.jobs.models import JobStatus
+    from ultra_tasks.jobs.records import list_jobs
+
+    try:
+        wanted = JobStatus(status) if status else None
+    except ValueError:
+        _fail(Exit.BAD_INPUT, f"--status: expected one of {', '.join(s.value for s in JobStatus)}")
+    table = Table("id", "status", "priority", "model", "provider", "attempts", "created")
+    for r in list_jobs(limit=limit, status=wanted):
+        table.add_row(r.id, r.status, r.priority, r.model_used or r.model, r.provider or "", str(r.attempts),
+                      r.created_at.strftime("%Y-%m-%d %H:%M:%S"))
+    console.print(table)
+
+
+@db_cli.command("upgrade")
+@_guarded
+def db_upgrade() -> None:
+    """Apply database migrations."""
+    from ultra_tasks.config import get_settings, redact_url
+    from ultra_tasks.db.migrate import upgrade_schema
+
+    upgrade_schema()
+    console.print(f"schema up to date at {redact_url(get_settings().effective_database_url)}")
+
+
+@cli.command("config")
+@_guarded
+def show_config() -> None:
+    """Validate the configuration and print it (secrets masked)."""
+    from ultra_tasks.config import get_settings
+
+    console.print_json(json.dumps(get_settings().redacted(), default=str))
+
+
+@cli.command("fake-provider")
+def fake_provider(
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    port: int = typer.Option(8787, min=0, max=65535),
+) -> None:
+    """Run the local fault-injecting provider (OpenAI and Anthropic APIs)."""
+    from ultra_tasks.providers.fake_server import serve
+
+    serve(host=host, port=port)
+
+
+@cli.command()
+@_guarded
+def worker(
+    role: str = typer.Argument(..., help="Worker role from workers/: llm or ops."),
+    concurrency: int | None = typer.Option(None, "--concurrency", "-c", min=1),
+    name: str | None = typer.Option(None, "--name", "-n", help="Celery node name, e.g. llm2@%h"),
+    print_only: bool = typer.Option(False, "--print", help="Print the celery command instead of running it."),
+) -> None:
+    """Start a Celery worker in one of the roles defined in workers/."""
+    from ultra_tasks.config import get_settings
+    from workers import roles
+
+    available = roles()
+    if role not in available:
+        _fail(Exit.BAD_INPUT, f"unknown role {role!r}; expected one of {', '.join(available)}")
+    argv = available[role].argv(get_settings(), concurrency=concurrency, node_name=name)
+    if print_only:
+        console.print(" ".join(argv), highlight=False)
+        return
+    os.execv(argv[0], argv)
+
+
+def _print_demo(outcomes: list[Any]) -> int:
+    table = Table("priority", "model", "served by", "ms", "tokens", "answer", title="demo batch")
+    failed = 0
+    for o in outcomes:
+        if o.result is None:
+            failed += 1
+            table.add_row(o.priority, o.model, "[red]failed[/red]", "", "", o.error or "")
+        else:
+            r = o.result
+            table.add_row(o.priority, o.model, f"{r.provider}/{r.model}", f"{r.latency_ms:.0f}",
+                          str(r.usage.get("total_tokens", 0)), r.text[:60])
+    console.print(table)
+    return failed
+
+
+@cli.command()
+@_guarded
+def demo(timeout: float = typer.Option(60.0, help="Seconds to wait for the batch.")) -> None:
+    """Submit a demo batch to a running stack and print the results."""
+    from ultra_tasks.demo import run_demo
+
+    if _print_demo(run_demo(timeout=timeout)):
+        raise typer.Exit(int(Exit.JOB_FAILED))
+
+
+@cli.command()
+@_guarded
+def up(
+    exit_after_demo: bool = typer.Option(False, help="Stop the stack once the demo batch is done."),
+    run_demo_batch: bool = typer.Option(True, "--demo/--no-demo", help="Run the demo batch once up."),
+) -> None:
+    """Run the whole stack locally (fake provider when no key, workers, beat, Flower) and a demo batch."""
+    from ultra_tasks.config import get_settings
+    from ultra_tasks.db.migrate import upgrade_schema
+    from ultra_tasks.demo import run_demo
+    from ultra_tasks.stack import Stack
+
+    settings = get_settings()
+    upgrade_schema()
+    stack = Stack(settings)
+
+    def _terminate(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
+    code = Exit.OK
+    try:
+        stack.start(echo=lambda line: console.print(line, highlight=False))
+        user = settings.flower_basic_auth.split(",")[0].split(":")[0]
+        console.print(f"Flower: http://127.0.0.1:{settings.flower_port}  (user {user!r}, FLOWER_BASIC_AUTH)")
+        if run_demo_batch and _print_demo(run_demo()):
+            code = Exit.JOB_FAILED
+        if exit_after_demo:
+            return
+        console.print("stack running; Ctrl-C stops it")
+        while True:
+            dead = stack.check_alive()
+            if dead:
+                _fail(Exit.UNAVAILABLE, f"{', '.join(dead)} stopped; see {settings.var_dir / 'log'}")
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        console.print("stopping...")
+    except (TimeoutError, RuntimeError) as exc:
+        _fail(Exit.UNAVAILABLE, str(exc))
+    finally:
+        stack.stop()
+    if code != Exit.OK:
+        raise typer.Exit(int(code))
+
+
+def main() -> None:
+    try:
+        cli()
+    except ConfigurationError as exc:  # raised while building the Celery app's config at import time
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(int(Exit.BAD_INPUT))
+
+
+if __name__ == "__main__":
+    main()
