@@ -13,14 +13,15 @@ ensure_venv() {
     log "creating virtual environment $VENV"
     python3 -m venv "$VENV"
   fi
-  # Reinstall only when the project's dependency list changed since the last install.
-  local stamp="$VENV/.ultra-installed" want
-  want="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)$extras"
-  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  # Reinstall only when the dependency list changed since the last install (or the extras are missing).
+  local stamp="$VENV/.ultra-installed" hash have=""
+  hash="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
+  [ -f "$stamp" ] && have="$(cat "$stamp")"
+  if [ "${have%%:*}" != "$hash" ] || { [ -n "$extras" ] && [ "${have#*:}" != "$extras" ]; }; then
     log "installing ultra-tasks${extras:+ with [$extras]} into $VENV"
-    "$PY" -m pip install --quiet --upgrade pip >/dev/null
+    "$PY" -m pip install --quiet --disable-pip-version-check --upgrade pip >/dev/null
     "$PY" -m pip install --quiet --disable-pip-version-check -e "$ROOT${extras:+[$extras]}"
-    echo "$want" > "$stamp"
+    echo "$hash:$extras" > "$stamp"
   fi
 }
 

@@ -28,19 +28,21 @@ class AnthropicProvider(Provider):
         }
         if system:
             kwargs["system"] = system
+        # Sampling parameters go in the body as-is: newer SDK releases no longer list them as arguments,
+        # while the API still accepts them for the models that support sampling.
+        sampling: dict[str, Any] = {k: request.params[k] for k in PASSTHROUGH_PARAMS if k in request.params}
         if request.temperature is not None:
             # Anthropic accepts 0..1 where OpenAI accepts 0..2: clamp rather than fail the job.
-            kwargs["temperature"] = min(1.0, request.temperature)
+            sampling["temperature"] = min(1.0, request.temperature)
+        if sampling:
+            kwargs["extra_body"] = sampling
         if "stop" in request.params:
             stop = request.params["stop"]
             kwargs["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
-        for key in PASSTHROUGH_PARAMS:
-            if key in request.params:
-                kwargs[key] = request.params[key]
         started = time.perf_counter()
         try:
             message = self._client.messages.create(timeout=timeout, **kwargs)
-        except Exception as exc:
+        except anthropic.AnthropicError as exc:
             raise map_sdk_error(exc, provider=self.name, model=request.model, sdk=anthropic) from exc
         latency_ms = (time.perf_counter() - started) * 1000
         text = "".join(getattr(block, "text", "") for block in message.content)

@@ -7,7 +7,7 @@ from typing import Any
 
 import openai
 
-from ultra_tasks.errors import ProviderError, ServiceUnavailableException
+from ultra_tasks.errors import ServiceUnavailableException
 from ultra_tasks.providers.base import LLMRequest, LLMResponse, Provider, Usage
 from ultra_tasks.providers.sdk_errors import map_sdk_error
 
@@ -35,7 +35,7 @@ class OpenAIProvider(Provider):
         started = time.perf_counter()
         try:
             completion = self._client.chat.completions.create(timeout=timeout, **kwargs)
-        except Exception as exc:
+        except openai.OpenAIError as exc:
             raise map_sdk_error(exc, provider=self.name, model=request.model, sdk=openai) from exc
         latency_ms = (time.perf_counter() - started) * 1000
         try:
@@ -59,7 +59,4 @@ class OpenAIProvider(Provider):
         )
 
     def close(self) -> None:
-        try:
-            self._client.close()
-        except ProviderError:  # pragma: no cover - close never maps errors
-            pass
+        self._client.close()

@@ -84,5 +84,6 @@ def map_sdk_error(exc: Exception, *, provider: str, model: str | None, sdk: Any)
         if status in (400, 404, 413, 422):
             return ProviderBadRequestError(message, **kw)
         return PermanentProviderError(message, **kw)
-    # Anything else from the SDK (e.g. a response that failed validation) is a provider-side fault.
+    # Anything else the SDK raises (e.g. a response that failed validation) is a provider-side fault;
+    # callers only pass the SDK's own errors here, so our bugs still surface as themselves.
     return ServiceUnavailableException(f"{type(exc).__name__}: {exc}", **kw)

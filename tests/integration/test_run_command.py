@@ -1,0 +1,45 @@
+"""The README's first command: the whole stack plus a demo batch, on embedded defaults."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_run_command_starts_the_stack_and_shows_demo_results_then_stops_cleanly(
+    tmp_path: Path, redis_client: object
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}  # embedded default: SQLite
+    env.update(
+        VENV=str(Path(sys.executable).parent.parent),  # reuse this environment instead of reinstalling
+        ULTRA_VAR_DIR=str(tmp_path / "var"),
+        FAKE_PROVIDER_URL=f"http://127.0.0.1:{_free_port()}",
+        FLOWER_PORT=str(_free_port()),
+        COLUMNS="200",
+    )
+    out = subprocess.run([str(ROOT / "scripts" / "run"), "--exit-after-demo"], capture_output=True, text=True,
+                         env=env, timeout=240, cwd=ROOT)
+    assert out.returncode == 0, out.stdout + out.stderr
+    for name in ("fake-provider", "worker-llm", "worker-ops", "beat", "flower"):
+        assert f"started {name}" in out.stdout
+    assert "demo batch" in out.stdout
+    assert out.stdout.count("openai/") == 3 and out.stdout.count("anthropic/") == 3
+    assert "failed" not in out.stdout
+    assert (tmp_path / "var" / "ultra.db").exists()  # SQLite, the embedded default
+    logs = tmp_path / "var" / "log"
+    assert "ready" in (logs / "worker-llm.log").read_text()
+    assert "Traceback" not in "".join(p.read_text() for p in logs.glob("*.log"))
