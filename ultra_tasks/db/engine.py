@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -70,6 +70,18 @@ def dispose_engines() -> None:
         for engine in _engines.values():
             engine.dispose()
         _engines.clear()
+
+
+@contextmanager
+def transaction(engine: Engine | None = None) -> Iterator[Connection]:
+    """A Core transaction (cheaper than an ORM session on hot paths); outages become
+    DependencyUnavailableError."""
+    engine = engine or get_engine()
+    try:
+        with engine.begin() as conn:
+            yield conn
+    except OperationalError as exc:
+        raise DependencyUnavailableError("database", f"{redact_url(str(engine.url))}: {exc.orig}") from exc
 
 
 _sessionmakers: dict[int, sessionmaker[Session]] = {}

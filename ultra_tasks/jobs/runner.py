@@ -37,11 +37,11 @@ def execute_job(
     record = records.mark_running(job_id, worker)
     if record is None:
         log.warning("job %s is not in the job table; running it unrecorded", job_id)
-    elif record.status == JobStatus.SUCCEEDED.value and record.result:
+    elif record.status is JobStatus.SUCCEEDED and record.result:
         log.info("job %s already succeeded; returning the recorded result", job_id)
         return record.result
-    elif record.status == JobStatus.FAILED.value and record.error:
-        return failed_outcome(job_id, record.error)
+    elif record.status is JobStatus.FAILED:
+        return failed_outcome(job_id, record.error or {})
     attempts = record.attempts if record is not None else 1
 
     request = LLMRequest.from_dict(payload)
