@@ -20,6 +20,9 @@ _s = get_settings()
 
 broker_url = _s.effective_broker_url
 result_backend = _s.effective_result_backend_url
+if broker_url.split("://", 1)[0] in ("redis", "rediss"):
+    # kombu's Redis transport minus a per-acknowledgement client rebuild (see ultra_tasks/broker.py)
+    broker_transport = "ultra_tasks.broker:RedisTransport"
 
 # --- serialization: JSON only
 task_serializer = "json"
@@ -50,7 +53,7 @@ broker_transport_options = _transport_options
 result_backend_transport_options = {"visibility_timeout": _s.broker_visibility_timeout}
 visibility_timeout = _s.broker_visibility_timeout
 result_expires = _s.job_result_ttl
-result_extended = True
+result_extended = False  # the job table keeps the request; no second copy of prompts in Redis
 
 # --- queues: LLM jobs in strict priority order, then ops
 _direct = Exchange("ultra", type="direct")
@@ -64,9 +67,10 @@ task_default_routing_key = QUEUE_DEFAULT
 task_routes = {"ultra.ops.*": {"queue": QUEUE_OPS, "routing_key": QUEUE_OPS}}
 task_create_missing_queues = False
 
-# --- observability (Flower)
-worker_send_task_events = True
-task_send_sent_event = True
+# --- observability: task events cost several broker round trips per task, so workers send them only while
+# someone watches: Flower switches them on at start (its --enable_events default) and keeps them on.
+worker_send_task_events = False
+task_send_sent_event = False
 worker_hijack_root_logger = False
 
 # --- beat

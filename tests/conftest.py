@@ -78,8 +78,16 @@ def pytest_configure(config: pytest.Config) -> None:
             "LOG_LEVEL": "INFO",
         }
     )
-    for var in ("BROKER_URL", "RESULT_BACKEND_URL", "OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENAI_BASE_URL",
-                "ANTHROPIC_BASE_URL", "MODEL_MAP", "CACHE_REDIS_URL"):
+    for var in (
+        "BROKER_URL",
+        "RESULT_BACKEND_URL",
+        "OPENAI_API_KEY",
+        "ANTHROPIC_API_KEY",
+        "OPENAI_BASE_URL",
+        "ANTHROPIC_BASE_URL",
+        "MODEL_MAP",
+        "CACHE_REDIS_URL",
+    ):
         os.environ.pop(var, None)
     _state["redis_ok"] = _redis_ok()
     if _state["redis_ok"]:
@@ -197,11 +205,35 @@ def start_worker(
     tmp = _state["tmp"]
     assert isinstance(tmp, Path)
     log_path = tmp / f"{node.split('@')[0]}.log"
-    argv = [sys.executable, "-m", "celery", "-A", "ultra_tasks", "worker", "-Q", queues, "-P", "threads",
-            "-c", str(concurrency), "-n", node, "--loglevel", "INFO", "--without-mingle", "--without-gossip"]
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "ultra_tasks",
+        "worker",
+        "-Q",
+        queues,
+        "-P",
+        "threads",
+        "-c",
+        str(concurrency),
+        "-n",
+        node,
+        "--loglevel",
+        "INFO",
+        "--without-mingle",
+        "--without-gossip",
+    ]
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                env={**os.environ, **(env or {})}, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
     worker = WorkerProcess(node, proc, log_path)
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:

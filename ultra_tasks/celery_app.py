@@ -15,11 +15,15 @@ app.config_from_object("celeryconfig")
 
 
 @worker_init.connect
-def _prepare_worker(**_: Any) -> None:
+def _prepare_worker(sender: Any = None, **_: Any) -> None:
     # A worker must not take jobs before the schema it writes to exists.
     from ultra_tasks.db.migrate import upgrade_schema
+    from ultra_tasks.providers.registry import default_registry
 
     upgrade_schema()
+    concurrency = getattr(sender, "concurrency", None)
+    if isinstance(concurrency, int) and concurrency > 0:
+        default_registry().pool_size = concurrency
 
 
 @worker_process_init.connect

@@ -36,7 +36,9 @@ class Exit(IntEnum):
     TIMEOUT = 4
 
 
-cli = typer.Typer(help="ultra-tasks: resilient LLM jobs on Celery.", no_args_is_help=True, add_completion=False)
+cli = typer.Typer(
+    help="ultra-tasks: resilient LLM jobs on Celery.", no_args_is_help=True, add_completion=False
+)
 jobs_cli = typer.Typer(help="Inspect jobs.", no_args_is_help=True)
 db_cli = typer.Typer(help="Database schema.", no_args_is_help=True)
 cli.add_typer(jobs_cli, name="jobs")
@@ -130,8 +132,15 @@ def jobs_list(
         _fail(Exit.BAD_INPUT, f"--status: expected one of {', '.join(s.value for s in JobStatus)}")
     table = Table("id", "status", "priority", "model", "provider", "attempts", "created")
     for r in list_jobs(limit=limit, status=wanted):
-        table.add_row(r.id, r.status, r.priority, r.model_used or r.model, r.provider or "", str(r.attempts),
-                      r.created_at.strftime("%Y-%m-%d %H:%M:%S"))
+        table.add_row(
+            r.id,
+            r.status,
+            r.priority,
+            r.model_used or r.model,
+            r.provider or "",
+            str(r.attempts),
+            r.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+        )
     console.print(table)
 
 
@@ -197,8 +206,14 @@ def _print_demo(outcomes: list[Any]) -> int:
             table.add_row(o.priority, o.model, "[red]failed[/red]", "", "", o.error or "")
         else:
             r = o.result
-            table.add_row(o.priority, o.model, f"{r.provider}/{r.model}", f"{r.latency_ms:.0f}",
-                          str(r.usage.get("total_tokens", 0)), r.text[:60])
+            table.add_row(
+                o.priority,
+                o.model,
+                f"{r.provider}/{r.model}",
+                f"{r.latency_ms:.0f}",
+                str(r.usage.get("total_tokens", 0)),
+                r.text[:60],
+            )
     console.print(table)
     return failed
 

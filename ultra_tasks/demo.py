@@ -30,7 +30,9 @@ class DemoOutcome:
 
 def run_demo(timeout: float = 60.0) -> list[DemoOutcome]:
     """Submit the demo batch and wait for every job; failures are reported, not raised."""
-    submitted = [(submit(prompt, model=model, priority=prio), prio, model) for prio, model, prompt in DEMO_JOBS]
+    submitted = [
+        (submit(prompt, model=model, priority=prio), prio, model) for prio, model, prompt in DEMO_JOBS
+    ]
     deadline = time.monotonic() + timeout
     outcomes = []
     for handle, prio, model in submitted:

@@ -74,8 +74,16 @@ def plan(settings: Settings) -> list[Child]:
         children.append(
             Child(
                 "fake-provider",
-                [py, "-m", "ultra_tasks.cli", "fake-provider", "--host", parts.hostname or "127.0.0.1",
-                 "--port", str(parts.port or 8787)],
+                [
+                    py,
+                    "-m",
+                    "ultra_tasks.cli",
+                    "fake-provider",
+                    "--host",
+                    parts.hostname or "127.0.0.1",
+                    "--port",
+                    str(parts.port or 8787),
+                ],
                 logs / "fake-provider.log",
             )
         )
@@ -83,14 +91,36 @@ def plan(settings: Settings) -> list[Child]:
         children.append(Child(f"worker-{role.name}", role.argv(settings), logs / f"worker-{role.name}.log"))
     schedule = settings.var_dir / "celerybeat-schedule"
     children.append(
-        Child("beat", [py, "-m", "celery", "-A", "ultra_tasks", "beat", "-s", str(schedule),
-                       "--loglevel", settings.log_level.upper()], logs / "beat.log")
+        Child(
+            "beat",
+            [
+                py,
+                "-m",
+                "celery",
+                "-A",
+                "ultra_tasks",
+                "beat",
+                "-s",
+                str(schedule),
+                "--loglevel",
+                settings.log_level.upper(),
+            ],
+            logs / "beat.log",
+        )
     )
     children.append(
         Child(
             "flower",
-            [py, "-m", "celery", "-A", "ultra_tasks", "flower", f"--port={settings.flower_port}",
-             "--address=127.0.0.1"],
+            [
+                py,
+                "-m",
+                "celery",
+                "-A",
+                "ultra_tasks",
+                "flower",
+                f"--port={settings.flower_port}",
+                "--address=127.0.0.1",
+            ],
             logs / "flower.log",
         )
     )
@@ -125,7 +155,9 @@ class Stack:
         env.setdefault("PYTHONUNBUFFERED", "1")
         for child in self.children:
             child.start(env)
-            echo(f"started {child.name:<14} pid {child.proc.pid if child.proc else '?'}  log {child.log_path}")
+            echo(
+                f"started {child.name:<14} pid {child.proc.pid if child.proc else '?'}  log {child.log_path}"
+            )
             if child.name == "fake-provider":
                 from ultra_tasks.providers.fake_server import FakeProviderControl
 

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-import ultra_tasks
 from ultra_tasks import JobFailedError, JobHandle, JobStatus, submit
 
 pytestmark = pytest.mark.timeout(120)
@@ -44,8 +43,14 @@ def test_jobs_at_every_priority_through_both_sdks_complete_and_read_back_through
 
 
 def test_job_record_tracks_request_result_provider_attempts_and_timings(llm_worker: Any) -> None:
-    handle = submit(messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
-                    model="gpt-4o", priority="high", max_tokens=50, temperature=0, metadata={"ticket": 7})
+    handle = submit(
+        messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+        model="gpt-4o",
+        priority="high",
+        max_tokens=50,
+        temperature=0,
+        metadata={"ticket": 7},
+    )
     handle.result(timeout=30)
     record = handle.record()
     assert record["status"] == "succeeded"
@@ -65,9 +70,18 @@ def test_result_and_status_work_from_another_process_given_the_id(llm_worker: An
         "import json, sys; from ultra_tasks import JobHandle; h = JobHandle(sys.argv[1]); "
         "r = h.result(timeout=30); print(json.dumps({'status': h.status().value, 'text': r.text}))"
     )
-    out = subprocess.run([sys.executable, "-c", code, handle.id], capture_output=True, text=True, timeout=60,
-                         env=os.environ.copy(), check=True)
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"status": "succeeded", "text": "echo: from afar"}
+    out = subprocess.run(
+        [sys.executable, "-c", code, handle.id],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=os.environ.copy(),
+        check=True,
+    )
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {
+        "status": "succeeded",
+        "text": "echo: from afar",
+    }
 
 
 def test_permanent_provider_error_fails_the_job_with_a_classified_error(

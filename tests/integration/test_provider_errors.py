@@ -51,10 +51,16 @@ def registry() -> Any:
 
 
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
-@pytest.mark.parametrize(("fault", "error_class", "kind"), CASES, ids=lambda v: str(v) if isinstance(v, dict) else None)
+@pytest.mark.parametrize(
+    ("fault", "error_class", "kind"), CASES, ids=lambda v: str(v) if isinstance(v, dict) else None
+)
 def test_sdk_error_is_mapped_and_classified(
-    provider: str, fault: dict[str, Any], error_class: type[ProviderError], kind: ErrorKind,
-    registry: Any, fake_provider: Any,
+    provider: str,
+    fault: dict[str, Any],
+    error_class: type[ProviderError],
+    kind: ErrorKind,
+    registry: Any,
+    fake_provider: Any,
 ) -> None:
     fault = dict(fault)
     fake_provider.add_fault(fault.pop("kind"), **fault)
@@ -70,7 +76,9 @@ def test_sdk_error_is_mapped_and_classified(
 
 
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
-def test_hung_provider_raises_timeout_within_the_given_bound(provider: str, registry: Any, fake_provider: Any) -> None:
+def test_hung_provider_raises_timeout_within_the_given_bound(
+    provider: str, registry: Any, fake_provider: Any
+) -> None:
     fake_provider.add_fault("hang")
     with pytest.raises(ProviderTimeoutError) as info:
         registry.get(provider).complete(_request(MODELS[provider]), timeout=0.5)

@@ -31,8 +31,14 @@ def test_run_command_starts_the_stack_and_shows_demo_results_then_stops_cleanly(
         FLOWER_PORT=str(_free_port()),
         COLUMNS="200",
     )
-    out = subprocess.run([str(ROOT / "scripts" / "run"), "--exit-after-demo"], capture_output=True, text=True,
-                         env=env, timeout=240, cwd=ROOT)
+    out = subprocess.run(
+        [str(ROOT / "scripts" / "run"), "--exit-after-demo"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     for name in ("fake-provider", "worker-llm", "worker-ops", "beat", "flower"):
         assert f"started {name}" in out.stdout

@@ -18,18 +18,27 @@ BAD_INPUTS = [
     pytest.param({"prompt": "", **OK}, "prompt", id="empty-prompt"),
     pytest.param({"prompt": "   ", **OK}, "prompt", id="blank-prompt"),
     pytest.param({"messages": [], **OK}, "messages", id="empty-messages"),
-    pytest.param({"prompt": "hi", "messages": [{"role": "user", "content": "hi"}], **OK}, "prompt", id="both"),
+    pytest.param(
+        {"prompt": "hi", "messages": [{"role": "user", "content": "hi"}], **OK}, "prompt", id="both"
+    ),
     pytest.param({**OK}, "prompt", id="neither"),
     pytest.param({"prompt": 42, **OK}, "prompt", id="prompt-not-text"),
     pytest.param({"messages": "hello", **OK}, "messages", id="messages-a-string"),
     pytest.param({"messages": ["hello"], **OK}, "messages[0]", id="message-not-object"),
     pytest.param({"messages": [{"role": "bot", "content": "x"}], **OK}, "messages[0].role", id="bad-role"),
-    pytest.param({"messages": [{"role": "user", "content": ""}], **OK}, "messages[0].content", id="empty-content"),
+    pytest.param(
+        {"messages": [{"role": "user", "content": ""}], **OK}, "messages[0].content", id="empty-content"
+    ),
     pytest.param({"messages": [{"role": "user"}], **OK}, "messages[0].content", id="missing-content"),
-    pytest.param({"messages": [{"role": "user", "content": "x", "name": "y"}], **OK}, "messages[0]",
-                 id="unknown-message-key"),
+    pytest.param(
+        {"messages": [{"role": "user", "content": "x", "name": "y"}], **OK},
+        "messages[0]",
+        id="unknown-message-key",
+    ),
     pytest.param({"messages": [{"role": "system", "content": "x"}], **OK}, "messages", id="no-user-message"),
-    pytest.param({"prompt": "hi", "model": "gpt-4o", "priority": "urgent"}, "priority", id="unknown-priority"),
+    pytest.param(
+        {"prompt": "hi", "model": "gpt-4o", "priority": "urgent"}, "priority", id="unknown-priority"
+    ),
     pytest.param({"prompt": "hi", "model": "gpt-4o", "priority": 0}, "priority", id="numeric-priority"),
     pytest.param({"prompt": "hi", "model": "llama-3-70b"}, "model", id="model-no-provider-serves"),
     pytest.param({"prompt": "hi", "model": ""}, "model", id="empty-model"),
@@ -39,7 +48,9 @@ BAD_INPUTS = [
     pytest.param({"prompt": "hi", "temperature": 3, **OK}, "temperature", id="temperature-out-of-range"),
     pytest.param({"prompt": "hi", "temperature": float("nan"), **OK}, "temperature", id="temperature-nan"),
     pytest.param({"prompt": "hi", "params": {"top_p": {1, 2}}, **OK}, "params.top_p", id="param-not-json"),
-    pytest.param({"prompt": "hi", "params": {"logit_bias_x": 1}, **OK}, "params.logit_bias_x", id="unknown-param"),
+    pytest.param(
+        {"prompt": "hi", "params": {"logit_bias_x": 1}, **OK}, "params.logit_bias_x", id="unknown-param"
+    ),
     pytest.param({"prompt": "hi", "metadata": {"when": object()}, **OK}, "metadata", id="metadata-not-json"),
     pytest.param({"prompt": "hi", "metadata": [1], **OK}, "metadata", id="metadata-not-object"),
 ]
@@ -76,10 +87,12 @@ def test_input_size_limit_is_configurable(monkeypatch: pytest.MonkeyPatch, datab
         submit("x" * 11, model="gpt-4o")
 
 
-def test_result_times_out_with_a_clear_error_while_no_worker_takes_the_job(redis_client: Any, database: str) -> None:
+def test_result_times_out_with_a_clear_error_while_no_worker_takes_the_job(
+    redis_client: Any, database: str
+) -> None:
     handle = submit("nobody home", model="gpt-4o", priority="low")
     try:
-        with pytest.raises(ultra_tasks.JobTimeoutError, match="no result after 0.5s"):
+        with pytest.raises(ultra_tasks.JobTimeoutError, match=r"no result after 0\.5s"):
             handle.result(timeout=0.5)
         assert handle.status() is JobStatus.QUEUED
         assert redis_client.llen("llm.low") == 1

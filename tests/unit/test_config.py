@@ -29,14 +29,21 @@ SEED_DEFAULTS = {
 
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
-    for name in [*(k.upper() for k in SEED_DEFAULTS), "CACHE_DISK_DIR", "QUEUE_STORAGE_PATH", "ULTRA_VAR_DIR",
-                 "DATABASE_URL"]:
+    for name in [
+        *(k.upper() for k in SEED_DEFAULTS),
+        "CACHE_DISK_DIR",
+        "QUEUE_STORAGE_PATH",
+        "ULTRA_VAR_DIR",
+        "DATABASE_URL",
+    ]:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
     return monkeypatch
 
 
-def test_seed_variables_keep_their_defaults_with_tmp_paths_moved_under_var(clean_env: pytest.MonkeyPatch) -> None:
+def test_seed_variables_keep_their_defaults_with_tmp_paths_moved_under_var(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
     settings = load_settings()
     for name, default in SEED_DEFAULTS.items():
         assert getattr(settings, name) == default, name
@@ -113,15 +120,27 @@ def test_redacted_view_masks_keys_and_url_passwords(clean_env: pytest.MonkeyPatc
 
 def test_cli_exits_2_with_the_variable_named_on_bad_configuration(tmp_path: Path) -> None:
     env = {**os.environ, "RETRY_MAX_ATTEMPTS": "abc"}
-    out = subprocess.run([sys.executable, "-m", "ultra_tasks.cli", "config"], capture_output=True, text=True,
-                         env=env, timeout=60, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-m", "ultra_tasks.cli", "config"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert out.returncode == 2
     assert "RETRY_MAX_ATTEMPTS='abc'" in out.stderr
 
 
 def test_worker_start_fails_naming_the_variable(tmp_path: Path) -> None:
     env = {**os.environ, "REDIS_URL": "localhost:6379"}
-    out = subprocess.run([sys.executable, "-m", "celery", "-A", "ultra_tasks", "worker", "-Q", "ops"],
-                         capture_output=True, text=True, env=env, timeout=60, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "ultra_tasks", "worker", "-Q", "ops"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert out.returncode != 0
     assert "REDIS_URL='localhost:6379'" in out.stderr

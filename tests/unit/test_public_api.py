@@ -22,5 +22,11 @@ def test_every_public_member_is_in_all() -> None:
 
 def test_design_contract_names_built_so_far_are_exported() -> None:
     # The rest of the contract (CircuitBreaker, Fallback, DistributedCache, ...) arrives with its issue.
-    for name in ("CircuitOpenException", "ServiceUnavailableException", "TimeoutException", "submit", "JobHandle"):
+    for name in (
+        "CircuitOpenException",
+        "ServiceUnavailableException",
+        "TimeoutException",
+        "submit",
+        "JobHandle",
+    ):
         assert name in ultra_tasks.__all__

@@ -11,7 +11,12 @@ from ultra_tasks.providers.registry import provider_config, provider_for_model
 
 @pytest.mark.parametrize(
     ("model", "provider"),
-    [("gpt-4o", "openai"), ("gpt-4o-mini", "openai"), ("o3-mini", "openai"), ("claude-3-5-haiku-latest", "anthropic")],
+    [
+        ("gpt-4o", "openai"),
+        ("gpt-4o-mini", "openai"),
+        ("o3-mini", "openai"),
+        ("claude-3-5-haiku-latest", "anthropic"),
+    ],
 )
 def test_builtin_routes(model: str, provider: str) -> None:
     assert provider_for_model(model, load_settings()) == provider

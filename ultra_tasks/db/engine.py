@@ -100,9 +100,7 @@ def session_scope(engine: Engine | None = None) -> Iterator[Session]:
         session.commit()
     except OperationalError as exc:
         session.rollback()
-        raise DependencyUnavailableError(
-            "database", f"{redact_url(str(engine.url))}: {exc.orig}"
-        ) from exc
+        raise DependencyUnavailableError("database", f"{redact_url(str(engine.url))}: {exc.orig}") from exc
     except BaseException:
         session.rollback()
         raise

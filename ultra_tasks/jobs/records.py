@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Table, delete, func, insert, select, update
 
 from ultra_tasks.clock import utcnow
 from ultra_tasks.db.engine import session_scope, transaction
@@ -18,7 +18,7 @@ from ultra_tasks.db.models import JobRecord
 from ultra_tasks.errors import JobNotFoundError
 from ultra_tasks.jobs.models import JobStatus
 
-jobs = JobRecord.__table__
+jobs = cast(Table, JobRecord.__table__)
 FINAL = (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value)
 
 
@@ -33,14 +33,27 @@ class RunStart:
 
 
 def insert_job(
-    *, job_id: str, priority: str, queue: str, model: str, request: dict[str, Any], now: datetime | None = None
+    *,
+    job_id: str,
+    priority: str,
+    queue: str,
+    model: str,
+    request: dict[str, Any],
+    now: datetime | None = None,
 ) -> None:
     now = now or utcnow()
     with transaction() as conn:
         conn.execute(
             insert(jobs).values(
-                id=job_id, status=JobStatus.QUEUED.value, priority=priority, queue=queue, model=model,
-                request=request, attempts=0, created_at=now, updated_at=now,
+                id=job_id,
+                status=JobStatus.QUEUED.value,
+                priority=priority,
+                queue=queue,
+                model=model,
+                request=request,
+                attempts=0,
+                created_at=now,
+                updated_at=now,
             )
         )
 
@@ -92,8 +105,13 @@ def mark_succeeded(job_id: str, result: dict[str, Any]) -> None:
             update(jobs)
             .where(jobs.c.id == job_id)
             .values(
-                status=JobStatus.SUCCEEDED.value, result=result, error=None, provider=result.get("provider"),
-                model_used=result.get("model"), latency_ms=result.get("latency_ms"), finished_at=now,
+                status=JobStatus.SUCCEEDED.value,
+                result=result,
+                error=None,
+                provider=result.get("provider"),
+                model_used=result.get("model"),
+                latency_ms=result.get("latency_ms"),
+                finished_at=now,
                 updated_at=now,
             )
         )
@@ -106,8 +124,12 @@ def mark_failed(job_id: str, error: dict[str, Any]) -> None:
             update(jobs)
             .where(jobs.c.id == job_id)
             .values(
-                status=JobStatus.FAILED.value, error=error, provider=error.get("provider"),
-                model_used=error.get("model"), finished_at=now, updated_at=now,
+                status=JobStatus.FAILED.value,
+                error=error,
+                provider=error.get("provider"),
+                model_used=error.get("model"),
+                finished_at=now,
+                updated_at=now,
             )
         )
 

@@ -22,7 +22,7 @@ def run_job(self: Task, job_id: str, payload: dict[str, Any]) -> dict[str, Any]:
         return execute_job(job_id, payload, worker=self.request.hostname)
     except DependencyUnavailableError as exc:
         # Countdown stays far below the visibility timeout, so the broker never redelivers it meanwhile.
-        delay = min(DB_RETRY_MAX_S, DB_RETRY_BASE_S * 2 ** self.request.retries)
+        delay = min(DB_RETRY_MAX_S, DB_RETRY_BASE_S * 2**self.request.retries)
         raise self.retry(exc=exc, countdown=delay) from exc
 
 

@@ -72,7 +72,9 @@ def _messages(prompt: Any, messages: Any, system: Any) -> tuple[str, tuple[ChatM
 
 def validate_priority(priority: Any) -> str:
     if priority not in PRIORITY_QUEUES:
-        raise JobValidationError("priority", f"expected one of {', '.join(PRIORITY_QUEUES)}, got {priority!r}")
+        raise JobValidationError(
+            "priority", f"expected one of {', '.join(PRIORITY_QUEUES)}, got {priority!r}"
+        )
     return str(priority)
 
 
@@ -95,8 +97,14 @@ def build_request(
 
     if max_tokens is None:
         max_tokens = settings.default_max_tokens
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
-        raise JobValidationError("max_tokens", f"expected an integer from 1 to {MAX_TOKENS_LIMIT}, got {max_tokens!r}")
+    if (
+        isinstance(max_tokens, bool)
+        or not isinstance(max_tokens, int)
+        or not 1 <= max_tokens <= MAX_TOKENS_LIMIT
+    ):
+        raise JobValidationError(
+            "max_tokens", f"expected an integer from 1 to {MAX_TOKENS_LIMIT}, got {max_tokens!r}"
+        )
     if temperature is not None and (
         isinstance(temperature, bool)
         or not isinstance(temperature, int | float)
@@ -110,13 +118,16 @@ def build_request(
         raise JobValidationError("params", f"expected an object, got {type(params).__name__}")
     for key, value in params.items():
         if key not in ALLOWED_PARAMS:
-            raise JobValidationError(f"params.{key}", f"unknown parameter (allowed: {', '.join(ALLOWED_PARAMS)})")
+            raise JobValidationError(
+                f"params.{key}", f"unknown parameter (allowed: {', '.join(ALLOWED_PARAMS)})"
+            )
         _json_value(f"params.{key}", value)
 
     size = sum(len(m.content) for m in msgs)
     if size > settings.max_input_chars:
         raise JobValidationError(
-            size_field, f"input is {size} characters, over the limit of {settings.max_input_chars} (MAX_INPUT_CHARS)"
+            size_field,
+            f"input is {size} characters, over the limit of {settings.max_input_chars} (MAX_INPUT_CHARS)",
         )
     return LLMRequest(
         model=model,

@@ -7,16 +7,21 @@ from typing import Any
 
 import anthropic
 
-from ultra_tasks.providers.base import LLMRequest, LLMResponse, Provider, Usage
+from ultra_tasks.providers.base import LLMRequest, LLMResponse, Provider, Usage, connection_limits
 from ultra_tasks.providers.sdk_errors import map_sdk_error
 
 PASSTHROUGH_PARAMS = ("top_p", "top_k")
 
 
 class AnthropicProvider(Provider):
-    def __init__(self, name: str, *, api_key: str, base_url: str | None) -> None:
+    def __init__(self, name: str, *, api_key: str, base_url: str | None, max_connections: int = 100) -> None:
         self.name = name
-        self._client = anthropic.Anthropic(api_key=api_key, base_url=base_url, max_retries=0)
+        self._client = anthropic.Anthropic(
+            api_key=api_key,
+            base_url=base_url,
+            max_retries=0,
+            http_client=anthropic.DefaultHttpxClient(limits=connection_limits(max_connections)),
+        )
 
     def complete(self, request: LLMRequest, *, timeout: float) -> LLMResponse:
         # Anthropic takes system prompts beside the conversation, not inside it.
@@ -24,7 +29,9 @@ class AnthropicProvider(Provider):
         kwargs: dict[str, Any] = {
             "model": request.model,
             "max_tokens": request.max_tokens,
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages if m.role != "system"],
+            "messages": [
+                {"role": m.role, "content": m.content} for m in request.messages if m.role != "system"
+            ],
         }
         if system:
             kwargs["system"] = system

@@ -50,16 +50,27 @@ _STATUS_ERRORS: dict[int, tuple[str, str | None, str, str]] = {
 }
 
 
-def _error_response(api: str, status: int, message: str | None = None, *, error_type: str | None = None,
-                    code: str | None = None, retry_after: float | None = None) -> web.Response:
+def _error_response(
+    api: str,
+    status: int,
+    message: str | None = None,
+    *,
+    error_type: str | None = None,
+    code: str | None = None,
+    retry_after: float | None = None,
+) -> web.Response:
     """An error response in the given provider's wire format."""
     fallback = _STATUS_ERRORS[500 if status >= 500 else 400]  # unlisted codes get a generic type
     oa_type, oa_code, an_type, default = _STATUS_ERRORS.get(status, fallback)
     headers = {} if retry_after is None else {"Retry-After": f"{retry_after:g}"}
     if api == OPENAI:
         headers["x-request-id"] = f"req_{uuid.uuid4().hex}"
-        err = {"message": message or default, "type": error_type or oa_type, "param": None,
-               "code": code or oa_code}
+        err = {
+            "message": message or default,
+            "type": error_type or oa_type,
+            "param": None,
+            "code": code or oa_code,
+        }
         return web.json_response({"error": err}, status=status, headers=headers)
     headers["request-id"] = f"req_{uuid.uuid4().hex}"
     body = {"type": "error", "error": {"type": error_type or an_type, "message": message or default}}
@@ -92,8 +103,15 @@ class _Fault:
     hits: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "kind": self.kind, "model": self.model, "api": self.api,
-                "times": self.times, "hits": self.hits, **self.params}
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "model": self.model,
+            "api": self.api,
+            "times": self.times,
+            "hits": self.hits,
+            **self.params,
+        }
 
 
 def _parse_fault(fault_id: str, spec: Any) -> _Fault:
@@ -154,20 +172,41 @@ def _answer(api: str, body: dict[str, Any], system: str) -> web.Response:
     prompt = len(system.split()) + sum(len(_text(m.get("content")).split()) for m in messages)
     completion = len(reply.split())
     if api == OPENAI:
-        return web.json_response({
-            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion",
-            "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply, "refusal": None},
-                         "logprobs": None, "finish_reason": "length" if truncated else "stop"}],
-            "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
-                      "total_tokens": prompt + completion},
-        }, headers={"x-request-id": f"req_{uuid.uuid4().hex}"})
-    return web.json_response({
-        "id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant", "model": model,
-        "content": [{"type": "text", "text": reply}],
-        "stop_reason": "max_tokens" if truncated else "end_turn", "stop_sequence": None,
-        "usage": {"input_tokens": prompt, "output_tokens": completion},
-    }, headers={"request-id": f"req_{uuid.uuid4().hex}"})
+        return web.json_response(
+            {
+                "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": reply, "refusal": None},
+                        "logprobs": None,
+                        "finish_reason": "length" if truncated else "stop",
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt,
+                    "completion_tokens": completion,
+                    "total_tokens": prompt + completion,
+                },
+            },
+            headers={"x-request-id": f"req_{uuid.uuid4().hex}"},
+        )
+    return web.json_response(
+        {
+            "id": f"msg_{uuid.uuid4().hex[:24]}",
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [{"type": "text", "text": reply}],
+            "stop_reason": "max_tokens" if truncated else "end_turn",
+            "stop_sequence": None,
+            "usage": {"input_tokens": prompt, "output_tokens": completion},
+        },
+        headers={"request-id": f"req_{uuid.uuid4().hex}"},
+    )
 
 
 @dataclass
@@ -241,8 +280,13 @@ class FakeProviderServer:
         self._stopping = asyncio.Event()
         # handler_cancellation: a client disconnect cancels its handler, which is how a hung
         # request ends early. A short shutdown_timeout bounds stop() even if a handler lingers.
-        runner = web.AppRunner(self._make_app(), handle_signals=False, access_log=None,
-                               handler_cancellation=True, shutdown_timeout=1.0)
+        runner = web.AppRunner(
+            self._make_app(),
+            handle_signals=False,
+            access_log=None,
+            handler_cancellation=True,
+            shutdown_timeout=1.0,
+        )
         await runner.setup()
         # A large listen backlog so bursts of hundreds of simultaneous connects are not refused.
         site = web.TCPSite(runner, self.host, self.port, backlog=2048)
@@ -270,8 +314,9 @@ class FakeProviderServer:
     def __enter__(self) -> FakeProviderServer:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     def _make_app(self) -> web.Application:
@@ -289,8 +334,14 @@ class FakeProviderServer:
 
     @staticmethod
     def _fresh_stats(in_flight: int) -> dict[str, Any]:
-        return {"total": 0, "by_api": {OPENAI: 0, ANTHROPIC: 0}, "by_model": {}, "by_outcome": {},
-                "in_flight": in_flight, "max_in_flight": in_flight}
+        return {
+            "total": 0,
+            "by_api": {OPENAI: 0, ANTHROPIC: 0},
+            "by_model": {},
+            "by_outcome": {},
+            "in_flight": in_flight,
+            "max_in_flight": in_flight,
+        }
 
     # -- control API (state is only touched on the server loop, so no locks) ------------------
     async def _healthz(self, request: web.Request) -> web.Response:
@@ -419,16 +470,27 @@ class FakeProviderServer:
         params = fault.params if fault else {}
         if fault and fault.kind == "status":
             self._record(call, f"status_{params['status']}")
-            return _error_response(api, params["status"], params.get("message"),
-                                   retry_after=params.get("retry_after"))
+            return _error_response(
+                api, params["status"], params.get("message"), retry_after=params.get("retry_after")
+            )
         if fault and fault.kind == "quota":
             self._record(call, "quota")
             if api == OPENAI:
-                return _error_response(api, 429, params.get("message") or _QUOTA_OPENAI,
-                                       error_type="insufficient_quota", code="insufficient_quota",
-                                       retry_after=params.get("reset_after"))
-            return _error_response(api, 400, params.get("message") or _QUOTA_ANTHROPIC,
-                                   error_type="invalid_request_error", retry_after=params.get("reset_after"))
+                return _error_response(
+                    api,
+                    429,
+                    params.get("message") or _QUOTA_OPENAI,
+                    error_type="insufficient_quota",
+                    code="insufficient_quota",
+                    retry_after=params.get("reset_after"),
+                )
+            return _error_response(
+                api,
+                400,
+                params.get("message") or _QUOTA_ANTHROPIC,
+                error_type="invalid_request_error",
+                retry_after=params.get("reset_after"),
+            )
         if fault and fault.kind == "drop":
             self._record(call, "drop")
             return self._drop(request)
@@ -461,8 +523,9 @@ class FakeProviderControl:
             detail = exc.read().decode(errors="replace")
             raise ValueError(f"{method} {path} failed with {exc.code}: {detail}") from exc
 
-    def add_fault(self, kind: str, model: str = "*", api: str = "*", times: int | None = None,
-                  **params: Any) -> str:
+    def add_fault(
+        self, kind: str, model: str = "*", api: str = "*", times: int | None = None, **params: Any
+    ) -> str:
         """Activate a fault; returns its id."""
         spec = {"kind": kind, "model": model, "api": api, "times": times, **params}
         return str(self._call("POST", "/_fake/faults", spec)["id"])

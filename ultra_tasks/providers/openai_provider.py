@@ -8,7 +8,7 @@ from typing import Any
 import openai
 
 from ultra_tasks.errors import ServiceUnavailableException
-from ultra_tasks.providers.base import LLMRequest, LLMResponse, Provider, Usage
+from ultra_tasks.providers.base import LLMRequest, LLMResponse, Provider, Usage, connection_limits
 from ultra_tasks.providers.sdk_errors import map_sdk_error
 
 #: request parameters OpenAI accepts beside messages/max_tokens/temperature
@@ -16,10 +16,15 @@ PASSTHROUGH_PARAMS = ("top_p", "stop", "seed", "presence_penalty", "frequency_pe
 
 
 class OpenAIProvider(Provider):
-    def __init__(self, name: str, *, api_key: str, base_url: str | None) -> None:
+    def __init__(self, name: str, *, api_key: str, base_url: str | None, max_connections: int = 100) -> None:
         self.name = name
         # max_retries=0: our own retry layer owns retries, so attempts are counted once and budgeted.
-        self._client = openai.OpenAI(api_key=api_key, base_url=base_url, max_retries=0)
+        self._client = openai.OpenAI(
+            api_key=api_key,
+            base_url=base_url,
+            max_retries=0,
+            http_client=openai.DefaultHttpxClient(limits=connection_limits(max_connections)),
+        )
 
     def complete(self, request: LLMRequest, *, timeout: float) -> LLMResponse:
         kwargs: dict[str, Any] = {

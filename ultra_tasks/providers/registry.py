@@ -59,8 +59,9 @@ def provider_for_model(model: str, settings: Settings | None = None) -> str:
                     f"(expected one of {', '.join(PROVIDER_NAMES)})"
                 )
             if provider == OPENAI_COMPAT and not settings.openai_compat_base_url:
-                raise ConfigurationError(f"MODEL_MAP routes {pattern!r} to openai_compat but "
-                                         "OPENAI_COMPAT_BASE_URL is not set")
+                raise ConfigurationError(
+                    f"MODEL_MAP routes {pattern!r} to openai_compat but OPENAI_COMPAT_BASE_URL is not set"
+                )
             return provider
     raise UnknownModelError(model, [p for p, _ in table])
 
@@ -83,14 +84,16 @@ def provider_config(name: str, settings: Settings | None = None) -> ProviderConf
     raise ConfigurationError(f"unknown provider {name!r}")
 
 
-def _build(config: ProviderConfig) -> Provider:
+def _build(config: ProviderConfig, pool: int) -> Provider:
     if config.name == ANTHROPIC:
         from ultra_tasks.providers.anthropic_provider import AnthropicProvider
 
-        return AnthropicProvider(config.name, api_key=config.api_key, base_url=config.base_url)
+        return AnthropicProvider(
+            config.name, api_key=config.api_key, base_url=config.base_url, max_connections=pool
+        )
     from ultra_tasks.providers.openai_provider import OpenAIProvider
 
-    return OpenAIProvider(config.name, api_key=config.api_key, base_url=config.base_url)
+    return OpenAIProvider(config.name, api_key=config.api_key, base_url=config.base_url, max_connections=pool)
 
 
 class ProviderRegistry:
@@ -100,6 +103,8 @@ class ProviderRegistry:
         self._settings = settings
         self._providers: dict[str, Provider] = {}
         self._lock = threading.Lock()
+        #: threads that share each provider client (a worker sets it to its concurrency at start)
+        self.pool_size = self.settings.queue_worker_count
 
     @property
     def settings(self) -> Settings:
@@ -111,7 +116,9 @@ class ProviderRegistry:
             with self._lock:
                 provider = self._providers.get(name)
                 if provider is None:
-                    provider = self._providers[name] = _build(provider_config(name, self.settings))
+                    provider = self._providers[name] = _build(
+                        provider_config(name, self.settings), self.pool_size
+                    )
         return provider
 
     def for_model(self, model: str) -> Provider:
