@@ -20,9 +20,6 @@ _s = get_settings()
 
 broker_url = _s.effective_broker_url
 result_backend = _s.effective_result_backend_url
-if broker_url.split("://", 1)[0] in ("redis", "rediss"):
-    # kombu's Redis transport minus a per-acknowledgement client rebuild (see ultra_tasks/broker.py)
-    broker_transport = "ultra_tasks.broker:RedisTransport"
 
 # --- serialization: JSON only
 task_serializer = "json"

@@ -19,8 +19,14 @@ ensure_venv() {
   [ -f "$stamp" ] && have="$(cat "$stamp")"
   if [ "${have%%:*}" != "$hash" ] || { [ -n "$extras" ] && [ "${have#*:}" != "$extras" ]; }; then
     log "installing ultra-tasks${extras:+ with [$extras]} into $VENV"
-    "$PY" -m pip install --quiet --disable-pip-version-check --upgrade pip >/dev/null
-    "$PY" -m pip install --quiet --disable-pip-version-check -e "$ROOT${extras:+[$extras]}"
+    local install_log="$VENV/install.log"
+    # setuptools prints deprecation banners during editable installs; keep them in a log unless it fails
+    if ! { "$PY" -m pip install --disable-pip-version-check --upgrade pip \
+           && "$PY" -m pip install --disable-pip-version-check -e "$ROOT${extras:+[$extras]}"; } >"$install_log" 2>&1; then
+      cat "$install_log" >&2
+      log "installation failed (log above, also in $install_log)"
+      return 1
+    fi
     echo "$hash:$extras" > "$stamp"
   fi
 }

@@ -247,7 +247,9 @@ def up(
     def _terminate(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt
 
+    # Explicit handlers: a shell that starts us in the background ignores SIGINT unless we take it back.
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)
     code = Exit.OK
     try:
         stack.start(echo=lambda line: console.print(line, highlight=False))
