@@ -29,10 +29,12 @@ from ultra_tasks.errors import (
 )
 from ultra_tasks.jobs.models import JobResult, JobStatus
 from ultra_tasks.jobs.submit import JobHandle, submit
+from ultra_tasks.resilience.breaker import CircuitBreaker
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CircuitBreaker",
     "CircuitOpenException",
     "ConfigurationError",
     "DependencyUnavailableError",

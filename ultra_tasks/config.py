@@ -44,6 +44,20 @@ class Settings(BaseSettings):
     #: seconds an open breaker waits before a half-open probe
     circuit_breaker_reset_timeout: float = Field(60, gt=0)
 
+    #: probes admitted at once fleet-wide while half-open
+    circuit_breaker_half_open_max_calls: int = Field(1, ge=1)
+    #: each repeated trip multiplies the open time by this (1 = constant), up to the maximum below
+    circuit_breaker_reset_backoff: float = Field(1.0, ge=1)
+    circuit_breaker_max_reset_timeout: float = Field(600, gt=0)  #: seconds
+    #: seconds a probe may hold its half-open lease before another caller may probe instead
+    circuit_breaker_probe_lease: float | None = Field(None, gt=0)  #: default: PROVIDER_TIMEOUT + 5
+    #: seconds a worker trusts its cached "closed" verdict: the bound on how fast a trip reaches it
+    circuit_breaker_sync_interval: float = Field(0.25, gt=0, le=60)
+    #: what breakers do when Redis is unreachable: local (in-process breaker), fail_open, fail_closed
+    circuit_breaker_redis_down_policy: str = Field("local", pattern=r"^(local|fail_open|fail_closed)$")
+    #: one breaker per provider, or per provider and model
+    circuit_breaker_scope: str = Field("provider", pattern=r"^(provider|model)$")
+
     # --- seed: retries
     retry_max_attempts: int = Field(3, ge=1)
     retry_initial_delay: float = Field(0.1, ge=0)  #: seconds

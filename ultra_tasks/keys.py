@@ -29,3 +29,22 @@ def health_last() -> str:
 def migration_lock() -> str:
     """Lock held while one process applies database migrations."""
     return f"{_ns()}:lock:migrations"
+
+
+def breaker(name: str) -> tuple[str, str, str, str]:
+    """Keys of one circuit breaker: state hash, probe leases, metrics hash, failure-rate window.
+
+    The ``{name}`` hash tag keeps all four in one cluster slot, as the breaker's Lua script requires.
+    """
+    base = f"{_ns()}:cb:{{{name}}}"
+    return base, f"{base}:leases", f"{base}:metrics", f"{base}:window"
+
+
+def breaker_index() -> str:
+    """Set of every breaker name ever used (for `ultra breakers list` and metrics)."""
+    return f"{_ns()}:cb:index"
+
+
+def breaker_events() -> str:
+    """Pub/sub channel: one JSON message per breaker state change, published by the script that made it."""
+    return f"{_ns()}:cb:events"

@@ -1,0 +1,506 @@
+"""A circuit breaker shared by the whole fleet through Redis.
+
+The state (closed / open / half-open, plus operator states forced-open and disabled) lives in one Redis
+hash per breaker; every transition happens inside one Lua script on Redis' clock (breaker_script.py), so:
+- failures from any number of processes trip it at exactly ``failure_threshold``;
+- half-open admits exactly ``half_open_max_calls`` probes fleet-wide, as leases that expire, so a prober
+  killed mid-call cannot wedge it;
+- every outcome carries the generation it started in: a late result cannot undo a newer transition;
+- the script that makes a transition publishes it (Redis channel) and its caller runs the in-process
+  listeners: one event per transition, fleet-wide.
+
+The closed path avoids Redis: each process trusts its cached "closed" verdict for ``sync_interval``
+seconds (the configured bound on how fast a trip reaches it) and batches successes into its next script
+call. Failures are always recorded at once, so the threshold is exact.
+
+When Redis is unreachable the breaker follows ``redis_down_policy`` (``local``: an in-process breaker;
+``fail_open``: allow; ``fail_closed``: refuse), logs it once per outage, counts it, and tries Redis again
+after a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import redis
+
+from ultra_tasks import keys
+from ultra_tasks.config import get_settings
+from ultra_tasks.errors import CircuitOpenException, PermanentProviderError, UltraTasksError
+from ultra_tasks.resilience.breaker_script import BREAKER_LUA
+from ultra_tasks.resilience.local_breaker import LocalBreakerState
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+Listener = Callable[[str, str, str], Any]
+
+#: seconds between attempts to reach Redis again once it failed
+REDIS_RETRY_S = 1.0
+#: a client built for breakers fails fast: a down Redis must not add seconds to every call
+REDIS_SOCKET_TIMEOUT_S = 0.5
+
+_clients: dict[str, redis.Redis] = {}
+_clients_lock = threading.Lock()
+
+
+def breaker_redis(url: str | None = None) -> redis.Redis:
+    """The process-wide Redis client breakers use (short timeouts)."""
+    url = url or get_settings().redis_url
+    with _clients_lock:
+        client = _clients.get(url)
+        if client is None:
+            client = _clients[url] = redis.Redis.from_url(
+                url,
+                socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+                socket_connect_timeout=REDIS_SOCKET_TIMEOUT_S,
+                decode_responses=True,
+            )
+        return client
+
+
+@dataclass
+class _Verdict:
+    """This process's cached view of the shared state."""
+
+    state: str
+    gen: int
+    failures: int
+    fetched: float  # monotonic
+    retry_at: float  # monotonic; when an open breaker may be probed
+
+
+@dataclass
+class _Token:
+    """One guarded call in flight."""
+
+    gen: int
+    lease: str | None
+    mode: str  # "shared", "local", "bypass" (disabled or fail-open)
+    started: float
+
+
+class CircuitBreaker:
+    """Circuit breaker shared by every process that uses the same ``name`` and Redis.
+
+    Usable as a decorator (sync and async functions), as a context manager (``with breaker:`` and
+    ``async with breaker:``) and with ``breaker.call(fn, *args)``.
+    """
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half-open"
+    FORCED_OPEN = "forced-open"
+    DISABLED = "disabled"
+
+    def __init__(
+        self,
+        name: str,
+        failure_threshold: int | None = None,
+        reset_timeout: float | None = None,
+        *,
+        half_open_max_calls: int | None = None,
+        reset_backoff: float | None = None,
+        max_reset_timeout: float | None = None,
+        probe_lease: float | None = None,
+        failure_rate_threshold: float | None = None,
+        minimum_calls: int = 20,
+        window: float = 60.0,
+        slow_call_duration: float | None = None,
+        slow_call_rate_threshold: float | None = None,
+        record_on: Iterable[type[BaseException]] = (Exception,),
+        ignore_on: Iterable[type[BaseException]] = (PermanentProviderError,),
+        redis_client: redis.Redis | None = None,
+        redis_down_policy: str | None = None,
+        sync_interval: float | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        settings = get_settings()
+        if not name or not isinstance(name, str):
+            raise ValueError("name must be a non-empty string")
+        self.name = name
+        self.failure_threshold = int(failure_threshold or settings.circuit_breaker_failure_threshold)
+        self.reset_timeout = float(reset_timeout or settings.circuit_breaker_reset_timeout)
+        self.half_open_max_calls = int(half_open_max_calls or settings.circuit_breaker_half_open_max_calls)
+        self.reset_backoff = float(reset_backoff or settings.circuit_breaker_reset_backoff)
+        self.max_reset_timeout = float(max_reset_timeout or settings.circuit_breaker_max_reset_timeout)
+        self.probe_lease = float(
+            probe_lease or settings.circuit_breaker_probe_lease or settings.provider_timeout + 5
+        )
+        self.sync_interval = float(sync_interval or settings.circuit_breaker_sync_interval)
+        self.redis_down_policy = redis_down_policy or settings.circuit_breaker_redis_down_policy
+        if self.redis_down_policy not in ("local", "fail_open", "fail_closed"):
+            raise ValueError("redis_down_policy must be local, fail_open or fail_closed")
+        if failure_rate_threshold is not None and not 0 < failure_rate_threshold <= 100:
+            raise ValueError("failure_rate_threshold is a percentage in (0, 100]")
+        self.slow_call_duration = slow_call_duration
+        self.record_on = tuple(record_on)
+        self.ignore_on = tuple(ignore_on)
+        self._monotonic = monotonic
+        self._redis = redis_client or breaker_redis()
+        self._script = self._redis.register_script(BREAKER_LUA)
+        self._keys = list(keys.breaker(name))
+        self._channel = keys.breaker_events()
+        self._config = json.dumps(
+            {
+                "failure_threshold": self.failure_threshold,
+                "reset_timeout": self.reset_timeout,
+                "reset_backoff": self.reset_backoff,
+                "max_reset_timeout": self.max_reset_timeout,
+                "half_open_max_calls": self.half_open_max_calls,
+                "lease_ttl": self.probe_lease,
+                "rate_threshold": failure_rate_threshold,
+                "minimum_calls": minimum_calls,
+                "window": window,
+                "slow_rate_threshold": slow_call_rate_threshold,
+            }
+        )
+        self._batch_ok = failure_rate_threshold is None and slow_call_rate_threshold is None
+        self._verdict: _Verdict | None = None
+        self._pending_successes = 0
+        self._pending_lock = threading.Lock()
+        self._listeners: list[Listener] = []
+        self._redis_down_until = 0.0
+        self._indexed = False
+        self._local = LocalBreakerState(
+            failure_threshold=self.failure_threshold,
+            reset_timeout=self.reset_timeout,
+            reset_backoff=self.reset_backoff,
+            max_reset_timeout=self.max_reset_timeout,
+            half_open_max_calls=self.half_open_max_calls,
+            monotonic=monotonic,
+        )
+        self._tokens: ContextVar[tuple[_Token, ...]] = ContextVar(f"breaker-{name}-{id(self)}", default=())
+        #: calls decided without Redis because it was unreachable (the policy was applied)
+        self.redis_unavailable_calls = 0
+
+    def __repr__(self) -> str:
+        return f"CircuitBreaker({self.name!r}, failure_threshold={self.failure_threshold})"
+
+    # --- listeners -------------------------------------------------------------------------------------
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener(name, old_state, new_state)`` for each transition this process makes."""
+        self._listeners.append(listener)
+
+    def _notify(self, from_state: str, to_state: str) -> None:
+        log.warning("circuit breaker %s: %s -> %s", self.name, from_state, to_state)
+        for listener in self._listeners:
+            try:
+                result = listener(self.name, from_state, to_state)
+                if inspect.isawaitable(result):
+                    _run_awaitable(result)
+            except Exception:
+                log.exception("breaker listener %r failed", listener)
+
+    # --- Redis -----------------------------------------------------------------------------------------
+    def _run(self, op: str, arg: dict[str, Any]) -> dict[str, Any]:
+        with self._pending_lock:
+            pending, self._pending_successes = self._pending_successes, 0
+        if pending:
+            arg = {**arg, "successes": pending}
+        try:
+            raw = self._script(keys=self._keys, args=[op, self.name, self._channel, self._config, json.dumps(arg)])
+            if not self._indexed:
+                self._redis.sadd(keys.breaker_index(), self.name)
+                self._indexed = True
+        except redis.RedisError:
+            with self._pending_lock:
+                self._pending_successes += pending
+            raise
+        reply: dict[str, Any] = json.loads(raw)
+        now = self._monotonic()
+        retry_after = float(reply.get("retry_after") or 0)
+        self._verdict = _Verdict(
+            state=reply["state"],
+            gen=int(reply["gen"]),
+            failures=int(reply["failures"]),
+            fetched=now,
+            retry_at=now + max(0.0, retry_after),
+        )
+        if self._redis_down_until:
+            log.warning("circuit breaker %s: Redis reachable again, shared state restored", self.name)
+            self._redis_down_until = 0.0
+        if reply.get("to"):
+            self._notify(reply["from"], reply["to"])
+        return reply
+
+    def _redis_failed(self, exc: BaseException) -> None:
+        if not self._redis_down_until:
+            log.error(
+                "circuit breaker %s: Redis unreachable (%s); applying policy %r",
+                self.name, exc, self.redis_down_policy,
+            )
+        self._redis_down_until = self._monotonic() + REDIS_RETRY_S
+        self._verdict = None
+
+    def _degraded_before(self) -> _Token:
+        self.redis_unavailable_calls += 1
+        now = self._monotonic()
+        if self.redis_down_policy == "fail_open":
+            return _Token(0, None, "bypass", now)
+        if self.redis_down_policy == "fail_closed":
+            raise CircuitOpenException(self.name, REDIS_RETRY_S)
+        decision, change = self._local.acquire()
+        if change:
+            self._notify(*change)
+        if not decision.allowed:
+            raise CircuitOpenException(self.name, max(0.0, decision.retry_after))
+        return _Token(decision.gen, "probe" if decision.probe else None, "local", now)
+
+    # --- the guarded call --------------------------------------------------------------------------------
+    def _before_fast(self) -> _Token | None:
+        """A verdict from the local cache, or None if Redis must be asked."""
+        now = self._monotonic()
+        if self._redis_down_until:
+            if now < self._redis_down_until:
+                return self._degraded_before()
+            return None
+        v = self._verdict
+        if v is None or now - v.fetched >= self.sync_interval:
+            return None
+        if v.state == self.CLOSED:
+            return _Token(v.gen, None, "shared", now)
+        if v.state == self.DISABLED:
+            return _Token(v.gen, None, "bypass", now)
+        if v.state == self.OPEN and now < v.retry_at:
+            raise CircuitOpenException(self.name, v.retry_at - now)
+        if v.state == self.FORCED_OPEN:
+            raise CircuitOpenException(self.name, 0.0)
+        return None
+
+    def _before(self) -> _Token:
+        token = self._before_fast()
+        if token is not None:
+            return token
+        if self._redis_down_until and self._monotonic() < self._redis_down_until:
+            return self._degraded_before()
+        lease = uuid.uuid4().hex
+        try:
+            reply = self._run("acquire", {"lease": lease})
+        except redis.RedisError as exc:
+            self._redis_failed(exc)
+            return self._degraded_before()
+        now = self._monotonic()
+        if not reply["allowed"]:
+            raise CircuitOpenException(self.name, max(0.0, float(reply["retry_after"])))
+        mode = "bypass" if reply["state"] == self.DISABLED else "shared"
+        return _Token(int(reply["gen"]), lease if reply["probe"] else None, mode, now)
+
+    def _is_failure(self, exc: BaseException | None) -> bool:
+        if exc is None or isinstance(exc, CircuitOpenException):
+            return False
+        if self.ignore_on and isinstance(exc, self.ignore_on):
+            return False
+        return isinstance(exc, self.record_on)
+
+    def _after_fast(self, token: _Token, exc: BaseException | None) -> bool:
+        """Handle the outcome without Redis when possible; True if handled."""
+        failure = self._is_failure(exc)
+        if token.mode == "bypass":
+            return True
+        if token.mode == "local":
+            change = self._local.record(gen=token.gen, probe=token.lease is not None, failure=failure)
+            if change:
+                self._notify(*change)
+            return True
+        slow = self.slow_call_duration is not None and self._monotonic() - token.started >= self.slow_call_duration
+        v = self._verdict
+        if (
+            not failure
+            and token.lease is None
+            and self._batch_ok
+            and not slow
+            and v is not None
+            and v.gen == token.gen
+            and v.failures == 0
+        ):
+            # The common case: nothing to reset, so the success only feeds metrics, in the next script call.
+            with self._pending_lock:
+                self._pending_successes += 1
+            return True
+        return False
+
+    def _after(self, token: _Token, exc: BaseException | None) -> None:
+        if self._after_fast(token, exc):
+            return
+        failure = self._is_failure(exc)
+        slow = self.slow_call_duration is not None and self._monotonic() - token.started >= self.slow_call_duration
+        arg = {"outcome": "failure" if failure else "success", "gen": token.gen, "lease": token.lease, "slow": slow}
+        try:
+            self._run("record", arg)
+        except redis.RedisError as exc_redis:
+            self._redis_failed(exc_redis)
+            self.redis_unavailable_calls += 1
+            if failure:
+                change = self._local.record(gen=self._local.gen, probe=False, failure=True)
+                if change:
+                    self._notify(*change)
+
+    # --- public ways to guard a call ------------------------------------------------------------------
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        token = self._before()
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as exc:
+            self._after(token, exc)
+            raise
+        self._after(token, None)
+        return result
+
+    async def call_async(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        token = self._before_fast() or await asyncio.to_thread(self._before)
+        try:
+            result = await fn(*args, **kwargs)
+        except Exception as exc:
+            if not self._after_fast(token, exc):
+                await asyncio.to_thread(self._after, token, exc)
+            raise
+        if not self._after_fast(token, None):
+            await asyncio.to_thread(self._after, token, None)
+        return result
+
+    def __call__(self, fn: F) -> F:
+        """Decorate a sync or async function."""
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                return await self.call_async(fn, *args, **kwargs)
+
+            return async_wrapper  # type: ignore[return-value]
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return self.call(fn, *args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    def __enter__(self) -> CircuitBreaker:
+        self._tokens.set((*self._tokens.get(), self._before()))
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        stack = self._tokens.get()
+        self._tokens.set(stack[:-1])
+        self._after(stack[-1], exc if isinstance(exc, Exception) else None)
+
+    async def __aenter__(self) -> CircuitBreaker:
+        token = self._before_fast() or await asyncio.to_thread(self._before)
+        self._tokens.set((*self._tokens.get(), token))
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        stack = self._tokens.get()
+        self._tokens.set(stack[:-1])
+        outcome = exc if isinstance(exc, Exception) else None
+        if not self._after_fast(stack[-1], outcome):
+            await asyncio.to_thread(self._after, stack[-1], outcome)
+
+    # --- reading the shared state ---------------------------------------------------------------------
+    def _peek(self) -> dict[str, Any]:
+        try:
+            return self._run("peek", {})
+        except redis.RedisError as exc:
+            self._redis_failed(exc)
+            local = self._local
+            return {"state": local.state, "gen": local.gen, "failures": local.failures,
+                    "last_failure": local.last_failure}
+
+    @property
+    def state(self) -> str:
+        """The shared state: closed, open, half-open, forced-open or disabled."""
+        return str(self._peek()["state"])
+
+    @property
+    def failure_count(self) -> int:
+        """Consecutive failures counted fleet-wide while closed."""
+        return int(self._peek()["failures"])
+
+    @property
+    def last_failure_time(self) -> float:
+        """Epoch seconds (Redis clock) of the last recorded failure; 0 if none."""
+        return float(self._peek()["last_failure"])
+
+    def flush(self) -> None:
+        """Send batched success counts now (they otherwise ride on the next script call)."""
+        if self._pending_successes:
+            self._peek()
+
+    def metrics(self) -> dict[str, Any]:
+        """Fleet-wide counters of this breaker: successes, failures, rejections, state changes, success rate."""
+        self.flush()
+        raw = self._redis.hgetall(self._keys[2])
+        changes = {k.split(":", 1)[1]: int(v) for k, v in raw.items() if k.startswith("changes:")}
+        successes, failures = int(raw.get("successes", 0)), int(raw.get("failures", 0))
+        total = successes + failures
+        return {
+            "name": self.name,
+            "state": self.state,
+            "successes": successes,
+            "failures": failures,
+            "rejections": int(raw.get("rejections", 0)),
+            "slow_calls": int(raw.get("slow_calls", 0)),
+            "state_changes": changes,
+            "success_rate": successes / total if total else None,
+            "redis_unavailable_calls": self.redis_unavailable_calls,
+        }
+
+    # --- operators ---------------------------------------------------------------------------------------
+    def force_open(self) -> None:
+        """Refuse every call until reset()."""
+        self._run("force_open", {})
+
+    def disable(self) -> None:
+        """Let every call through, recording nothing, until reset()."""
+        self._run("disable", {})
+
+    def reset(self) -> None:
+        """Back to closed with no failures (also clears forced-open and disabled)."""
+        self._run("reset", {})
+
+
+def _run_awaitable(awaitable: Any) -> None:
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(_await(awaitable))
+        return
+    loop.create_task(_await(awaitable))
+
+
+async def _await(awaitable: Any) -> None:
+    await awaitable
+
+
+_registry: dict[str, CircuitBreaker] = {}
+_registry_lock = threading.Lock()
+
+
+def get_breaker(name: str, **options: Any) -> CircuitBreaker:
+    """The process-wide breaker called ``name`` (created on first use with ``options``)."""
+    breaker = _registry.get(name)
+    if breaker is None:
+        with _registry_lock:
+            breaker = _registry.get(name)
+            if breaker is None:
+                breaker = _registry[name] = CircuitBreaker(name, **options)
+    return breaker
+
+
+def breaker_names(client: redis.Redis | None = None) -> list[str]:
+    """Every breaker the fleet has used."""
+    return sorted((client or breaker_redis()).smembers(keys.breaker_index()))  # type: ignore[arg-type]
+
+
+__all__ = ["CircuitBreaker", "CircuitOpenException", "UltraTasksError", "breaker_names", "get_breaker"]
