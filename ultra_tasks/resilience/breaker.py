@@ -21,6 +21,7 @@ after a second.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
 import inspect
 import json
@@ -28,6 +29,7 @@ import logging
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -46,12 +48,16 @@ log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 Listener = Callable[[str, str, str], Any]
 
+#: errors that mean Redis cannot be reached (a script error is a bug, and is raised, not absorbed)
+REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 #: seconds between attempts to reach Redis again once it failed
 REDIS_RETRY_S = 1.0
 #: a client built for breakers fails fast: a down Redis must not add seconds to every call
 REDIS_SOCKET_TIMEOUT_S = 0.5
 
 _clients: dict[str, redis.Redis] = {}
+#: every breaker of this process, so batched success counts are sent at exit
+_live: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
 _clients_lock = threading.Lock()
 
 
@@ -152,7 +158,7 @@ class CircuitBreaker:
         self._script = self._redis.register_script(BREAKER_LUA)
         self._keys = list(keys.breaker(name))
         self._channel = keys.breaker_events()
-        self._config = json.dumps(
+        self._config = _json_without_nulls(
             {
                 "failure_threshold": self.failure_threshold,
                 "reset_timeout": self.reset_timeout,
@@ -184,6 +190,7 @@ class CircuitBreaker:
         self._tokens: ContextVar[tuple[_Token, ...]] = ContextVar(f"breaker-{name}-{id(self)}", default=())
         #: calls decided without Redis because it was unreachable (the policy was applied)
         self.redis_unavailable_calls = 0
+        _live.add(self)
 
     def __repr__(self) -> str:
         return f"CircuitBreaker({self.name!r}, failure_threshold={self.failure_threshold})"
@@ -210,7 +217,9 @@ class CircuitBreaker:
         if pending:
             arg = {**arg, "successes": pending}
         try:
-            raw = self._script(keys=self._keys, args=[op, self.name, self._channel, self._config, json.dumps(arg)])
+            raw = self._script(
+                keys=self._keys, args=[op, self.name, self._channel, self._config, _json_without_nulls(arg)]
+            )
             if not self._indexed:
                 self._redis.sadd(keys.breaker_index(), self.name)
                 self._indexed = True
@@ -288,7 +297,7 @@ class CircuitBreaker:
         lease = uuid.uuid4().hex
         try:
             reply = self._run("acquire", {"lease": lease})
-        except redis.RedisError as exc:
+        except REDIS_DOWN as exc:
             self._redis_failed(exc)
             return self._degraded_before()
         now = self._monotonic()
@@ -339,7 +348,7 @@ class CircuitBreaker:
         arg = {"outcome": "failure" if failure else "success", "gen": token.gen, "lease": token.lease, "slow": slow}
         try:
             self._run("record", arg)
-        except redis.RedisError as exc_redis:
+        except REDIS_DOWN as exc_redis:
             self._redis_failed(exc_redis)
             self.redis_unavailable_calls += 1
             if failure:
@@ -411,7 +420,7 @@ class CircuitBreaker:
     def _peek(self) -> dict[str, Any]:
         try:
             return self._run("peek", {})
-        except redis.RedisError as exc:
+        except REDIS_DOWN as exc:
             self._redis_failed(exc)
             local = self._local
             return {"state": local.state, "gen": local.gen, "failures": local.failures,
@@ -468,6 +477,20 @@ class CircuitBreaker:
     def reset(self) -> None:
         """Back to closed with no failures (also clears forced-open and disabled)."""
         self._run("reset", {})
+
+
+def _json_without_nulls(data: dict[str, Any]) -> str:
+    # Lua's cjson turns JSON null into a truthy userdata; leaving the key out gives the script a nil.
+    return json.dumps({k: v for k, v in data.items() if v is not None})
+
+
+@atexit.register
+def _flush_all() -> None:
+    for breaker in list(_live):
+        try:
+            breaker.flush()
+        except Exception:  # best effort at exit; the counts are metrics, not state
+            pass
 
 
 def _run_awaitable(awaitable: Any) -> None:

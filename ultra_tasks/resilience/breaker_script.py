@@ -58,7 +58,7 @@ local function transition(to, reason)
   end
   redis.call('HINCRBY', metrics_key, 'changes:' .. from .. '->' .. to, 1)
   redis.call('PUBLISH', channel, cjson.encode({name = name, from = from, to = to, gen = s.gen, at = now,
-                                               reason = reason}))
+                                               reason = reason, failures = s.failures}))
   reply.from, reply.to = from, to
 end
 
