@@ -38,8 +38,13 @@ class Fleet:
     def spawn(self, scenario: str, cfg: dict[str, Any], n: int = 1) -> list[subprocess.Popen[str]]:
         cfg = {**cfg, "run": self.run}
         new = [
-            subprocess.Popen([sys.executable, str(CHILD), scenario, json.dumps(cfg)], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+            subprocess.Popen(
+                [sys.executable, str(CHILD), scenario, json.dumps(cfg)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=os.environ.copy(),
+            )
             for _ in range(n)
         ]
         self.procs += new
@@ -61,8 +66,10 @@ class Fleet:
         out, err = proc.communicate(timeout=timeout)
         assert proc.returncode == 0, err
         lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-        return {"result": next(x["result"] for x in lines if "result" in x),
-                "transitions": [x["transition"] for x in lines if "transition" in x]}
+        return {
+            "result": next(x["result"] for x in lines if "result" in x),
+            "transitions": [x["transition"] for x in lines if "transition" in x],
+        }
 
     def kill_all(self) -> None:
         for p in self.procs:
@@ -121,7 +128,12 @@ def test_failures_interleaved_across_four_processes_trip_at_exactly_the_threshol
 ) -> None:
     # Given 4 processes that each make 2 failing calls, interleaved (8 failures in all)
     name = _name()
-    cfg = {"name": name, "calls": 2, "gap": 0.01, "breaker": {"failure_threshold": threshold, "reset_timeout": 60}}
+    cfg = {
+        "name": name,
+        "calls": 2,
+        "gap": 0.01,
+        "breaker": {"failure_threshold": threshold, "reset_timeout": 60},
+    }
     procs = fleet.spawn("fail", cfg, n=4)
     fleet.go(4)
     results = [fleet.result(p)["result"] for p in procs]

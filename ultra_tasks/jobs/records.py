@@ -98,6 +98,16 @@ def mark_running(job_id: str, worker: str | None) -> RunStart | None:
     return RunStart(JobStatus(final.status), int(final.attempts), final.result, final.error)
 
 
+def mark_deferred(job_id: str) -> None:
+    """The attempt did not happen (its provider's breaker is open): back to queued, attempt not counted."""
+    with transaction() as conn:
+        conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING.value)
+            .values(status=JobStatus.QUEUED.value, attempts=jobs.c.attempts - 1, updated_at=utcnow())
+        )
+
+
 def mark_succeeded(job_id: str, result: dict[str, Any]) -> None:
     now = utcnow()
     with transaction() as conn:

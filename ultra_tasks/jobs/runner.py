@@ -10,17 +10,28 @@ import logging
 from typing import Any
 
 from ultra_tasks.config import Settings, get_settings
-from ultra_tasks.errors import ProviderError
+from ultra_tasks.errors import CircuitOpenException, ProviderError
 from ultra_tasks.jobs import records
 from ultra_tasks.jobs.models import JobResult, JobStatus
 from ultra_tasks.providers.base import LLMRequest
 from ultra_tasks.providers.registry import ProviderRegistry, default_registry
+from ultra_tasks.resilience.breaker import CircuitBreaker, get_breaker
 
 log = logging.getLogger(__name__)
 
 
 def failed_outcome(job_id: str, error: dict[str, Any]) -> dict[str, Any]:
     return {"job_id": job_id, "status": JobStatus.FAILED.value, "error": error}
+
+
+def deferred_outcome(job_id: str, exc: CircuitOpenException) -> dict[str, Any]:
+    return {"job_id": job_id, "status": "deferred", "retry_after": exc.retry_after, "reason": str(exc)}
+
+
+def provider_breaker(provider: str, model: str, settings: Settings) -> CircuitBreaker:
+    """The breaker guarding ``provider`` (or provider and model, with CIRCUIT_BREAKER_SCOPE=model)."""
+    name = provider if settings.circuit_breaker_scope == "provider" else f"{provider}:{model}"
+    return get_breaker(name)
 
 
 def execute_job(
@@ -45,9 +56,16 @@ def execute_job(
     attempts = record.attempts if record is not None else 1
 
     request = LLMRequest.from_dict(payload)
+    provider = registry.for_model(request.model)
     try:
-        provider = registry.for_model(request.model)
-        response = provider.complete(request, timeout=settings.provider_timeout)
+        # An open breaker refuses at once: the job waits for the provider instead of paying a timeout.
+        with provider_breaker(provider.name, request.model, settings):
+            response = provider.complete(request, timeout=settings.provider_timeout)
+    except CircuitOpenException as exc:
+        log.info("job %s deferred: %s", job_id, exc)
+        if record is not None:
+            records.mark_deferred(job_id)
+        return deferred_outcome(job_id, exc)
     except ProviderError as exc:
         error = exc.to_dict()
         log.warning("job %s failed: %s", job_id, exc)

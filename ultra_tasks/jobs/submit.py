@@ -27,6 +27,7 @@ from ultra_tasks.keys import PRIORITY_QUEUES
 
 log = logging.getLogger(__name__)
 
+_FINAL_STATUSES = (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value)
 #: Celery task name of the job path
 RUN_JOB_TASK = "ultra.run_job"
 
@@ -145,18 +146,24 @@ class JobHandle:
         return JobResult.from_dict(outcome)
 
     def _backend_outcome(self, wait: float | None = 0) -> dict[str, Any] | None:
-        """The outcome from Celery's result backend, waiting up to ``wait`` seconds (None: forever)."""
+        """The final outcome from Celery's result backend, waiting up to ``wait`` seconds (None: forever).
+
+        Anything else the backend holds (a retry's exception info while the job waits) is not an outcome.
+        """
         res = AsyncResult(self.id, app=app)
         try:
             if wait == 0:
-                return res.result if res.successful() and isinstance(res.result, dict) else None
-            value = res.get(timeout=wait, propagate=False, disable_sync_subtasks=False)
+                value = res.result if res.successful() else None
+            else:
+                value = res.get(timeout=wait, propagate=False, disable_sync_subtasks=False)
         except CeleryTimeoutError:
             return None
         except (RedisError, KombuOperationalError, OSError) as exc:
             log.warning("result backend unreachable for job %s: %s", self.id, exc)
             return None
-        return value if isinstance(value, dict) else None
+        if isinstance(value, dict) and value.get("status") in _FINAL_STATUSES:
+            return value
+        return None
 
     def _table_outcome(self) -> dict[str, Any] | None:
         try:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import functools
 import inspect
 import json
@@ -175,6 +176,7 @@ class CircuitBreaker:
         self._batch_ok = failure_rate_threshold is None and slow_call_rate_threshold is None
         self._verdict: _Verdict | None = None
         self._pending_successes = 0
+        self._pending_rejections = 0
         self._pending_lock = threading.Lock()
         self._listeners: list[Listener] = []
         self._redis_down_until = 0.0
@@ -214,8 +216,9 @@ class CircuitBreaker:
     def _run(self, op: str, arg: dict[str, Any]) -> dict[str, Any]:
         with self._pending_lock:
             pending, self._pending_successes = self._pending_successes, 0
-        if pending:
-            arg = {**arg, "successes": pending}
+            rejected, self._pending_rejections = self._pending_rejections, 0
+        if pending or rejected:
+            arg = {**arg, "successes": pending, "rejections": rejected}
         try:
             raw = self._script(
                 keys=self._keys, args=[op, self.name, self._channel, self._config, _json_without_nulls(arg)]
@@ -226,6 +229,7 @@ class CircuitBreaker:
         except redis.RedisError:
             with self._pending_lock:
                 self._pending_successes += pending
+                self._pending_rejections += rejected
             raise
         reply: dict[str, Any] = json.loads(raw)
         now = self._monotonic()
@@ -248,7 +252,9 @@ class CircuitBreaker:
         if not self._redis_down_until:
             log.error(
                 "circuit breaker %s: Redis unreachable (%s); applying policy %r",
-                self.name, exc, self.redis_down_policy,
+                self.name,
+                exc,
+                self.redis_down_policy,
             )
         self._redis_down_until = self._monotonic() + REDIS_RETRY_S
         self._verdict = None
@@ -283,10 +289,16 @@ class CircuitBreaker:
         if v.state == self.DISABLED:
             return _Token(v.gen, None, "bypass", now)
         if v.state == self.OPEN and now < v.retry_at:
+            self._count_rejection()
             raise CircuitOpenException(self.name, v.retry_at - now)
         if v.state == self.FORCED_OPEN:
+            self._count_rejection()
             raise CircuitOpenException(self.name, 0.0)
         return None
+
+    def _count_rejection(self) -> None:
+        with self._pending_lock:
+            self._pending_rejections += 1
 
     def _before(self) -> _Token:
         token = self._before_fast()
@@ -323,7 +335,10 @@ class CircuitBreaker:
             if change:
                 self._notify(*change)
             return True
-        slow = self.slow_call_duration is not None and self._monotonic() - token.started >= self.slow_call_duration
+        slow = (
+            self.slow_call_duration is not None
+            and self._monotonic() - token.started >= self.slow_call_duration
+        )
         v = self._verdict
         if (
             not failure
@@ -344,8 +359,16 @@ class CircuitBreaker:
         if self._after_fast(token, exc):
             return
         failure = self._is_failure(exc)
-        slow = self.slow_call_duration is not None and self._monotonic() - token.started >= self.slow_call_duration
-        arg = {"outcome": "failure" if failure else "success", "gen": token.gen, "lease": token.lease, "slow": slow}
+        slow = (
+            self.slow_call_duration is not None
+            and self._monotonic() - token.started >= self.slow_call_duration
+        )
+        arg = {
+            "outcome": "failure" if failure else "success",
+            "gen": token.gen,
+            "lease": token.lease,
+            "slow": slow,
+        }
         try:
             self._run("record", arg)
         except REDIS_DOWN as exc_redis:
@@ -368,7 +391,9 @@ class CircuitBreaker:
         return result
 
     async def call_async(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        token = self._before_fast() or await asyncio.to_thread(self._before)
+        token = self._before_fast()
+        if token is None:
+            token = await asyncio.to_thread(self._before)
         try:
             result = await fn(*args, **kwargs)
         except Exception as exc:
@@ -405,7 +430,9 @@ class CircuitBreaker:
         self._after(stack[-1], exc if isinstance(exc, Exception) else None)
 
     async def __aenter__(self) -> CircuitBreaker:
-        token = self._before_fast() or await asyncio.to_thread(self._before)
+        token = self._before_fast()
+        if token is None:
+            token = await asyncio.to_thread(self._before)
         self._tokens.set((*self._tokens.get(), token))
         return self
 
@@ -423,8 +450,12 @@ class CircuitBreaker:
         except REDIS_DOWN as exc:
             self._redis_failed(exc)
             local = self._local
-            return {"state": local.state, "gen": local.gen, "failures": local.failures,
-                    "last_failure": local.last_failure}
+            return {
+                "state": local.state,
+                "gen": local.gen,
+                "failures": local.failures,
+                "last_failure": local.last_failure,
+            }
 
     @property
     def state(self) -> str:
@@ -442,14 +473,14 @@ class CircuitBreaker:
         return float(self._peek()["last_failure"])
 
     def flush(self) -> None:
-        """Send batched success counts now (they otherwise ride on the next script call)."""
-        if self._pending_successes:
+        """Send batched counts now (they otherwise ride on the next script call)."""
+        if self._pending_successes or self._pending_rejections:
             self._peek()
 
     def metrics(self) -> dict[str, Any]:
-        """Fleet-wide counters of this breaker: successes, failures, rejections, state changes, success rate."""
+        """Fleet-wide counters: successes, failures, rejections, state changes, success rate."""
         self.flush()
-        raw = self._redis.hgetall(self._keys[2])
+        raw = {_text(k): _text(v) for k, v in self._redis.hgetall(self._keys[2]).items()}
         changes = {k.split(":", 1)[1]: int(v) for k, v in raw.items() if k.startswith("changes:")}
         successes, failures = int(raw.get("successes", 0)), int(raw.get("failures", 0))
         total = successes + failures
@@ -479,6 +510,10 @@ class CircuitBreaker:
         self._run("reset", {})
 
 
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _json_without_nulls(data: dict[str, Any]) -> str:
     # Lua's cjson turns JSON null into a truthy userdata; leaving the key out gives the script a nil.
     return json.dumps({k: v for k, v in data.items() if v is not None})
@@ -487,10 +522,11 @@ def _json_without_nulls(data: dict[str, Any]) -> str:
 @atexit.register
 def _flush_all() -> None:
     for breaker in list(_live):
-        try:
+        with contextlib.suppress(Exception):  # best effort at exit: these are metrics, not state
             breaker.flush()
-        except Exception:  # best effort at exit; the counts are metrics, not state
-            pass
+
+
+_listener_tasks: set[asyncio.Task[None]] = set()
 
 
 def _run_awaitable(awaitable: Any) -> None:
@@ -499,7 +535,9 @@ def _run_awaitable(awaitable: Any) -> None:
     except RuntimeError:
         asyncio.run(_await(awaitable))
         return
-    loop.create_task(_await(awaitable))
+    task = loop.create_task(_await(awaitable))
+    _listener_tasks.add(task)  # keep a reference until it is done
+    task.add_done_callback(_listener_tasks.discard)
 
 
 async def _await(awaitable: Any) -> None:

@@ -107,6 +107,8 @@ local function shown_state()
 end
 
 local dirty = false
+local rejected = tonumber(arg.rejections or 0)
+if rejected > 0 then redis.call('HINCRBY', metrics_key, 'rejections', rejected) end
 local pending = tonumber(arg.successes or 0)
 if pending > 0 then
   redis.call('HINCRBY', metrics_key, 'successes', pending)
@@ -182,9 +184,13 @@ elseif op == 'force_open' or op == 'disable' then
   dirty = true
 
 elseif op == 'reset' then
-  s.state = shown_state()
-  s.forced = ''
-  transition('closed', 'operator reset')
+  if s.forced == '' and s.state == 'closed' then
+    s.failures = 0  -- nothing to transition: just forget the failures
+  else
+    s.state = shown_state()
+    s.forced = ''
+    transition('closed', 'operator reset')
+  end
   dirty = true
 end
 

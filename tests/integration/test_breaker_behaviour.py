@@ -1,0 +1,290 @@
+"""Circuit breaker rules, operator controls, metrics and the Redis-down policy, against real Redis servers."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from ultra_tasks import CircuitBreaker, CircuitOpenException
+from ultra_tasks.errors import ProviderBadRequestError, ServiceUnavailableException
+
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("redis_client")]
+
+
+class Boom(Exception):
+    pass
+
+
+def _name() -> str:
+    return f"unit-{uuid.uuid4().hex[:8]}"
+
+
+def _fail(breaker: CircuitBreaker, exc: Exception | None = None) -> None:
+    with pytest.raises(type(exc) if exc else Boom), breaker:
+        raise exc or Boom()
+
+
+def test_decorates_sync_functions_and_works_as_a_context_manager() -> None:
+    breaker = CircuitBreaker(_name(), failure_threshold=2, reset_timeout=60)
+
+    @breaker
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    assert add(2, 3) == 5
+    with breaker:
+        pass
+    _fail(breaker)
+    _fail(breaker)
+    with pytest.raises(CircuitOpenException) as info:
+        add(1, 1)
+    assert info.value.name == breaker.name
+    assert 59 < info.value.retry_after <= 60
+
+
+async def test_async_context_manager_counts_failures() -> None:
+    breaker = CircuitBreaker(_name(), failure_threshold=1, reset_timeout=60)
+    with pytest.raises(Boom):
+        async with breaker:
+            raise Boom()
+    with pytest.raises(CircuitOpenException):
+        async with breaker:
+            pass
+
+
+def test_a_success_resets_the_consecutive_failure_count() -> None:
+    breaker = CircuitBreaker(_name(), failure_threshold=3, reset_timeout=60)
+    _fail(breaker)
+    _fail(breaker)
+    assert breaker.failure_count == 2
+    assert breaker.call(lambda: "ok") == "ok"
+    assert breaker.failure_count == 0
+    _fail(breaker)
+    _fail(breaker)
+    assert breaker.state == CircuitBreaker.CLOSED
+    assert breaker.last_failure_time == pytest.approx(time.time(), abs=5)
+
+
+def test_permanent_provider_errors_do_not_trip_it_but_transient_ones_do() -> None:
+    breaker = CircuitBreaker(_name(), failure_threshold=2, reset_timeout=60)
+    for _ in range(5):
+        _fail(breaker, ProviderBadRequestError("HTTP 400", provider="openai"))
+    assert breaker.state == CircuitBreaker.CLOSED
+    _fail(breaker, ServiceUnavailableException("HTTP 503", provider="openai"))
+    _fail(breaker, ServiceUnavailableException("HTTP 503", provider="openai"))
+    assert breaker.state == CircuitBreaker.OPEN
+
+
+def test_which_exceptions_count_is_configurable() -> None:
+    breaker = CircuitBreaker(
+        _name(), failure_threshold=1, reset_timeout=60, record_on=(TimeoutError,), ignore_on=()
+    )
+    _fail(breaker, ValueError("not counted"))
+    assert breaker.state == CircuitBreaker.CLOSED
+    _fail(breaker, TimeoutError("counted"))
+    assert breaker.state == CircuitBreaker.OPEN
+
+
+def test_failed_probe_reopens_with_a_growing_reset_timeout() -> None:
+    breaker = CircuitBreaker(
+        _name(), failure_threshold=1, reset_timeout=0.5, reset_backoff=4, max_reset_timeout=10
+    )
+    _fail(breaker)
+    time.sleep(0.6)
+    _fail(breaker)  # the half-open probe fails
+    assert breaker.state == CircuitBreaker.OPEN
+    with pytest.raises(CircuitOpenException) as info:
+        breaker.call(lambda: None)
+    assert 1.5 < info.value.retry_after <= 2.0  # 0.5 s x 4 on the second trip
+
+
+def test_listeners_hear_each_transition_once_with_old_and_new_state() -> None:
+    seen: list[tuple[str, str, str]] = []
+    breaker = CircuitBreaker(_name(), failure_threshold=1, reset_timeout=0.3)
+    breaker.add_listener(lambda name, old, new: seen.append((name, old, new)))
+    _fail(breaker)
+    time.sleep(0.4)
+    breaker.call(lambda: None)
+    assert [(old, new) for _, old, new in seen] == [
+        ("closed", "open"),
+        ("open", "half-open"),
+        ("half-open", "closed"),
+    ]
+    assert {name for name, _, _ in seen} == {breaker.name}
+
+
+def test_operators_can_force_open_disable_and_reset() -> None:
+    breaker = CircuitBreaker(_name(), failure_threshold=1, reset_timeout=60, sync_interval=0.05)
+    breaker.force_open()
+    assert breaker.state == CircuitBreaker.FORCED_OPEN
+    with pytest.raises(CircuitOpenException):
+        breaker.call(lambda: None)
+    breaker.disable()
+    assert breaker.state == CircuitBreaker.DISABLED
+    for _ in range(3):
+        _fail(breaker)  # not recorded against the state while disabled
+    assert breaker.call(lambda: "through") == "through"
+    breaker.reset()
+    assert breaker.state == CircuitBreaker.CLOSED
+    changes = breaker.metrics()["state_changes"]
+    assert changes == {"closed->forced-open": 1, "forced-open->disabled": 1, "disabled->closed": 1}
+
+
+def test_failure_rate_window_trips_on_mixed_traffic() -> None:
+    breaker = CircuitBreaker(
+        _name(),
+        failure_threshold=1000,
+        reset_timeout=60,
+        failure_rate_threshold=50,
+        minimum_calls=10,
+        window=30,
+    )
+    for i in range(9):
+        if i % 2:
+            _fail(breaker)
+        else:
+            breaker.call(lambda: None)
+    assert breaker.state == CircuitBreaker.CLOSED  # 4 of 9 failed, and fewer than minimum_calls
+    _fail(breaker)
+    assert breaker.state == CircuitBreaker.OPEN  # 5 of 10 = 50 %
+
+
+def test_slow_call_rate_trips_it() -> None:
+    breaker = CircuitBreaker(
+        _name(),
+        failure_threshold=1000,
+        reset_timeout=60,
+        failure_rate_threshold=100,
+        minimum_calls=4,
+        slow_call_duration=0.05,
+        slow_call_rate_threshold=75,
+    )
+    for _ in range(3):
+        breaker.call(time.sleep, 0.06)
+    assert breaker.state == CircuitBreaker.CLOSED
+    breaker.call(time.sleep, 0.06)
+    assert breaker.state == CircuitBreaker.OPEN
+
+
+def test_metrics_count_successes_failures_rejections_and_success_rate() -> None:
+    breaker = CircuitBreaker(_name(), failure_threshold=2, reset_timeout=60)
+    for _ in range(6):
+        breaker.call(lambda: None)  # batched on the closed path, flushed by metrics()
+    _fail(breaker)
+    _fail(breaker)
+    for _ in range(3):
+        with pytest.raises(CircuitOpenException):
+            breaker.call(lambda: None)
+    m = breaker.metrics()
+    assert (m["successes"], m["failures"]) == (6, 2)
+    assert m["rejections"] >= 1
+    assert m["success_rate"] == pytest.approx(0.75)
+    assert m["state_changes"] == {"closed->open": 1}
+
+
+# --- Redis unreachable ----------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """A private redis-server we can stop and start, so an outage hurts nobody else."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis.from_url(self.url)
+        for _ in range(100):
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server binary not installed")
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+def _breaker_on(url: str, policy: str, **kw: Any) -> CircuitBreaker:
+    client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5, decode_responses=True)
+    return CircuitBreaker(
+        _name(), failure_threshold=2, reset_timeout=60, redis_client=client, redis_down_policy=policy, **kw
+    )
+
+
+@pytest.mark.parametrize(("policy", "allowed"), [("fail_open", True), ("fail_closed", False)])
+def test_redis_down_policy_fail_open_or_closed_is_applied_and_counted(
+    private_redis: RedisServer, policy: str, allowed: bool
+) -> None:
+    breaker = _breaker_on(private_redis.url, policy)
+    private_redis.stop()
+    if allowed:
+        assert breaker.call(lambda: "through") == "through"
+    else:
+        with pytest.raises(CircuitOpenException):
+            breaker.call(lambda: "refused")
+    assert breaker.redis_unavailable_calls == 1
+
+
+def test_redis_down_falls_back_to_an_in_process_breaker_then_back_to_shared_state(
+    private_redis: RedisServer,
+) -> None:
+    breaker = _breaker_on(private_redis.url, "local", sync_interval=0.05)
+    breaker.call(lambda: None)
+    private_redis.stop()
+    # the in-process breaker protects this process meanwhile
+    _fail(breaker)
+    _fail(breaker)
+    with pytest.raises(CircuitOpenException):
+        breaker.call(lambda: None)
+    assert breaker.redis_unavailable_calls >= 3
+    # when Redis returns, the shared state (closed, never tripped there) is used again
+    private_redis.start()
+    time.sleep(1.1)
+    assert breaker.call(lambda: "shared again") == "shared again"
+    assert breaker.state == CircuitBreaker.CLOSED

@@ -1,0 +1,55 @@
+"""The job path behind one breaker per provider: failures trip it, then jobs skip the provider at once."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from ultra_tasks import CircuitBreaker, JobFailedError, JobStatus, submit
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_open_breaker_defers_jobs_without_calling_the_provider_then_they_complete(
+    worker_factory: Any, fake_provider: Any
+) -> None:
+    worker_factory(
+        concurrency=4, env={"CIRCUIT_BREAKER_FAILURE_THRESHOLD": "3", "CIRCUIT_BREAKER_RESET_TIMEOUT": "2"}
+    )
+    CircuitBreaker("anthropic").reset()
+    # Given the provider answers 503, three jobs fail and trip the provider's breaker
+    fake_provider.add_fault("status", api="anthropic", status=503)
+    for i in range(3):
+        with pytest.raises(JobFailedError) as info:
+            submit(f"failing {i}", model="claude-3-5-haiku-latest").result(timeout=30)
+        assert info.value.error["kind"] == "transient"
+    assert CircuitBreaker("anthropic").state == CircuitBreaker.OPEN
+    calls_when_open = fake_provider.stats()["by_api"]["anthropic"]
+
+    # When another job arrives while it is open
+    fake_provider.clear_faults()
+    started = time.monotonic()
+    handle = submit("after the outage", model="claude-3-5-haiku-latest")
+    time.sleep(0.5)
+    # Then it waits queued without touching the provider (no timeout paid) ...
+    assert handle.status() is JobStatus.QUEUED
+    assert fake_provider.stats()["by_api"]["anthropic"] == calls_when_open
+    # ... and runs as the breaker's probe once the reset timeout passed, closing it again
+    result = handle.result(timeout=30)
+    assert result.text == "echo: after the outage"
+    assert time.monotonic() - started < 10
+    assert handle.record()["attempts"] == 1
+    assert CircuitBreaker("anthropic").state == CircuitBreaker.CLOSED
+    # the other provider was never affected
+    assert submit("still fine", model="gpt-4o").result(timeout=30).provider == "openai"
+
+
+def test_permanent_errors_do_not_trip_the_provider_breaker(llm_worker: Any, fake_provider: Any) -> None:
+    CircuitBreaker("openai").reset()
+    fake_provider.add_fault("status", api="openai", status=400)
+    for i in range(6):
+        with pytest.raises(JobFailedError):
+            submit(f"bad {i}", model="gpt-4o-mini").result(timeout=30)
+    assert CircuitBreaker("openai").state == CircuitBreaker.CLOSED
