@@ -41,7 +41,9 @@ cli = typer.Typer(
 )
 jobs_cli = typer.Typer(help="Inspect jobs.", no_args_is_help=True)
 db_cli = typer.Typer(help="Database schema.", no_args_is_help=True)
+breakers_cli = typer.Typer(help="Fleet-wide circuit breakers.", no_args_is_help=True)
 cli.add_typer(jobs_cli, name="jobs")
+cli.add_typer(breakers_cli, name="breakers")
 cli.add_typer(db_cli, name="db")
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
@@ -142,6 +144,63 @@ def jobs_list(
             r.created_at.strftime("%Y-%m-%d %H:%M:%S"),
         )
     console.print(table)
+
+
+@breakers_cli.command("list")
+@_guarded
+def breakers_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Every breaker the fleet has used, with its shared state and counters."""
+    from ultra_tasks.resilience.breaker import CircuitBreaker, breaker_names
+
+    rows = [CircuitBreaker(name).metrics() for name in breaker_names()]
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    table = Table("breaker", "state", "successes", "failures", "rejections", "success rate", "state changes")
+    for m in rows:
+        rate = "" if m["success_rate"] is None else f"{m['success_rate']:.1%}"
+        changes = ", ".join(f"{k}: {v}" for k, v in sorted(m["state_changes"].items()))
+        table.add_row(
+            m["name"],
+            m["state"],
+            str(m["successes"]),
+            str(m["failures"]),
+            str(m["rejections"]),
+            rate,
+            changes,
+        )
+    console.print(table)
+
+
+def _breaker_action(name: str, action: str) -> None:
+    from ultra_tasks.resilience.breaker import CircuitBreaker, breaker_names
+
+    if name not in breaker_names():
+        _fail(Exit.BAD_INPUT, f"no breaker named {name!r} (see `ultra breakers list`)")
+    breaker = CircuitBreaker(name)
+    getattr(breaker, action)()
+    console.print(f"{name}: {breaker.state}")
+
+
+@breakers_cli.command("reset")
+@_guarded
+def breakers_reset(name: str) -> None:
+    """Close a breaker (also ends forced-open and disabled)."""
+    _breaker_action(name, "reset")
+
+
+@breakers_cli.command("force-open")
+@_guarded
+def breakers_force_open(name: str) -> None:
+    """Refuse every call through a breaker, fleet-wide, until reset."""
+    _breaker_action(name, "force_open")
+
+
+@breakers_cli.command("disable")
+@_guarded
+def breakers_disable(name: str) -> None:
+    """Let every call through a breaker, recording nothing, until reset."""
+    _breaker_action(name, "disable")
 
 
 @db_cli.command("upgrade")
