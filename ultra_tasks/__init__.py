@@ -6,6 +6,7 @@ database fails.
     >>> handle.result(timeout=60).text
 """
 
+from ultra_tasks.cache.layered import DistributedCache
 from ultra_tasks.celery_app import app
 from ultra_tasks.config import Settings, get_settings
 from ultra_tasks.errors import (
@@ -38,6 +39,7 @@ __all__ = [
     "CircuitOpenException",
     "ConfigurationError",
     "DependencyUnavailableError",
+    "DistributedCache",
     "ErrorKind",
     "JobError",
     "JobFailedError",

@@ -70,6 +70,13 @@ class Settings(BaseSettings):
     cache_redis_url: str | None = None
     cache_default_ttl: int = Field(3600, ge=0)  #: seconds
 
+    #: the job path's result cache (level 3 is CACHE_REDIS_URL, or REDIS_URL when that is unset)
+    cache_enabled: bool = True
+    #: also cache answers to requests that are not deterministic (temperature above 0 or unset)
+    cache_nondeterministic: bool = False
+    #: seconds identical jobs wait for the one computing an answer before they call the provider themselves
+    cache_stampede_wait: float = Field(30.0, ge=0)
+
     # --- seed: queue
     queue_storage_path: Path | None = None  #: default ./var/spool/requests.jsonl (JSON lines, never pickle)
     queue_max_size: int = Field(1000, ge=1)

@@ -48,3 +48,22 @@ def breaker_index() -> str:
 def breaker_events() -> str:
     """Pub/sub channel: one JSON message per breaker state change, published by the script that made it."""
     return f"{_ns()}:cb:events"
+
+
+def cache_entry(namespace: str, key: str) -> str:
+    """String: one cached value (JSON envelope), level 3."""
+    return f"{_ns()}:cache:{namespace}:{key}"
+
+
+def cache_namespace_prefix(namespace: str) -> str:
+    return f"{_ns()}:cache:{namespace}:"
+
+
+def cache_invalidations() -> str:
+    """Pub/sub channel: {"namespace", "key"} invalidations every process applies to its memory level."""
+    return f"{_ns()}:cache:invalidate"
+
+
+def cache_fill_lock(namespace: str, key: str) -> str:
+    """Lock held by the one worker computing a missing entry while identical jobs wait for it."""
+    return f"{_ns()}:cache-lock:{namespace}:{key}"

@@ -19,6 +19,7 @@ from ultra_tasks.errors import (
     DependencyUnavailableError,
     JobFailedError,
     JobTimeoutError,
+    JobValidationError,
 )
 from ultra_tasks.jobs import records
 from ultra_tasks.jobs.models import JobResult, JobStatus
@@ -43,11 +44,13 @@ def submit(
     temperature: float | None = None,
     params: dict[str, Any] | None = None,
     metadata: dict[str, Any] | None = None,
+    cache: bool = True,
 ) -> JobHandle:
     """Validate, record and enqueue one LLM job; return its handle.
 
     Bad input raises ``JobValidationError`` naming the field, before anything is recorded or enqueued.
     A broker that cannot be reached raises ``DependencyUnavailableError`` and leaves no record behind.
+    ``cache=False`` makes this job skip the result cache (deterministic requests use it by default).
     """
     settings = get_settings()
     priority = validate_priority(priority)
@@ -63,6 +66,9 @@ def submit(
     )
     payload = request.to_dict()
     payload["metadata"] = validate_metadata(metadata)
+    if not isinstance(cache, bool):
+        raise JobValidationError("cache", f"expected true or false, got {cache!r}")
+    payload["cache"] = cache
 
     job_id = str(uuid.uuid4())
     queue = PRIORITY_QUEUES[priority]
