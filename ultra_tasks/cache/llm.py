@@ -6,6 +6,7 @@ answer), identical in every process and on every machine; never ``hash()``, whic
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -122,11 +123,9 @@ class FillLock:
         client = self._client()
         if not self.held or client is None:
             return
-        try:
-            # only our own lock, atomically: after a lease expiry another worker may hold it
+        # only our own lock, atomically: after a lease expiry another worker may hold it
+        with contextlib.suppress(*DOWN):
             client.eval(_RELEASE_LUA, 1, self.name, self.token)
-        except DOWN:
-            pass
         self.held = False
 
 
