@@ -46,28 +46,28 @@ class DiskCache:
         self._down_until = time.monotonic() + RETRY_AFTER_S
         self.stats.count("errors")
 
-    def get(self, key: str) -> tuple[Any, float | None]:
-        """(value, expires_at) or (MISS, None)."""
+    def get(self, key: str) -> tuple[Any, float | None, str | None]:
+        """(value, expires_at, stored form) or (MISS, None, None)."""
         if not self.available():
-            return MISS, None
+            return MISS, None, None
         started = time.perf_counter()
         try:
             raw = self._open().get(key, default=None)
         except Exception as exc:  # sqlite3 / OS errors from a broken or vanished directory
             self._failed(exc)
-            return MISS, None
+            return MISS, None, None
         if raw is None:
             self.stats.read(False, time.perf_counter() - started)
-            return MISS, None
+            return MISS, None, None
         try:
             value, expires = decode(raw)
         except CorruptEntry:
             self.stats.count("corrupt")
             self.delete(key)
             self.stats.read(False, time.perf_counter() - started)
-            return MISS, None
+            return MISS, None, None
         self.stats.read(True, time.perf_counter() - started)
-        return value, expires
+        return value, expires, raw
 
     def put(self, key: str, raw: str, ttl_seconds: float | None) -> None:
         if not self.available():

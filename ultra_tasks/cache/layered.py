@@ -152,25 +152,26 @@ class DistributedCache:
     def _get_lower(self, namespace: str, key: str, full: str) -> Any:
         """Disk, then Redis; promote a hit to the faster levels with the remaining TTL."""
         if self.disk is not None:
-            value, expires = self.disk.get(full)
+            value, expires, raw = self.disk.get(full)
             if value is not MISS:
-                self._promote(full, value, expires, to_disk=False)
+                self._promote(full, raw, expires, to_disk=False)
                 return value
         if self.redis is not None:
-            value, expires = self.redis.get(namespace, key)
+            value, expires, stored = self.redis.get(namespace, key)
             if value is not MISS:
-                self._promote(full, value, expires, to_disk=True)
+                self._promote(full, stored, expires, to_disk=True)
                 return value
         return MISS
 
-    def _promote(self, full: str, value: Any, expires: float | None, *, to_disk: bool) -> None:
+    def _promote(self, full: str, raw: Any, expires: float | None, *, to_disk: bool) -> None:
+        """Copy a lower level's entry up as it is: its envelope carries the absolute expiry."""
         ttl = remaining_ttl(expires)
         if ttl is not None and ttl <= 0:
             return
-        raw = encode(value, ttl)
-        self.memory.put(full, raw, expires)
+        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        self.memory.put(full, text, expires)
         if to_disk and self.disk is not None:
-            self.disk.put(full, raw, ttl)
+            self.disk.put(full, text, ttl)
 
     def _broadcast(self, namespace: str, key: str | None) -> None:
         assert self.redis is not None

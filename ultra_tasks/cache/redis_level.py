@@ -33,28 +33,29 @@ class RedisCache:
         self._down_until = time.monotonic() + RETRY_AFTER_S
         self.stats.count("errors")
 
-    def get(self, namespace: str, key: str) -> tuple[Any, float | None]:
+    def get(self, namespace: str, key: str) -> tuple[Any, float | None, str | bytes | None]:
+        """(value, expires_at, stored form) or (MISS, None, None)."""
         if not self.available():
-            return MISS, None
+            return MISS, None, None
         started = time.perf_counter()
         name = keys.cache_entry(namespace, key)
         try:
             raw = self.client.get(name)
         except DOWN as exc:
             self._failed(exc)
-            return MISS, None
+            return MISS, None, None
         if raw is None:
             self.stats.read(False, time.perf_counter() - started)
-            return MISS, None
+            return MISS, None, None
         try:
             value, expires = decode(raw)
         except CorruptEntry:
             self.stats.count("corrupt")
             self.delete(namespace, key)
             self.stats.read(False, time.perf_counter() - started)
-            return MISS, None
+            return MISS, None, None
         self.stats.read(True, time.perf_counter() - started)
-        return value, expires
+        return value, expires, raw
 
     def put(self, namespace: str, key: str, raw: str, ttl_seconds: float | None) -> None:
         if not self.available():
