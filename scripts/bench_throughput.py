@@ -72,29 +72,16 @@ def _start_worker(concurrency: int, tmp: Path) -> subprocess.Popen[bytes]:
     from ultra_tasks.celery_app import app
 
     node = f"bench-{uuid.uuid4().hex[:6]}@localhost"
-    proc = _start(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "ultra_tasks",
-            "worker",
-            "-Q",
-            "llm.high,llm.default,llm.low",
-            "-P",
-            "threads",
-            "-c",
-            str(concurrency),
-            "-n",
-            node,
-            "--loglevel",
-            "WARNING",
-            "--without-mingle",
-            "--without-gossip",
-        ],
-        tmp / f"{node}.log",
+    from ultra_tasks.config import load_settings
+    from workers import roles
+
+    argv = roles()["llm"].argv(
+        load_settings(),
+        concurrency=concurrency,
+        node_name=node,
+        extra=["--without-mingle", "--without-gossip"],
     )
+    proc = _start(argv, tmp / f"{node}.log")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if any(node in r for r in app.control.ping(destination=[node], timeout=0.5) or []):

@@ -15,7 +15,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -207,26 +206,17 @@ def start_worker(
     tmp = _state["tmp"]
     assert isinstance(tmp, Path)
     log_path = tmp / f"{node.split('@')[0]}.log"
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "ultra_tasks",
-        "worker",
-        "-Q",
-        queues,
-        "-P",
-        "threads",
-        "-c",
-        str(concurrency),
-        "-n",
-        node,
-        "--loglevel",
-        "INFO",
-        "--without-mingle",
-        "--without-gossip",
-    ]
+    from ultra_tasks.config import load_settings
+    from workers import roles
+
+    # the llm role's own command line (as `ultra worker llm` runs it), pointed at the queues asked for
+    argv = roles()["llm"].argv(
+        load_settings(),
+        concurrency=concurrency,
+        node_name=node,
+        extra=["--without-mingle", "--without-gossip"],
+    )
+    argv[argv.index("-Q") + 1] = queues
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             argv,
