@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import diskcache  # imported here: a missing dependency must fail loudly, not look like a broken disk
+
 from ultra_tasks.cache.base import MISS, CorruptEntry, LevelStats, decode
 
 log = logging.getLogger(__name__)
@@ -29,8 +31,6 @@ class DiskCache:
 
     def _open(self) -> Any:
         if self._cache is None:
-            import diskcache
-
             self.directory.mkdir(parents=True, exist_ok=True)
             self._cache = diskcache.Cache(str(self.directory), size_limit=self.size_limit_bytes)
         return self._cache
