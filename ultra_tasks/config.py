@@ -64,6 +64,13 @@ class Settings(BaseSettings):
     retry_max_delay: float = Field(2.0, ge=0)  #: seconds
     retry_backoff_factor: float = Field(2.0, ge=1)
 
+    #: provider calls one job may make in all, across its fallback chain (default: RETRY_MAX_ATTEMPTS + 2)
+    job_attempt_budget: int | None = Field(None, ge=1)
+    #: longest Retry-After a worker waits for in place (seconds); a longer one moves on down the chain
+    retry_after_max: float = Field(30.0, ge=0)
+    #: seconds a provider that said its quota is exhausted is skipped when it did not say until when
+    quota_cooldown: float = Field(300.0, gt=0)
+
     # --- seed: cache
     cache_memory_size: int = Field(1000, ge=0)
     cache_disk_dir: Path | None = None  #: default ./var/cache
@@ -105,7 +112,19 @@ class Settings(BaseSettings):
     fake_provider_url: str = "http://127.0.0.1:8787"
     #: extra model routes, JSON object {"glob pattern": "provider"}
     model_map: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
-    provider_timeout: float = Field(60.0, gt=0)  #: seconds for one provider call
+    provider_timeout: float = Field(60.0, gt=0)  #: seconds for one provider call until history exists
+    #: adaptive timeouts: a high percentile of recent latencies times a factor, clamped to these bounds
+    adaptive_timeout_percentile: float = Field(95.0, gt=0, le=100)
+    adaptive_timeout_factor: float = Field(3.0, ge=1)
+    adaptive_timeout_min: float = Field(2.0, gt=0)  #: seconds
+    adaptive_timeout_max: float = Field(120.0, gt=0)  #: seconds
+    adaptive_timeout_min_samples: int = Field(20, ge=1)
+    #: fallback chains, JSON {"model": ["provider:model", ...]}; unset models get the default chain
+    fallback_chains: Annotated[dict[str, list[str]], NoDecode] = Field(default_factory=dict)
+    #: per-provider limits for the whole fleet, JSON {"openai": {"rpm": 500, "tpm": 200000}}
+    provider_rate_limits: Annotated[dict[str, dict[str, float]], NoDecode] = Field(default_factory=dict)
+    #: longest a call waits in place for a rate limit (seconds); beyond it the job is deferred
+    rate_limit_max_wait: float = Field(10.0, ge=0)
     default_max_tokens: int = Field(1024, ge=1)
 
     # --- jobs
@@ -160,6 +179,18 @@ class Settings(BaseSettings):
             cls._database_url(url)
         return v
 
+    @field_validator("fallback_chains", "provider_rate_limits", mode="before")
+    @classmethod
+    def _json_object(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            if not v.strip():
+                return {}
+            try:
+                v = json.loads(v)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"expected a JSON object ({exc.msg})") from exc
+        return v
+
     @field_validator("model_map", mode="before")
     @classmethod
     def _model_map(cls, v: Any) -> Any:
@@ -179,6 +210,8 @@ class Settings(BaseSettings):
                 "BROKER_VISIBILITY_TIMEOUT must exceed JOB_TIME_LIMIT, or a running job is redelivered "
                 f"while it still runs (got {self.broker_visibility_timeout} <= {self.job_time_limit})"
             )
+        if self.adaptive_timeout_min > self.adaptive_timeout_max:
+            raise ValueError("ADAPTIVE_TIMEOUT_MIN must not exceed ADAPTIVE_TIMEOUT_MAX")
         if self.job_soft_time_limit is not None and self.job_soft_time_limit >= self.job_time_limit:
             raise ValueError("JOB_SOFT_TIME_LIMIT must be below JOB_TIME_LIMIT")
         return self
@@ -207,6 +240,10 @@ class Settings(BaseSettings):
     @property
     def effective_queue_storage_path(self) -> Path:
         return self.queue_storage_path or self.var_dir / "spool" / "requests.jsonl"
+
+    @property
+    def effective_attempt_budget(self) -> int:
+        return self.job_attempt_budget or self.retry_max_attempts + 2
 
     @property
     def effective_soft_time_limit(self) -> int:

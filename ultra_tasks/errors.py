@@ -21,7 +21,10 @@ Third-party errors (redis, SQLAlchemy, the provider SDKs) are mapped to these at
         │   └── QuotaExhaustedError     the account is out of quota; never retried
         └── PermanentProviderError      400/401/403/404/422: retrying cannot help
             ├── ProviderBadRequestError 400, 404, 422
+            │   ├── ContextWindowExceededError  input too large for this model (a larger one may take it)
+            │   └── ContentPolicyError          refused by this provider's content policy
             └── ProviderAuthError       401, 403
+    NoProviderAvailableError            every entry of a job's fallback chain is unavailable for now
 """
 
 from __future__ import annotations
@@ -177,3 +180,21 @@ class ProviderBadRequestError(PermanentProviderError):
 
 class ProviderAuthError(PermanentProviderError):
     pass
+
+
+class ContextWindowExceededError(ProviderBadRequestError):
+    """Permanent for this model, but a model with a larger context window may answer."""
+
+
+class ContentPolicyError(ProviderBadRequestError):
+    """Permanent for this provider, but another provider's policy may allow it."""
+
+
+class NoProviderAvailableError(UltraTasksError):
+    """No entry of the chain can be called now (breakers open, quota exhausted, rate limits); try at
+    ``retry_after`` seconds."""
+
+    def __init__(self, reasons: list[str], retry_after: float) -> None:
+        super().__init__(f"no provider available ({'; '.join(reasons)}); retry in {retry_after:.1f}s")
+        self.reasons = reasons
+        self.retry_after = retry_after

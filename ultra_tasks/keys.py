@@ -67,3 +67,22 @@ def cache_invalidations() -> str:
 def cache_fill_lock(namespace: str, key: str) -> str:
     """Lock held by the one worker computing a missing entry while identical jobs wait for it."""
     return f"{_ns()}:cache-lock:{namespace}:{key}"
+
+
+def latencies(provider: str, model: str) -> str:
+    """List: recent successful call latencies (ms) of a provider and model, newest first, capped."""
+    return f"{_ns()}:latency:{provider}:{model}"
+
+
+def rate_limit(provider: str, kind: str) -> str:
+    """String: the GCRA 'theoretical arrival time' of a provider's fleet-wide limit (kind: rpm or tpm).
+
+    The ``{provider}`` hash tag keeps a provider's limits in one cluster slot for the script that checks
+    them together.
+    """
+    return f"{_ns()}:ratelimit:{{{provider}}}:{kind}"
+
+
+def provider_unavailable(provider: str) -> str:
+    """String with expiry: why a provider is skipped (quota exhausted) until the key expires."""
+    return f"{_ns()}:unavailable:{provider}"

@@ -411,7 +411,11 @@ def test_stats_count_requests_by_api_model_and_outcome(
         ask_openai(oai, model="gpt-4o")
     ask_claude(claude)
     ask_claude(claude)
-    assert control.stats() == {
+    stats = control.stats()
+    arrivals = stats.pop("arrivals")
+    assert len(arrivals) == 4 and arrivals == sorted(arrivals)
+    assert abs(arrivals[-1] - time.time()) < 5
+    assert stats == {
         "total": 4,
         "by_api": {"openai": 2, "anthropic": 2},
         "by_model": {"gpt-4o-mini": 1, "gpt-4o": 1, "claude-sonnet": 2},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -12,26 +13,32 @@ from ultra_tasks import CircuitBreaker, JobFailedError, JobStatus, submit
 pytestmark = pytest.mark.timeout(120)
 
 
+@pytest.fixture(autouse=True)
+def _closed_breakers(redis_client: Any) -> Iterator[None]:
+    for name in ("openai", "anthropic"):
+        CircuitBreaker(name).reset()
+    yield
+    for name in ("openai", "anthropic"):
+        CircuitBreaker(name).reset()
+
+
 def test_open_breaker_defers_jobs_without_calling_the_provider_then_they_complete(
     worker_factory: Any, fake_provider: Any
 ) -> None:
-    worker_factory(
-        concurrency=4, env={"CIRCUIT_BREAKER_FAILURE_THRESHOLD": "3", "CIRCUIT_BREAKER_RESET_TIMEOUT": "2"}
-    )
-    CircuitBreaker("anthropic").reset()
-    # Given the provider answers 503, three jobs fail and trip the provider's breaker
+    worker_factory(concurrency=4, env={"CIRCUIT_BREAKER_FAILURE_THRESHOLD": "3", "CIRCUIT_BREAKER_RESET_TIMEOUT": "2"})
+    # Given the provider answers 503, a job's three attempts fail and trip the provider's breaker
     fake_provider.add_fault("status", api="anthropic", status=503)
-    for i in range(3):
-        with pytest.raises(JobFailedError) as info:
-            submit(f"failing {i}", model="claude-3-5-haiku-latest").result(timeout=30)
-        assert info.value.error["kind"] == "transient"
+    with pytest.raises(JobFailedError) as info:
+        submit("failing", model="claude-3-5-haiku-latest", fallback=False).result(timeout=30)
+    assert info.value.error["kind"] == "transient"
+    assert info.value.error["provider_calls"] == 3
     assert CircuitBreaker("anthropic").state == CircuitBreaker.OPEN
     calls_when_open = fake_provider.stats()["by_api"]["anthropic"]
 
     # When another job arrives while it is open
     fake_provider.clear_faults()
     started = time.monotonic()
-    handle = submit("after the outage", model="claude-3-5-haiku-latest")
+    handle = submit("after the outage", model="claude-3-5-haiku-latest", fallback=False)
     time.sleep(0.5)
     # Then it waits queued without touching the provider (no timeout paid) ...
     assert handle.status() is JobStatus.QUEUED
@@ -47,9 +54,9 @@ def test_open_breaker_defers_jobs_without_calling_the_provider_then_they_complet
 
 
 def test_permanent_errors_do_not_trip_the_provider_breaker(llm_worker: Any, fake_provider: Any) -> None:
-    CircuitBreaker("openai").reset()
     fake_provider.add_fault("status", api="openai", status=400)
     for i in range(6):
         with pytest.raises(JobFailedError):
             submit(f"bad {i}", model="gpt-4o-mini").result(timeout=30)
     assert CircuitBreaker("openai").state == CircuitBreaker.CLOSED
+    assert fake_provider.stats()["by_api"] == {"openai": 6, "anthropic": 0}  # no retry, no fallback

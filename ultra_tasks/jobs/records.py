@@ -73,7 +73,10 @@ def get_job(job_id: str) -> JobRecord:
 
 
 def mark_running(job_id: str, worker: str | None) -> RunStart | None:
-    """Start an attempt. A job already final is returned as it is (redelivery); None if never recorded."""
+    """Start a run. ``attempts`` counts provider calls so far (the job's budget is spent across runs).
+
+    A job already final is returned as it is (redelivery); None if it was never recorded.
+    """
     now = utcnow()
     with transaction() as conn:
         row = conn.execute(
@@ -81,7 +84,6 @@ def mark_running(job_id: str, worker: str | None) -> RunStart | None:
             .where(jobs.c.id == job_id, jobs.c.status.not_in(FINAL))
             .values(
                 status=JobStatus.RUNNING.value,
-                attempts=jobs.c.attempts + 1,
                 started_at=func.coalesce(jobs.c.started_at, now),
                 worker=worker,
                 updated_at=now,
@@ -98,17 +100,17 @@ def mark_running(job_id: str, worker: str | None) -> RunStart | None:
     return RunStart(JobStatus(final.status), int(final.attempts), final.result, final.error)
 
 
-def mark_deferred(job_id: str) -> None:
-    """The attempt did not happen (its provider's breaker is open): back to queued, attempt not counted."""
+def mark_deferred(job_id: str, calls: int = 0) -> None:
+    """No provider could be called now: back to queued, keeping the count of calls this run made."""
     with transaction() as conn:
         conn.execute(
             update(jobs)
             .where(jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING.value)
-            .values(status=JobStatus.QUEUED.value, attempts=jobs.c.attempts - 1, updated_at=utcnow())
+            .values(status=JobStatus.QUEUED.value, attempts=jobs.c.attempts + calls, updated_at=utcnow())
         )
 
 
-def mark_succeeded(job_id: str, result: dict[str, Any]) -> None:
+def mark_succeeded(job_id: str, result: dict[str, Any], calls: int = 0) -> None:
     now = utcnow()
     with transaction() as conn:
         conn.execute(
@@ -116,6 +118,7 @@ def mark_succeeded(job_id: str, result: dict[str, Any]) -> None:
             .where(jobs.c.id == job_id)
             .values(
                 status=JobStatus.SUCCEEDED.value,
+                attempts=jobs.c.attempts + calls,
                 result=result,
                 error=None,
                 provider=result.get("provider"),
@@ -127,7 +130,7 @@ def mark_succeeded(job_id: str, result: dict[str, Any]) -> None:
         )
 
 
-def mark_failed(job_id: str, error: dict[str, Any]) -> None:
+def mark_failed(job_id: str, error: dict[str, Any], calls: int = 0) -> None:
     now = utcnow()
     with transaction() as conn:
         conn.execute(
@@ -135,6 +138,7 @@ def mark_failed(job_id: str, error: dict[str, Any]) -> None:
             .where(jobs.c.id == job_id)
             .values(
                 status=JobStatus.FAILED.value,
+                attempts=jobs.c.attempts + calls,
                 error=error,
                 provider=error.get("provider"),
                 model_used=error.get("model"),

@@ -1,40 +1,58 @@
-"""Run one job on a worker: record the attempt, call the provider, record the outcome.
+"""Run one job on a worker: record the run, answer from the cache or through the resilient provider
+pipeline, record the outcome.
 
 Idempotent by job id: a redelivered job whose outcome is already recorded returns it without calling a
-provider again (acks-late delivery is at-least-once).
+provider again (acks-late delivery is at-least-once). ``attempts`` in the job table counts provider calls,
+so a job's attempt budget holds across its runs.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any
 
 from ultra_tasks.cache.llm import NAMESPACE as CACHE_NAMESPACE
 from ultra_tasks.cache.llm import FillLock, is_cacheable, job_cache, request_digest
 from ultra_tasks.config import Settings, get_settings
-from ultra_tasks.errors import CircuitOpenException, ProviderError
+from ultra_tasks.errors import NoProviderAvailableError
 from ultra_tasks.jobs import records
 from ultra_tasks.jobs.models import JobResult, JobStatus
 from ultra_tasks.providers.base import LLMRequest
 from ultra_tasks.providers.registry import ProviderRegistry, default_registry
-from ultra_tasks.resilience.breaker import CircuitBreaker, get_breaker
+from ultra_tasks.resilience.breaker import breaker_redis
+from ultra_tasks.resilience.chains import chain_for
+from ultra_tasks.resilience.pipeline import ChainFailed, ResilientCaller
+from ultra_tasks.resilience.retry import AttemptBudget
 
 log = logging.getLogger(__name__)
+
+_caller: ResilientCaller | None = None
+_caller_lock = threading.Lock()
+
+
+def resilient_caller(
+    registry: ProviderRegistry | None = None, settings: Settings | None = None
+) -> ResilientCaller:
+    """The process-wide pipeline (its adaptive timeouts and quota view are shared by all threads)."""
+    global _caller
+    if _caller is None:
+        with _caller_lock:
+            if _caller is None:
+                settings = settings or get_settings()
+                _caller = ResilientCaller(
+                    registry or default_registry(), settings, breaker_redis(settings.redis_url)
+                )
+    return _caller
 
 
 def failed_outcome(job_id: str, error: dict[str, Any]) -> dict[str, Any]:
     return {"job_id": job_id, "status": JobStatus.FAILED.value, "error": error}
 
 
-def deferred_outcome(job_id: str, exc: CircuitOpenException) -> dict[str, Any]:
+def deferred_outcome(job_id: str, exc: NoProviderAvailableError) -> dict[str, Any]:
     return {"job_id": job_id, "status": "deferred", "retry_after": exc.retry_after, "reason": str(exc)}
-
-
-def provider_breaker(provider: str, model: str, settings: Settings) -> CircuitBreaker:
-    """The breaker guarding ``provider`` (or provider and model, with CIRCUIT_BREAKER_SCOPE=model)."""
-    name = provider if settings.circuit_breaker_scope == "provider" else f"{provider}:{model}"
-    return get_breaker(name)
 
 
 def execute_job(
@@ -42,12 +60,11 @@ def execute_job(
     payload: dict[str, Any],
     *,
     worker: str | None = None,
-    registry: ProviderRegistry | None = None,
+    caller: ResilientCaller | None = None,
     settings: Settings | None = None,
 ) -> dict[str, Any]:
-    """Run the job and return its outcome (a JobResult dict, or a failed outcome with its error)."""
+    """Run the job and return its outcome: a JobResult dict, a failed outcome, or a deferred one."""
     settings = settings or get_settings()
-    registry = registry or default_registry()
     record = records.mark_running(job_id, worker)
     if record is None:
         log.warning("job %s is not in the job table; running it unrecorded", job_id)
@@ -56,7 +73,7 @@ def execute_job(
         return record.result
     elif record.status is JobStatus.FAILED:
         return failed_outcome(job_id, record.error or {})
-    attempts = record.attempts if record is not None else 1
+    calls_before = record.attempts if record is not None else 0
 
     request = LLMRequest.from_dict(payload)
     cache = job_cache(settings) if is_cacheable(request, payload, settings) else None
@@ -73,49 +90,70 @@ def execute_job(
                 fill_lock = None
         if hit is not None:
             served_ms = (time.perf_counter() - started) * 1000
-            return _succeeded(job_id, record, hit, attempts=attempts, latency_ms=served_ms, cached=True)
+            result = _result(job_id, hit, calls=calls_before, latency_ms=served_ms, cached=True)
+            if record is not None:
+                records.mark_succeeded(job_id, result)
+            return result
 
-    provider = registry.for_model(request.model)
+    caller = caller or resilient_caller(settings=settings)
+    budget = AttemptBudget(max(0, settings.effective_attempt_budget - calls_before))
+    chain = chain_for(
+        request, settings, override=payload.get("chain"), fallback=payload.get("fallback", True)
+    )
     try:
-        # An open breaker refuses at once: the job waits for the provider instead of paying a timeout.
-        with provider_breaker(provider.name, request.model, settings):
-            response = provider.complete(request, timeout=settings.provider_timeout)
+        outcome = caller.call(request, chain, budget)
         answer = {
-            "text": response.text,
-            "model": response.model,
-            "provider": response.provider,
-            "usage": response.usage.to_dict(),
-            "finish_reason": response.finish_reason,
+            "text": outcome.response.text,
+            "model": outcome.response.model,
+            "provider": outcome.response.provider,
+            "usage": outcome.response.usage.to_dict(),
+            "finish_reason": outcome.response.finish_reason,
         }
         if cache is not None:
             cache.put_sync(request_digest(request), answer, CACHE_NAMESPACE)
-    except CircuitOpenException as exc:
+    except NoProviderAvailableError as exc:
         log.info("job %s deferred: %s", job_id, exc)
         if record is not None:
-            records.mark_deferred(job_id)
+            records.mark_deferred(job_id, calls=budget.used)
         return deferred_outcome(job_id, exc)
-    except ProviderError as exc:
-        error = exc.to_dict()
-        log.warning("job %s failed: %s", job_id, exc)
+    except ChainFailed as exc:
+        error = {
+            **exc.error.to_dict(),
+            "attempts": exc.attempts,
+            "provider_calls": calls_before + budget.used,
+        }
+        log.warning("job %s failed: %s", job_id, exc.error)
         if record is not None:
-            records.mark_failed(job_id, error)
+            records.mark_failed(job_id, error, calls=budget.used)
         return failed_outcome(job_id, error)
     finally:
         if fill_lock is not None:
             fill_lock.release()
-    return _succeeded(job_id, record, answer, attempts=attempts, latency_ms=response.latency_ms, cached=False)
+    result = _result(
+        job_id,
+        answer,
+        calls=calls_before + budget.used,
+        latency_ms=outcome.response.latency_ms,
+        cached=False,
+        fallback_used=outcome.fallback_used,
+        attempt_errors=outcome.attempts,
+    )
+    if record is not None:
+        records.mark_succeeded(job_id, result, calls=budget.used)
+    return result
 
 
-def _succeeded(
+def _result(
     job_id: str,
-    record: records.RunStart | None,
     answer: dict[str, Any],
     *,
-    attempts: int,
+    calls: int,
     latency_ms: float,
     cached: bool,
+    fallback_used: bool = False,
+    attempt_errors: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    result = JobResult(
+    return JobResult(
         job_id=job_id,
         text=answer["text"],
         model=answer["model"],
@@ -124,8 +162,7 @@ def _succeeded(
         latency_ms=round(latency_ms, 3),
         finish_reason=answer.get("finish_reason"),
         cached=cached,
-        attempts=attempts,
+        fallback_used=fallback_used,
+        attempts=calls,
+        attempt_errors=list(attempt_errors or []),
     ).to_dict()
-    if record is not None:
-        records.mark_succeeded(job_id, result)
-    return result

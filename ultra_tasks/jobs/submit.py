@@ -23,7 +23,7 @@ from ultra_tasks.errors import (
 )
 from ultra_tasks.jobs import records
 from ultra_tasks.jobs.models import JobResult, JobStatus
-from ultra_tasks.jobs.validation import build_request, validate_metadata, validate_priority
+from ultra_tasks.jobs.validation import build_request, validate_chain, validate_metadata, validate_priority
 from ultra_tasks.keys import PRIORITY_QUEUES
 
 log = logging.getLogger(__name__)
@@ -45,12 +45,16 @@ def submit(
     params: dict[str, Any] | None = None,
     metadata: dict[str, Any] | None = None,
     cache: bool = True,
+    fallback: bool = True,
+    chain: list[str] | None = None,
 ) -> JobHandle:
     """Validate, record and enqueue one LLM job; return its handle.
 
     Bad input raises ``JobValidationError`` naming the field, before anything is recorded or enqueued.
     A broker that cannot be reached raises ``DependencyUnavailableError`` and leaves no record behind.
     ``cache=False`` makes this job skip the result cache (deterministic requests use it by default).
+    ``fallback=False`` keeps it on the requested model; ``chain=["openai:gpt-4o", "anthropic:..."]``
+    replaces its fallback chain.
     """
     settings = get_settings()
     priority = validate_priority(priority)
@@ -69,6 +73,11 @@ def submit(
     if not isinstance(cache, bool):
         raise JobValidationError("cache", f"expected true or false, got {cache!r}")
     payload["cache"] = cache
+    if not isinstance(fallback, bool):
+        raise JobValidationError("fallback", f"expected true or false, got {fallback!r}")
+    payload["fallback"] = fallback
+    if chain is not None:
+        payload["chain"] = validate_chain(chain, settings)
 
     job_id = str(uuid.uuid4())
     queue = PRIORITY_QUEUES[priority]

@@ -138,6 +138,22 @@ def build_request(
     )
 
 
+def validate_chain(chain: Any, settings: Settings) -> list[str]:
+    """A job's own fallback chain: a non-empty list of "provider:model" entries."""
+    from ultra_tasks.resilience.chains import parse_entry
+
+    if isinstance(chain, str | bytes) or not isinstance(chain, Sequence) or not chain:
+        raise JobValidationError(
+            "chain",
+            'expected a non-empty list such as ["openai:gpt-4o", "anthropic:claude-3-5-sonnet-latest"]',
+        )
+    entries = [
+        str(parse_entry(item if isinstance(item, str) else repr(item), f"chain[{i}]"))
+        for i, item in enumerate(chain)
+    ]
+    return entries
+
+
 def validate_metadata(metadata: Any) -> dict[str, Any]:
     if metadata is None:
         return {}

@@ -92,6 +92,10 @@ def _bad_number(value: Any, integer: bool = False) -> bool:
     return value is not None and (isinstance(value, bool) or not isinstance(value, kinds) or value < 0)
 
 
+#: how many request arrival times the stats keep
+MAX_ARRIVALS = 1000
+
+
 @dataclass
 class _Fault:
     id: str
@@ -341,6 +345,8 @@ class FakeProviderServer:
             "by_outcome": {},
             "in_flight": in_flight,
             "max_in_flight": in_flight,
+            # epoch seconds of the most recent requests (bounded), for rate-limit checks
+            "arrivals": [],
         }
 
     # -- control API (state is only touched on the server loop, so no locks) ------------------
@@ -397,6 +403,7 @@ class FakeProviderServer:
         stats, call = self._stats, _Call()
         stats["total"] += 1
         stats["by_api"][api] += 1
+        stats["arrivals"] = [*stats["arrivals"][-(MAX_ARRIVALS - 1) :], time.time()]
         stats["in_flight"] += 1
         stats["max_in_flight"] = max(stats["max_in_flight"], stats["in_flight"])
         try:

@@ -7,7 +7,7 @@ from typing import Any
 
 import openai
 
-from ultra_tasks.errors import ServiceUnavailableException
+from ultra_tasks.errors import ContentPolicyError, ServiceUnavailableException
 from ultra_tasks.providers.base import LLMRequest, LLMResponse, Provider, Usage, connection_limits
 from ultra_tasks.providers.sdk_errors import map_sdk_error
 
@@ -51,6 +51,10 @@ class OpenAIProvider(Provider):
             raise ServiceUnavailableException(
                 "malformed completion (no choices)", provider=self.name, model=request.model
             ) from exc
+        if choice.finish_reason == "content_filter":
+            raise ContentPolicyError(
+                "answer withheld by the content filter", provider=self.name, model=request.model
+            )
         return LLMResponse(
             text=text,
             model=completion.model or request.model,

@@ -11,6 +11,8 @@ from typing import Any
 
 from ultra_tasks.clock import utcnow
 from ultra_tasks.errors import (
+    ContentPolicyError,
+    ContextWindowExceededError,
     PermanentProviderError,
     ProviderAuthError,
     ProviderBadRequestError,
@@ -22,6 +24,13 @@ from ultra_tasks.errors import (
 )
 
 _QUOTA_MARKERS = ("insufficient_quota", "credit balance is too low", "exceeded your current quota")
+_CONTEXT_MARKERS = (
+    "context_length_exceeded",
+    "maximum context length",
+    "prompt is too long",
+    "too many tokens",
+)
+_POLICY_MARKERS = ("content_policy", "content_filter", "content management policy", "safety system")
 
 
 def parse_retry_after(headers: Any) -> float | None:
@@ -81,6 +90,10 @@ def map_sdk_error(exc: Exception, *, provider: str, model: str | None, sdk: Any)
             return ServiceUnavailableException(message, **kw)
         if status in (401, 403):
             return ProviderAuthError(message, **kw)
+        if status in (400, 413) and any(marker in text for marker in _CONTEXT_MARKERS):
+            return ContextWindowExceededError(message, **kw)
+        if status == 400 and any(marker in text for marker in _POLICY_MARKERS):
+            return ContentPolicyError(message, **kw)
         if status in (400, 404, 413, 422):
             return ProviderBadRequestError(message, **kw)
         return PermanentProviderError(message, **kw)
