@@ -19,6 +19,7 @@ from ultra_tasks.errors import (
     JobNotFoundError,
     JobTimeoutError,
     JobValidationError,
+    NoProviderAvailableError,
     PermanentProviderError,
     ProviderError,
     QuotaExhaustedError,
@@ -31,6 +32,7 @@ from ultra_tasks.errors import (
 from ultra_tasks.jobs.models import JobResult, JobStatus
 from ultra_tasks.jobs.submit import JobHandle, submit
 from ultra_tasks.resilience.breaker import CircuitBreaker
+from ultra_tasks.resilience.fallback import Fallback
 
 __version__ = "0.1.0"
 
@@ -41,6 +43,7 @@ __all__ = [
     "DependencyUnavailableError",
     "DistributedCache",
     "ErrorKind",
+    "Fallback",
     "JobError",
     "JobFailedError",
     "JobHandle",
@@ -49,6 +52,7 @@ __all__ = [
     "JobStatus",
     "JobTimeoutError",
     "JobValidationError",
+    "NoProviderAvailableError",
     "PermanentProviderError",
     "ProviderError",
     "QuotaExhaustedError",

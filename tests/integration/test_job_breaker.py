@@ -25,7 +25,9 @@ def _closed_breakers(redis_client: Any) -> Iterator[None]:
 def test_open_breaker_defers_jobs_without_calling_the_provider_then_they_complete(
     worker_factory: Any, fake_provider: Any
 ) -> None:
-    worker_factory(concurrency=4, env={"CIRCUIT_BREAKER_FAILURE_THRESHOLD": "3", "CIRCUIT_BREAKER_RESET_TIMEOUT": "2"})
+    worker_factory(
+        concurrency=4, env={"CIRCUIT_BREAKER_FAILURE_THRESHOLD": "3", "CIRCUIT_BREAKER_RESET_TIMEOUT": "2"}
+    )
     # Given the provider answers 503, a job's three attempts fail and trip the provider's breaker
     fake_provider.add_fault("status", api="anthropic", status=503)
     with pytest.raises(JobFailedError) as info:

@@ -27,6 +27,7 @@ from ultra_tasks.errors import (
     NoProviderAvailableError,
     PermanentProviderError,
     ProviderError,
+    ProviderTimeoutError,
     QuotaExhaustedError,
 )
 from ultra_tasks.providers.base import LLMRequest, LLMResponse
@@ -146,6 +147,8 @@ class ResilientCaller:
                 raise
             except ProviderError as exc:
                 attempts.append({**exc.to_dict(), "entry": str(entry), "timeout_s": round(timeout, 3)})
+                if isinstance(exc, ProviderTimeoutError):
+                    self.timeouts.record(entry.provider, entry.model, timeout)
                 raise
             self.timeouts.record(entry.provider, entry.model, time.perf_counter() - started)
             return response

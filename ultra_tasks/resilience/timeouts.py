@@ -2,7 +2,9 @@
 
 timeout = clamp(percentile(recent latencies) x factor, min, max); the configured default until enough
 history exists. Latencies are sent in batches and the timeout recomputed at most once per refresh
-interval, so a call costs no extra Redis round trip.
+interval, so a call costs no extra Redis round trip. A call that timed out counts as a sample at the
+timeout it was given: otherwise rising latencies would leave only fast samples and the timeout could
+never grow to meet them.
 """
 
 from __future__ import annotations
@@ -38,16 +40,17 @@ class _Entry:
 
 
 class AdaptiveTimeouts:
-    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+    def __init__(self, client: redis.Redis, settings: Settings, refresh_s: float = REFRESH_S) -> None:
         self.client = client
         self.settings = settings
+        self.refresh_s = refresh_s
         self._entries: dict[tuple[str, str], _Entry] = {}
         self._lock = threading.Lock()
 
     def timeout(self, provider: str, model: str) -> float:
         """Seconds to allow the next call to ``provider``/``model``."""
         entry = self._entry(provider, model)
-        if time.monotonic() - entry.refreshed >= REFRESH_S:
+        if time.monotonic() - entry.refreshed >= self.refresh_s:
             self._refresh(provider, model, entry)
         return entry.timeout
 
