@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from ultra_tasks import CircuitBreaker
+from ultra_tasks import CircuitBreaker, keys
 from ultra_tasks.config import load_settings
 from ultra_tasks.errors import (
     ContentPolicyError,
@@ -155,6 +155,22 @@ def test_when_no_entry_can_be_called_the_job_is_deferred_not_failed(harness: Any
         h.call([ANTHROPIC])
     assert 25 < info.value.retry_after <= 30
     h.caller.quota.clear("anthropic")
+
+
+def test_a_rate_limit_beyond_the_wait_bound_defers_instead_of_failing(
+    harness: Any, fake_provider: Any
+) -> None:
+    model = f"gpt-4o-{uuid.uuid4().hex[:4]}"
+    h = harness(provider_rate_limits={"openai": {"rpm": 1}}, rate_limit_max_wait=5)
+    entry = ChainEntry("openai", model)
+    breaker_redis().delete(keys.rate_limit("openai", "rpm"))
+    assert h.call([entry]).entry == entry  # the burst of one
+    with pytest.raises(NoProviderAvailableError) as info:
+        h.call([entry])  # the next permit is a minute away: more than the 5 s bound
+    assert 50 < info.value.retry_after <= 60
+    assert h.sleeps == []
+    assert _calls(fake_provider, "openai") == 1
+    breaker_redis().delete(keys.rate_limit("openai", "rpm"))
 
 
 def test_a_chain_of_three_with_three_retries_each_makes_no_more_calls_than_the_budget(

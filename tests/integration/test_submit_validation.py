@@ -53,6 +53,14 @@ BAD_INPUTS = [
     ),
     pytest.param({"prompt": "hi", "metadata": {"when": object()}, **OK}, "metadata", id="metadata-not-json"),
     pytest.param({"prompt": "hi", "metadata": [1], **OK}, "metadata", id="metadata-not-object"),
+    pytest.param({"prompt": "hi", "cache": "no", **OK}, "cache", id="cache-not-bool"),
+    pytest.param({"prompt": "hi", "fallback": "yes", **OK}, "fallback", id="fallback-not-bool"),
+    pytest.param({"prompt": "hi", "chain": "openai:gpt-4o", **OK}, "chain", id="chain-a-string"),
+    pytest.param({"prompt": "hi", "chain": [], **OK}, "chain", id="chain-empty"),
+    pytest.param(
+        {"prompt": "hi", "chain": ["openai:gpt-4o", "gpt-4o"], **OK}, "chain[1]", id="chain-entry-no-provider"
+    ),
+    pytest.param({"prompt": "hi", "chain": ["mistral:large"], **OK}, "chain[0]", id="chain-unknown-provider"),
 ]
 
 
