@@ -16,7 +16,7 @@ from typing import Any
 from ultra_tasks.cache.llm import NAMESPACE as CACHE_NAMESPACE
 from ultra_tasks.cache.llm import FillLock, is_cacheable, job_cache, request_digest
 from ultra_tasks.config import Settings, get_settings
-from ultra_tasks.errors import NoProviderAvailableError
+from ultra_tasks.errors import DependencyUnavailableError, NoProviderAvailableError
 from ultra_tasks.jobs import records
 from ultra_tasks.jobs.models import JobResult, JobStatus
 from ultra_tasks.providers.base import LLMRequest
@@ -97,10 +97,10 @@ def execute_job(
 
     caller = caller or resilient_caller(settings=settings)
     budget = AttemptBudget(max(0, settings.effective_attempt_budget - calls_before))
-    chain = chain_for(
-        request, settings, override=payload.get("chain"), fallback=payload.get("fallback", True)
-    )
     try:
+        chain = chain_for(
+            request, settings, override=payload.get("chain"), fallback=payload.get("fallback", True)
+        )
         outcome = caller.call(request, chain, budget)
         answer = {
             "text": outcome.response.text,
@@ -123,6 +123,20 @@ def execute_job(
             "provider_calls": calls_before + budget.used,
         }
         log.warning("job %s failed: %s", job_id, exc.error)
+        if record is not None:
+            records.mark_failed(job_id, error, calls=budget.used)
+        return failed_outcome(job_id, error)
+    except DependencyUnavailableError:
+        raise  # the task retries the whole run once the dependency is back
+    except Exception as exc:
+        # A bug must not leave the job "running" forever: record it as failed, with what happened.
+        log.exception("job %s failed unexpectedly", job_id)
+        error = {
+            "type": type(exc).__name__,
+            "kind": "internal",
+            "message": str(exc)[:2000],
+            "provider_calls": calls_before + budget.used,
+        }
         if record is not None:
             records.mark_failed(job_id, error, calls=budget.used)
         return failed_outcome(job_id, error)
