@@ -187,6 +187,14 @@ def test_a_chain_of_three_with_three_retries_each_makes_no_more_calls_than_the_b
     assert all(a["status_code"] == 503 for a in info.value.attempts)
 
 
+def test_a_job_whose_budget_is_spent_makes_no_call_and_says_why(harness: Any, fake_provider: Any) -> None:
+    h = harness()
+    request = LLMRequest("gpt-4o", (ChatMessage("user", "again"),), 16)
+    with pytest.raises(ChainFailed, match="whole attempt budget"):
+        h.caller.call(request, [OPENAI, ANTHROPIC], AttemptBudget(0))
+    assert fake_provider.stats()["total"] == 0
+
+
 def test_input_too_large_for_a_model_falls_back_to_a_larger_context_model(
     harness: Any, fake_provider: Any
 ) -> None:

@@ -83,6 +83,13 @@ class ResilientCaller:
         attempts: list[dict[str, Any]] = []
         unavailable: list[tuple[str, float]] = []
         last_error: ProviderError | None = None
+        if budget.remaining <= 0:
+            spent = PermanentProviderError(
+                "the job has used its whole attempt budget (JOB_ATTEMPT_BUDGET) on earlier runs",
+                provider=chain[0].provider if chain else "none",
+                model=request.model,
+            )
+            raise ChainFailed(spent, attempts)
         for index, entry in enumerate(chain):
             if budget.remaining <= 0:
                 break
