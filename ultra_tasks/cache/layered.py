@@ -31,6 +31,8 @@ from ultra_tasks.errors import UltraTasksError
 log = logging.getLogger(__name__)
 
 _NAMESPACE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+#: namespaces already checked (a hot path: every get builds a key)
+_VALID_NAMESPACES: set[str] = set()
 #: seconds between reconnection attempts of the invalidation listener
 LISTEN_RETRY_S = 1.0
 
@@ -143,8 +145,10 @@ class DistributedCache:
     # --- internals ------------------------------------------------------------------------------------------
     @staticmethod
     def _full_key(namespace: str, key: str) -> str:
-        if not isinstance(namespace, str) or not _NAMESPACE.match(namespace):
-            raise CacheValueError(f"namespace must match {_NAMESPACE.pattern}, got {namespace!r}")
+        if namespace not in _VALID_NAMESPACES:
+            if not isinstance(namespace, str) or not _NAMESPACE.match(namespace):
+                raise CacheValueError(f"namespace must match {_NAMESPACE.pattern}, got {namespace!r}")
+            _VALID_NAMESPACES.add(namespace)
         if not isinstance(key, str):
             raise CacheValueError(f"key must be a string, got {type(key).__name__}")
         return f"{namespace}:{key}"
@@ -165,6 +169,8 @@ class DistributedCache:
 
     def _promote(self, full: str, raw: Any, expires: float | None, *, to_disk: bool) -> None:
         """Copy a lower level's entry up as it is: its envelope carries the absolute expiry."""
+        if self.memory.max_size <= 0 and (not to_disk or self.disk is None):
+            return
         ttl = remaining_ttl(expires)
         if ttl is not None and ttl <= 0:
             return
