@@ -253,6 +253,18 @@ def worker_factory(redis_client: object, database: str) -> Iterator[Callable[...
         worker.stop()
 
 
+@pytest.fixture
+def closed_provider_breakers(redis_client: object) -> Iterator[None]:
+    """The providers' shared breakers start and end the test closed (tests that trip them on purpose)."""
+    from ultra_tasks import CircuitBreaker
+
+    for name in ("openai", "anthropic"):
+        CircuitBreaker(name).reset()
+    yield
+    for name in ("openai", "anthropic"):
+        CircuitBreaker(name).reset()
+
+
 @pytest.fixture(scope="module")
 def llm_worker(redis_client: object, database: str) -> Iterator[WorkerProcess]:
     """One LLM worker shared by the tests of a module."""

@@ -179,7 +179,7 @@ class Settings(BaseSettings):
             cls._database_url(url)
         return v
 
-    @field_validator("fallback_chains", "provider_rate_limits", mode="before")
+    @field_validator("model_map", "fallback_chains", "provider_rate_limits", mode="before")
     @classmethod
     def _json_object(cls, v: Any) -> Any:
         if isinstance(v, str):
@@ -189,18 +189,6 @@ class Settings(BaseSettings):
                 v = json.loads(v)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"expected a JSON object ({exc.msg})") from exc
-        return v
-
-    @field_validator("model_map", mode="before")
-    @classmethod
-    def _model_map(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            if not v.strip():
-                return {}
-            try:
-                v = json.loads(v)
-            except json.JSONDecodeError as exc:
-                raise ValueError('expected a JSON object such as {"llama-*": "openai_compat"}') from exc
         return v
 
     @model_validator(mode="after")

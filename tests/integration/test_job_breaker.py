@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from ultra_tasks import CircuitBreaker, JobFailedError, JobStatus, submit
 
-pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(autouse=True)
-def _closed_breakers(redis_client: Any) -> Iterator[None]:
-    for name in ("openai", "anthropic"):
-        CircuitBreaker(name).reset()
-    yield
-    for name in ("openai", "anthropic"):
-        CircuitBreaker(name).reset()
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("closed_provider_breakers")]
 
 
 def test_open_breaker_defers_jobs_without_calling_the_provider_then_they_complete(

@@ -4,23 +4,13 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from ultra_tasks import CircuitBreaker, submit
+from ultra_tasks import submit
 
-pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(autouse=True)
-def _closed_breakers(redis_client: Any) -> Iterator[None]:
-    for name in ("openai", "anthropic"):
-        CircuitBreaker(name).reset()
-    yield
-    for name in ("openai", "anthropic"):
-        CircuitBreaker(name).reset()
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("closed_provider_breakers")]
 
 
 def test_job_served_by_a_fallback_says_so_with_every_failed_attempt(
