@@ -5,10 +5,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import celery.app.trace
 from celery import Celery
 from celery.signals import worker_init, worker_process_init
 
 log = logging.getLogger(__name__)
+
+# Job results hold prompts' answers: log that a task succeeded and how long it took, not what it returned.
+celery.app.trace.LOG_SUCCESS = "Task %(name)s[%(id)s] succeeded in %(runtime)ss"
 
 app = Celery("ultra_tasks", include=["ultra_tasks.jobs.tasks", "ultra_tasks.health.tasks"])
 app.config_from_object("celeryconfig")
@@ -21,6 +25,9 @@ def _prepare_worker(sender: Any = None, **_: Any) -> None:
     from ultra_tasks.providers.registry import default_registry
 
     upgrade_schema()
+    # one line per HTTP request to a provider is noise at INFO; errors still surface through our logs
+    for noisy in ("httpx", "httpx2", "httpcore", "httpcore2"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     concurrency = getattr(sender, "concurrency", None)
     if isinstance(concurrency, int) and concurrency > 0:
         default_registry().pool_size = concurrency

@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+import uuid
 from typing import Any
 
 import pytest
@@ -96,3 +98,15 @@ def test_permanent_provider_error_fails_the_job_with_a_classified_error(
     assert info.value.error["provider"] == "openai"
     assert handle.status() is JobStatus.FAILED
     assert handle.record()["error"]["type"] == "ProviderBadRequestError"
+
+
+def test_worker_logs_say_a_job_succeeded_without_its_prompt_or_answer(llm_worker: Any) -> None:
+    secret = f"private-{uuid.uuid4().hex}"
+    handle = submit(f"summarize {secret}", model="gpt-4o-mini")
+    assert secret in handle.result(timeout=30).text
+    deadline = time.monotonic() + 5
+    while f"ultra.run_job[{handle.id}] succeeded" not in llm_worker.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    log = llm_worker.log()
+    assert f"ultra.run_job[{handle.id}] succeeded" in log
+    assert secret not in log
