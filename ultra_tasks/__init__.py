@@ -29,8 +29,10 @@ from ultra_tasks.errors import (
     UltraTasksError,
     UnknownModelError,
 )
+from ultra_tasks.health.checks import HealthCheck, HealthStatus, LLMProviderHealthCheck
 from ultra_tasks.jobs.models import JobResult, JobStatus
 from ultra_tasks.jobs.submit import JobHandle, submit
+from ultra_tasks.mode.operation_mode import SystemOperationMode
 from ultra_tasks.resilience.breaker import CircuitBreaker
 from ultra_tasks.resilience.fallback import Fallback
 
@@ -44,6 +46,8 @@ __all__ = [
     "DistributedCache",
     "ErrorKind",
     "Fallback",
+    "HealthCheck",
+    "HealthStatus",
     "JobError",
     "JobFailedError",
     "JobHandle",
@@ -52,6 +56,7 @@ __all__ = [
     "JobStatus",
     "JobTimeoutError",
     "JobValidationError",
+    "LLMProviderHealthCheck",
     "NoProviderAvailableError",
     "PermanentProviderError",
     "ProviderError",
@@ -59,6 +64,7 @@ __all__ = [
     "RateLimitedError",
     "ServiceUnavailableException",
     "Settings",
+    "SystemOperationMode",
     "TimeoutException",
     "UltraTasksError",
     "UnknownModelError",

@@ -86,3 +86,23 @@ def rate_limit(provider: str, kind: str) -> str:
 def provider_unavailable(provider: str) -> str:
     """String with expiry: why a provider is skipped (quota exhausted) until the key expires."""
     return f"{_ns()}:unavailable:{provider}"
+
+
+def mode_current() -> str:
+    """Hash: the current operation mode mirrored from SQL (mode, reasons, changed_at) for cheap reads."""
+    return f"{_ns()}:mode:current"
+
+
+def mode_events() -> str:
+    """Pub/sub channel: one JSON message per operation mode change."""
+    return f"{_ns()}:mode:events"
+
+
+def health_tick(interval_index: int) -> str:
+    """Claimed by the one health-check run of a beat interval (so a second beat changes nothing)."""
+    return f"{_ns()}:health:tick:{interval_index}"
+
+
+def health_runs() -> str:
+    """Counter of health-check runs that did the work (one per interval)."""
+    return f"{_ns()}:health:runs"

@@ -55,3 +55,42 @@ class JobRecord(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
     __table_args__ = (Index("ix_jobs_status_created", "status", "created_at"),)
+
+
+class OperationModeRecord(Base):
+    """The one current operation mode (id 1), with a manual override and the recovery hysteresis state."""
+
+    __tablename__ = "operation_mode"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    mode: Mapped[str] = mapped_column(String(16))
+    reasons: Mapped[list[Any]] = mapped_column(JSON)
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    override_mode: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    override_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    better_since: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    better_checks: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ModeTransition(Base):
+    __tablename__ = "mode_transitions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    from_mode: Mapped[str] = mapped_column(String(16))
+    to_mode: Mapped[str] = mapped_column(String(16))
+    reasons: Mapped[list[Any]] = mapped_column(JSON)
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ComponentStatus(Base):
+    __tablename__ = "component_status"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    component: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(String(1000))
+    severity: Mapped[str] = mapped_column(String(16))
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (Index("ix_component_status_component_at", "component", "at"),)

@@ -2,58 +2,40 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
 
-import redis
-from sqlalchemy import text
-
 from ultra_tasks import keys
 from ultra_tasks.celery_app import app
-from ultra_tasks.clock import utcnow
 from ultra_tasks.config import get_settings
-from ultra_tasks.db.engine import get_engine
+from ultra_tasks.resilience.breaker import breaker_redis
 
 log = logging.getLogger(__name__)
 
-#: per-check bound (seconds): a hung dependency must not hang the beat queue
-CHECK_TIMEOUT_S = 5.0
-
-
-def _timed(fn: Any) -> dict[str, Any]:
-    started = time.perf_counter()
-    try:
-        fn()
-        status, message = "ok", "reachable"
-    except Exception as exc:
-        status, message = "critical", f"{type(exc).__name__}: {exc}"
-    return {
-        "status": status,
-        "message": message,
-        "latency_ms": round((time.perf_counter() - started) * 1000, 2),
-        "checked_at": utcnow().isoformat(),
-    }
+_mode: Any = None
 
 
 @app.task(name="ultra.ops.health_check", ignore_result=True)
-def health_check() -> dict[str, dict[str, Any]]:
-    """Check Redis and the database; publish the verdicts in Redis for the status page and CLI."""
-    settings = get_settings()
-    client = redis.Redis.from_url(
-        settings.redis_url, socket_timeout=CHECK_TIMEOUT_S, socket_connect_timeout=CHECK_TIMEOUT_S
-    )
+def health_check() -> dict[str, Any] | None:
+    """Run the health checks and evaluate the operation mode, once per interval however many beats run.
 
-    def check_db() -> None:
-        with get_engine().connect() as conn:
-            conn.execute(text("SELECT 1"))
+    The first run of an interval claims it in Redis; another beat's run in the same interval does nothing,
+    so the task is idempotent and a duplicate scheduler is harmless.
+    """
+    global _mode
+    from ultra_tasks.health.runner import check_and_evaluate
+    from ultra_tasks.mode.operation_mode import SystemOperationMode
 
-    verdicts = {"redis": _timed(client.ping), "database": _timed(check_db)}
-    try:
-        client.hset(keys.health_last(), mapping={k: json.dumps(v) for k, v in verdicts.items()})
-    except redis.RedisError as exc:
-        log.warning("could not publish health verdicts: %s", exc)
-    finally:
-        client.close()
-    return verdicts
+    interval = get_settings().health_check_interval
+    client = breaker_redis()
+    tick = int(time.time() // interval)
+    if not client.set(keys.health_tick(tick), "1", nx=True, ex=max(1, int(interval * 3))):
+        log.info("health check of interval %s already ran", tick)
+        return None
+    client.incr(keys.health_runs())
+    if _mode is None:
+        _mode = SystemOperationMode()
+    summary = check_and_evaluate(_mode)
+    log.info("health: mode %s, checks %s", summary["mode"], summary["checks"])
+    return summary

@@ -1,0 +1,35 @@
+"""The degradation policy: which component statuses make which operation mode."""
+
+from __future__ import annotations
+
+from ultra_tasks.mode.policy import ComponentState, Mode, evaluate, status_for_severity
+
+
+def c(component: str, kind: str, status: str) -> ComponentState:
+    return ComponentState(component, kind, status, f"{component} is {status}", "medium")
+
+
+def test_all_ok_is_normal() -> None:
+    assert evaluate([c("redis", "redis", "ok"), c("openai", "llm_provider", "ok")]) == (Mode.NORMAL, [])
+
+
+def test_some_providers_down_is_degraded_with_the_reasons() -> None:
+    mode, reasons = evaluate([c("openai", "llm_provider", "critical"), c("anthropic", "llm_provider", "ok")])
+    assert mode is Mode.DEGRADED
+    assert [r["component"] for r in reasons] == ["openai"]
+
+
+def test_no_provider_left_is_emergency() -> None:
+    states = [c("openai", "llm_provider", "critical"), c("anthropic", "llm_provider", "critical")]
+    assert evaluate(states)[0] is Mode.EMERGENCY
+
+
+def test_redis_or_broker_critical_is_emergency_but_database_is_degraded() -> None:
+    assert evaluate([c("redis", "redis", "critical")])[0] is Mode.EMERGENCY
+    assert evaluate([c("broker", "broker", "critical")])[0] is Mode.EMERGENCY
+    assert evaluate([c("database", "database", "critical")])[0] is Mode.DEGRADED
+
+
+def test_seed_severities_map_to_statuses() -> None:
+    assert status_for_severity("low") == status_for_severity("medium") == "degraded"
+    assert status_for_severity("high") == status_for_severity("critical") == "critical"

@@ -1,0 +1,71 @@
+"""How component statuses make an operation mode (documented in the README; pure, so easy to test).
+
+- Redis or the broker critical → EMERGENCY (nothing can be queued or coordinated).
+- Every LLM provider critical → EMERGENCY (no chain can be served).
+- Anything else degraded or critical (some providers, the database, workers, queues, disk cache)
+  → DEGRADED.
+- Otherwise NORMAL.
+Worsening applies at once; recovery only after it held for ``recovery_checks`` evaluations in a row
+(hysteresis, in operation_mode.py), so a flapping check does not flap the mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class Mode(StrEnum):
+    NORMAL = "NORMAL"
+    DEGRADED = "DEGRADED"
+    EMERGENCY = "EMERGENCY"
+
+    @property
+    def rank(self) -> int:
+        return _RANK[self]
+
+
+_RANK = {Mode.NORMAL: 0, Mode.DEGRADED: 1, Mode.EMERGENCY: 2}
+
+OK, DEGRADED_STATUS, CRITICAL = "ok", "degraded", "critical"
+#: components whose loss stops the whole system
+CORE = ("redis", "broker")
+PROVIDER_KIND = "llm_provider"
+
+
+def status_for_severity(severity: str) -> str:
+    """The seed's severities (low, medium, high, critical) as a component status."""
+    return CRITICAL if severity in ("high", "critical") else DEGRADED_STATUS
+
+
+@dataclass(frozen=True)
+class ComponentState:
+    component: str
+    kind: str
+    status: str
+    reason: str
+    severity: str
+
+    def as_reason(self) -> dict[str, Any]:
+        return {
+            "component": self.component,
+            "kind": self.kind,
+            "status": self.status,
+            "reason": self.reason,
+            "severity": self.severity,
+        }
+
+
+def evaluate(components: list[ComponentState]) -> tuple[Mode, list[dict[str, Any]]]:
+    """The mode the components call for, and the reasons (the components that are not ok)."""
+    unhealthy = [c for c in components if c.status != OK]
+    reasons = [c.as_reason() for c in unhealthy]
+    if any(c.kind in CORE and c.status == CRITICAL for c in unhealthy):
+        return Mode.EMERGENCY, reasons
+    providers = [c for c in components if c.kind == PROVIDER_KIND]
+    if providers and all(c.status == CRITICAL for c in providers):
+        return Mode.EMERGENCY, reasons
+    if unhealthy:
+        return Mode.DEGRADED, reasons
+    return Mode.NORMAL, reasons
