@@ -42,6 +42,10 @@ cli = typer.Typer(
 jobs_cli = typer.Typer(help="Inspect jobs.", no_args_is_help=True)
 db_cli = typer.Typer(help="Database schema.", no_args_is_help=True)
 breakers_cli = typer.Typer(help="Fleet-wide circuit breakers.", no_args_is_help=True)
+mode_cli = typer.Typer(help="The global operation mode.", no_args_is_help=True)
+health_cli = typer.Typer(help="Health checks.", no_args_is_help=True)
+cli.add_typer(mode_cli, name="mode")
+cli.add_typer(health_cli, name="health")
 cli.add_typer(jobs_cli, name="jobs")
 cli.add_typer(breakers_cli, name="breakers")
 cli.add_typer(db_cli, name="db")
@@ -201,6 +205,74 @@ def breakers_force_open(name: str) -> None:
 def breakers_disable(name: str) -> None:
     """Let every call through a breaker, recording nothing, until reset."""
     _breaker_action(name, "disable")
+
+
+@mode_cli.command("show")
+@_guarded
+def mode_show(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """The current mode, why, the unhealthy components and the latest changes."""
+    from ultra_tasks.mode.operation_mode import SystemOperationMode
+
+    mode = SystemOperationMode()
+    info: dict[str, Any] = {
+        "mode": mode.current_mode,
+        "reasons": mode.degradation_reasons,
+        "components": mode.degraded_components,
+        "history": mode.history(limit=10),
+    }
+    if as_json:
+        console.print_json(json.dumps(info))
+        return
+    console.print(f"mode: [bold]{info['mode']}[/bold]")
+    for r in info["reasons"]:
+        console.print(f"  {r.get('component')}: {r.get('status')} - {r.get('reason')}", highlight=False)
+    for h in info["history"]:
+        console.print(f"  {h['at']}  {h['from']} -> {h['to']}", highlight=False)
+
+
+@mode_cli.command("set")
+@_guarded
+def mode_set(
+    mode_name: str = typer.Argument(..., metavar="MODE", help="NORMAL, DEGRADED or EMERGENCY"),
+    for_seconds: float = typer.Option(3600.0, "--for", min=1, help="How long the override holds."),
+) -> None:
+    """Override the mode for a while (the policy decides again when it expires)."""
+    from ultra_tasks.mode.operation_mode import SystemOperationMode
+
+    try:
+        result = SystemOperationMode().set_override(mode_name.upper(), for_seconds)
+    except ValueError:
+        _fail(Exit.BAD_INPUT, f"unknown mode {mode_name!r}; expected NORMAL, DEGRADED or EMERGENCY")
+    console.print(f"mode: {result} for {for_seconds:g}s")
+
+
+@mode_cli.command("clear")
+@_guarded
+def mode_clear() -> None:
+    """End a manual override now."""
+    from ultra_tasks.mode.operation_mode import SystemOperationMode
+
+    console.print(f"mode: {SystemOperationMode().clear_override()}")
+
+
+@health_cli.command("run")
+@_guarded
+def health_run(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Run every health check now, record the results and evaluate the mode. Exit 1 unless NORMAL."""
+    from ultra_tasks.health.runner import check_and_evaluate
+    from ultra_tasks.mode.operation_mode import SystemOperationMode
+
+    summary = check_and_evaluate(SystemOperationMode())
+    if as_json:
+        console.print_json(json.dumps(summary))
+    else:
+        table = Table("check", "status")
+        for name, status in sorted(summary["checks"].items()):
+            table.add_row(name, status)
+        console.print(table)
+        console.print(f"mode: [bold]{summary['mode']}[/bold]")
+    if summary["mode"] != "NORMAL":
+        raise typer.Exit(int(Exit.JOB_FAILED))
 
 
 @db_cli.command("upgrade")
