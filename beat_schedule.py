@@ -19,4 +19,10 @@ def build_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": interval,
             "options": {"queue": "ops", "expires": interval},
         },
+        # publishes what the outbox holds and what died mid-run; idempotent, so two beats are harmless
+        "sweep": {
+            "task": "ultra.ops.sweep",
+            "schedule": interval,
+            "options": {"queue": "ops", "expires": interval},
+        },
     }

@@ -122,6 +122,22 @@ def jobs_show(job_id: str) -> None:
     console.print_json(json.dumps(JobHandle(job_id).record()))
 
 
+@jobs_cli.command("retry")
+@_guarded
+def jobs_retry(job_id: str) -> None:
+    """Resubmit a failed or expired job with a fresh attempt budget."""
+    from ultra_tasks.errors import JobError
+    from ultra_tasks.jobs.submit import JobHandle
+
+    try:
+        JobHandle(job_id).retry()
+    except JobError as exc:
+        if isinstance(exc, JobNotFoundError):
+            raise
+        _fail(Exit.BAD_INPUT, str(exc))
+    console.print(f"{job_id}: queued again")
+
+
 @jobs_cli.command("list")
 @_guarded
 def jobs_list(

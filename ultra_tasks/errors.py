@@ -8,9 +8,11 @@ Third-party errors (redis, SQLAlchemy, the provider SDKs) are mapped to these at
     ├── JobValidationError (ValueError) bad input to submit(); names the field; nothing was recorded
     │   └── UnknownModelError           no provider serves the model
     ├── DependencyUnavailableError      Redis, the broker or the database cannot be reached
+    ├── QueueFullError                  QUEUE_MAX_SIZE jobs are already waiting; nothing was recorded
     ├── JobError
     │   ├── JobNotFoundError            no job with that id
     │   ├── JobFailedError              the job ended failed; carries its error record
+    │   ├── JobExpiredError             the job's deadline passed before it ran
     │   └── JobTimeoutError             result() waited longer than asked (also a TimeoutException)
     ├── TimeoutException (TimeoutError) seed name: something took longer than allowed
     ├── CircuitOpenException            seed name: a breaker refused the call
@@ -70,6 +72,17 @@ class DependencyUnavailableError(UltraTasksError):
         self.dependency = dependency
 
 
+class QueueFullError(UltraTasksError):
+    """Backpressure: the LLM queues already hold ``limit`` jobs or more."""
+
+    def __init__(self, depth: int, limit: int) -> None:
+        super().__init__(
+            f"queue full: {depth} jobs waiting, limit {limit} (QUEUE_MAX_SIZE); nothing was recorded"
+        )
+        self.depth = depth
+        self.limit = limit
+
+
 class JobError(UltraTasksError):
     """Something about one job."""
 
@@ -89,6 +102,11 @@ class JobFailedError(JobError):
     def __init__(self, job_id: str, error: dict[str, Any]) -> None:
         super().__init__(job_id, f"job {job_id} failed: {error.get('type')}: {error.get('message')}")
         self.error = error
+
+
+class JobExpiredError(JobError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id, f"job {job_id} expired before it ran")
 
 
 class TimeoutException(UltraTasksError, TimeoutError):

@@ -49,6 +49,8 @@ def test_permanent_errors_do_not_trip_the_provider_breaker(llm_worker: Any, fake
     fake_provider.add_fault("status", api="openai", status=400)
     for i in range(6):
         with pytest.raises(JobFailedError):
-            submit(f"bad {i}", model="gpt-4o-mini").result(timeout=30)
+            submit(f"bad {i}", model="gpt-4.1-nano").result(timeout=30)
     assert CircuitBreaker("openai").state == CircuitBreaker.CLOSED
-    assert fake_provider.stats()["by_api"] == {"openai": 6, "anthropic": 0}  # no retry, no fallback
+    by_model = fake_provider.stats()["by_model"]
+    assert by_model.get("gpt-4.1-nano") == 6  # no retry
+    assert by_model.get("claude-3-5-haiku-latest", 0) == 0  # no fallback

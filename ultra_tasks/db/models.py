@@ -53,8 +53,16 @@ class JobRecord(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    #: when the message reached the broker; NULL = recorded but not (yet) published: the sweeper sends it
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    #: past this the job is not run; it ends "expired"
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
 
-    __table_args__ = (Index("ix_jobs_status_created", "status", "created_at"),)
+    __table_args__ = (
+        Index("ix_jobs_status_created", "status", "created_at"),
+        Index("ux_jobs_idempotency_key", "idempotency_key", unique=True),
+    )
 
 
 class OperationModeRecord(Base):

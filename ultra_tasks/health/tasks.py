@@ -39,3 +39,24 @@ def health_check() -> dict[str, Any] | None:
     summary = check_and_evaluate(_mode)
     log.info("health: mode %s, checks %s", summary["mode"], summary["checks"])
     return summary
+
+
+#: a job recorded this long ago without being published is sent by the sweeper (seconds)
+UNPUBLISHED_GRACE_S = 10.0
+#: beyond its time limit by this much, a "running" job's worker is taken as dead (seconds)
+RUNNING_GRACE_S = 60.0
+
+
+@app.task(name="ultra.ops.sweep", ignore_result=True)
+def sweep() -> int:
+    """Publish jobs the outbox holds (recorded while the broker was down) and jobs whose worker died
+    mid-run. Idempotent: a job that runs twice returns its recorded outcome the second time."""
+    from ultra_tasks.jobs import records
+    from ultra_tasks.jobs.submit import publish
+
+    settings = get_settings()
+    due = records.jobs_to_republish(UNPUBLISHED_GRACE_S, settings.job_time_limit + RUNNING_GRACE_S)
+    sent = sum(publish(job_id, queue, payload) for job_id, queue, payload in due)
+    if due:
+        log.warning("sweeper republished %d of %d jobs", sent, len(due))
+    return sent

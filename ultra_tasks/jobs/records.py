@@ -7,10 +7,11 @@ Core rather than ORM sessions: these run several times per job on every worker t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, delete, func, insert, select, update
+from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from ultra_tasks.clock import utcnow
 from ultra_tasks.db.engine import session_scope, transaction
@@ -19,7 +20,7 @@ from ultra_tasks.errors import JobNotFoundError
 from ultra_tasks.jobs.models import JobStatus
 
 jobs = cast(Table, JobRecord.__table__)
-FINAL = (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value)
+FINAL = (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value, JobStatus.EXPIRED.value)
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class RunStart:
     attempts: int
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
+    expires_at: datetime | None = None
 
 
 def insert_job(
@@ -40,28 +42,103 @@ def insert_job(
     model: str,
     request: dict[str, Any],
     now: datetime | None = None,
-) -> None:
+    expires_at: datetime | None = None,
+    idempotency_key: str | None = None,
+) -> str:
+    """Record a queued, not yet published job; returns its id. With an idempotency key already used,
+    nothing is written and the earlier job's id is returned."""
     now = now or utcnow()
+    try:
+        with transaction() as conn:
+            conn.execute(
+                insert(jobs).values(
+                    id=job_id,
+                    status=JobStatus.QUEUED.value,
+                    priority=priority,
+                    queue=queue,
+                    model=model,
+                    request=request,
+                    attempts=0,
+                    created_at=now,
+                    updated_at=now,
+                    expires_at=expires_at,
+                    idempotency_key=idempotency_key,
+                )
+            )
+    except IntegrityError:
+        existing = find_by_idempotency_key(idempotency_key) if idempotency_key else None
+        if existing is None:
+            raise
+        return existing
+    return job_id
+
+
+def find_by_idempotency_key(key: str) -> str | None:
+    with transaction() as conn:
+        found = conn.execute(select(jobs.c.id).where(jobs.c.idempotency_key == key)).scalar_one_or_none()
+    return str(found) if found is not None else None
+
+
+def mark_published(job_id: str) -> None:
+    with transaction() as conn:
+        conn.execute(update(jobs).where(jobs.c.id == job_id).values(published_at=utcnow()))
+
+
+def mark_expired(job_id: str) -> None:
+    now = utcnow()
     with transaction() as conn:
         conn.execute(
-            insert(jobs).values(
-                id=job_id,
-                status=JobStatus.QUEUED.value,
-                priority=priority,
-                queue=queue,
-                model=model,
-                request=request,
-                attempts=0,
-                created_at=now,
-                updated_at=now,
-            )
+            update(jobs)
+            .where(jobs.c.id == job_id)
+            .values(status=JobStatus.EXPIRED.value, finished_at=now, updated_at=now)
         )
 
 
-def delete_job(job_id: str) -> None:
-    """Undo an insert whose publish failed, so no half-made job stays behind."""
+def jobs_to_republish(
+    unpublished_for_s: float, running_for_s: float, limit: int = 500
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """(id, queue, request) of jobs recorded but never published, or running far past their time limit
+    (their worker died): the sweeper publishes them again; a second run is harmless (idempotent)."""
+    now = utcnow()
+    unpublished = (
+        (jobs.c.status == JobStatus.QUEUED.value)
+        & jobs.c.published_at.is_(None)
+        & (jobs.c.created_at < now - timedelta(seconds=unpublished_for_s))
+    )
+    stuck = (jobs.c.status == JobStatus.RUNNING.value) & (
+        jobs.c.updated_at < now - timedelta(seconds=running_for_s)
+    )
     with transaction() as conn:
-        conn.execute(delete(jobs).where(jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED.value))
+        rows = conn.execute(
+            select(jobs.c.id, jobs.c.queue, jobs.c.request)
+            .where(unpublished | stuck)
+            .order_by(jobs.c.created_at)
+            .limit(limit)
+        ).all()
+    return [(r.id, r.queue, r.request) for r in rows]
+
+
+def reset_for_retry(job_id: str) -> tuple[str, dict[str, Any]] | None:
+    """Give a failed or expired job a fresh start (a new attempt budget); (queue, request) or None."""
+    now = utcnow()
+    with transaction() as conn:
+        row = conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.status.in_((JobStatus.FAILED.value, JobStatus.EXPIRED.value)))
+            .values(
+                status=JobStatus.QUEUED.value,
+                attempts=0,
+                error=None,
+                result=None,
+                published_at=None,
+                started_at=None,
+                finished_at=None,
+                expires_at=None,
+                updated_at=now,
+            )
+            .returning(jobs.c.queue, jobs.c.request)
+        ).first()
+    return (row.queue, row.request) if row is not None else None
 
 
 def get_job(job_id: str) -> JobRecord:
@@ -88,10 +165,13 @@ def mark_running(job_id: str, worker: str | None) -> RunStart | None:
                 worker=worker,
                 updated_at=now,
             )
-            .returning(jobs.c.attempts)
+            .returning(jobs.c.attempts, jobs.c.expires_at)
         ).first()
         if row is not None:
-            return RunStart(JobStatus.RUNNING, int(row.attempts))
+            expires = row.expires_at
+            if expires is not None and expires.tzinfo is None:
+                expires = expires.replace(tzinfo=UTC)
+            return RunStart(JobStatus.RUNNING, int(row.attempts), expires_at=expires)
         final = conn.execute(
             select(jobs.c.status, jobs.c.attempts, jobs.c.result, jobs.c.error).where(jobs.c.id == job_id)
         ).first()

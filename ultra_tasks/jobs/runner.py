@@ -15,6 +15,7 @@ from typing import Any
 
 from ultra_tasks.cache.llm import NAMESPACE as CACHE_NAMESPACE
 from ultra_tasks.cache.llm import FillLock, is_cacheable, job_cache, request_digest
+from ultra_tasks.clock import utcnow
 from ultra_tasks.config import Settings, get_settings
 from ultra_tasks.errors import DependencyUnavailableError, NoProviderAvailableError
 from ultra_tasks.jobs import records
@@ -73,7 +74,13 @@ def execute_job(
         return record.result
     elif record.status is JobStatus.FAILED:
         return failed_outcome(job_id, record.error or {})
+    elif record.status is JobStatus.EXPIRED:
+        return {"job_id": job_id, "status": JobStatus.EXPIRED.value}
     calls_before = record.attempts if record is not None else 0
+    if record is not None and record.expires_at is not None and utcnow() >= record.expires_at:
+        log.info("job %s expired before it ran", job_id)
+        records.mark_expired(job_id)
+        return {"job_id": job_id, "status": JobStatus.EXPIRED.value}
 
     request = LLMRequest.from_dict(payload)
     cache = job_cache(settings) if is_cacheable(request, payload, settings) else None

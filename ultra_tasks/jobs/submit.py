@@ -5,30 +5,36 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 from kombu.exceptions import OperationalError as KombuOperationalError
+from redis import Redis
 from redis.exceptions import RedisError
 
 from ultra_tasks.celery_app import app
+from ultra_tasks.clock import utcnow
 from ultra_tasks.config import get_settings
 from ultra_tasks.db.migrate import upgrade_schema
 from ultra_tasks.errors import (
     DependencyUnavailableError,
+    JobError,
+    JobExpiredError,
     JobFailedError,
     JobTimeoutError,
     JobValidationError,
+    QueueFullError,
 )
 from ultra_tasks.jobs import records
 from ultra_tasks.jobs.models import JobResult, JobStatus
 from ultra_tasks.jobs.validation import build_request, validate_chain, validate_metadata, validate_priority
-from ultra_tasks.keys import PRIORITY_QUEUES
+from ultra_tasks.keys import LLM_QUEUES, PRIORITY_QUEUES
 
 log = logging.getLogger(__name__)
 
-_FINAL_STATUSES = (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value)
+_FINAL_STATUSES = (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value, JobStatus.EXPIRED.value)
 #: Celery task name of the job path
 RUN_JOB_TASK = "ultra.run_job"
 
@@ -47,6 +53,8 @@ def submit(
     cache: bool = True,
     fallback: bool = True,
     chain: list[str] | None = None,
+    idempotency_key: str | None = None,
+    expires_in: float | None = None,
 ) -> JobHandle:
     """Validate, record and enqueue one LLM job; return its handle.
 
@@ -54,7 +62,12 @@ def submit(
     A broker that cannot be reached raises ``DependencyUnavailableError`` and leaves no record behind.
     ``cache=False`` makes this job skip the result cache (deterministic requests use it by default).
     ``fallback=False`` keeps it on the requested model; ``chain=["openai:gpt-4o", "anthropic:..."]``
-    replaces its fallback chain.
+    replaces its fallback chain. ``idempotency_key``: a second submit with the same key returns the
+    first job's handle and records nothing. ``expires_in``: seconds after which the job is not run (it
+    ends ``expired``).
+
+    The job table is the outbox: a job recorded while the broker is unreachable is accepted and published
+    by the sweeper on beat once the broker is back. ``QueueFullError`` when QUEUE_MAX_SIZE jobs wait.
     """
     settings = get_settings()
     priority = validate_priority(priority)
@@ -79,16 +92,67 @@ def submit(
     if chain is not None:
         payload["chain"] = validate_chain(chain, settings)
 
-    job_id = str(uuid.uuid4())
+    if idempotency_key is not None and (
+        not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 255
+    ):
+        raise JobValidationError("idempotency_key", "expected a string of 1 to 255 characters")
+    if expires_in is not None and (
+        isinstance(expires_in, bool) or not isinstance(expires_in, int | float) or not 0 < expires_in < 10**8
+    ):
+        raise JobValidationError("expires_in", f"expected a positive number of seconds, got {expires_in!r}")
+
     queue = PRIORITY_QUEUES[priority]
+    _check_backpressure(settings.queue_max_size)
     upgrade_schema()
-    records.insert_job(job_id=job_id, priority=priority, queue=queue, model=request.model, request=payload)
+    now = utcnow()
+    new_id = str(uuid.uuid4())
+    job_id = records.insert_job(
+        job_id=new_id,
+        priority=priority,
+        queue=queue,
+        model=request.model,
+        request=payload,
+        now=now,
+        expires_at=now + timedelta(seconds=expires_in) if expires_in is not None else None,
+        idempotency_key=idempotency_key,
+    )
+    if job_id == new_id:  # not a repeat of an earlier submit with the same idempotency key
+        publish(job_id, queue, payload)
+    return JobHandle(job_id)
+
+
+def publish(job_id: str, queue: str, payload: dict[str, Any]) -> bool:
+    """Send a recorded job to its queue and note it. False (logged) if the broker is unreachable: the
+    record stays as the outbox entry the sweeper republishes."""
     try:
         app.send_task(RUN_JOB_TASK, args=[job_id, payload], task_id=job_id, queue=queue, routing_key=queue)
     except (KombuOperationalError, RedisError, OSError) as exc:
-        records.delete_job(job_id)
-        raise DependencyUnavailableError("broker", str(exc)) from exc
-    return JobHandle(job_id)
+        log.warning("job %s recorded but not published (%s); the sweeper will publish it", job_id, exc)
+        return False
+    records.mark_published(job_id)
+    return True
+
+
+_depth_clients: dict[str, Any] = {}
+
+
+def _check_backpressure(limit: int) -> None:
+    """Refuse new jobs while the LLM queues already hold ``limit`` (QUEUE_MAX_SIZE) jobs in all."""
+    url = get_settings().effective_broker_url
+    if not url.startswith(("redis://", "rediss://")):
+        return  # AMQP queue depths are the broker's to enforce (x-max-length)
+    client = _depth_clients.get(url)
+    if client is None:
+        client = _depth_clients[url] = Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+    try:
+        pipe = client.pipeline(transaction=False)
+        for queue in LLM_QUEUES:
+            pipe.llen(queue)
+        depth = sum(int(n) for n in pipe.execute())
+    except RedisError:
+        return  # broker unreachable: the outbox takes the job and the sweeper publishes it later
+    if depth >= limit:
+        raise QueueFullError(depth, limit)
 
 
 class JobHandle:
@@ -158,6 +222,8 @@ class JobHandle:
             outcome = self._backend_outcome()
         if outcome.get("status") == JobStatus.FAILED.value:
             raise JobFailedError(self.id, outcome.get("error") or {})
+        if outcome.get("status") == JobStatus.EXPIRED.value:
+            raise JobExpiredError(self.id)
         return JobResult.from_dict(outcome)
 
     def _backend_outcome(self, wait: float | None = 0) -> dict[str, Any] | None:
@@ -187,6 +253,17 @@ class JobHandle:
             return None
         if r.status == JobStatus.SUCCEEDED.value and r.result:
             return r.result
-        if r.status == JobStatus.FAILED.value:
+        if r.status in (JobStatus.FAILED.value, JobStatus.EXPIRED.value):
             return {"status": r.status, "error": r.error or {}}
         return None
+
+    def retry(self) -> JobHandle:
+        """Resubmit a failed or expired job (a dead letter) with a fresh attempt budget."""
+        reset = records.reset_for_retry(self.id)
+        if reset is None:
+            raise JobError(
+                self.id, f"job {self.id} is {self.status().value}: only failed or expired jobs retry"
+            )
+        queue, payload = reset
+        publish(self.id, queue, payload)
+        return self
