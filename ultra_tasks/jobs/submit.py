@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -265,5 +266,8 @@ class JobHandle:
                 self.id, f"job {self.id} is {self.status().value}: only failed or expired jobs retry"
             )
         queue, payload = reset
+        # the result backend still holds the failed outcome under this id: drop it so result() waits anew
+        with contextlib.suppress(RedisError, KombuOperationalError, OSError):
+            AsyncResult(self.id, app=app).forget()
         publish(self.id, queue, payload)
         return self
