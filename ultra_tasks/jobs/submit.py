@@ -60,7 +60,7 @@ def submit(
     """Validate, record and enqueue one LLM job; return its handle.
 
     Bad input raises ``JobValidationError`` naming the field, before anything is recorded or enqueued.
-    A broker that cannot be reached raises ``DependencyUnavailableError`` and leaves no record behind.
+    An unreachable database raises ``DependencyUnavailableError`` (nothing recorded, nothing enqueued).
     ``cache=False`` makes this job skip the result cache (deterministic requests use it by default).
     ``fallback=False`` keeps it on the requested model; ``chain=["openai:gpt-4o", "anthropic:..."]``
     replaces its fallback chain. ``idempotency_key``: a second submit with the same key returns the
