@@ -61,6 +61,10 @@ BAD_INPUTS = [
         {"prompt": "hi", "chain": ["openai:gpt-4o", "gpt-4o"], **OK}, "chain[1]", id="chain-entry-no-provider"
     ),
     pytest.param({"prompt": "hi", "chain": ["mistral:large"], **OK}, "chain[0]", id="chain-unknown-provider"),
+    pytest.param(
+        {"prompt": "hi", "idempotency_key": "", **OK}, "idempotency_key", id="empty-idempotency-key"
+    ),
+    pytest.param({"prompt": "hi", "expires_in": -1, **OK}, "expires_in", id="negative-deadline"),
 ]
 
 
