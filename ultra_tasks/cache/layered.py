@@ -25,8 +25,9 @@ from ultra_tasks import keys
 from ultra_tasks.cache.base import MISS, encode, remaining_ttl
 from ultra_tasks.cache.disk import DiskCache
 from ultra_tasks.cache.memory import MemoryCache
-from ultra_tasks.cache.redis_level import DOWN, RedisCache
+from ultra_tasks.cache.redis_level import RedisCache
 from ultra_tasks.errors import UltraTasksError
+from ultra_tasks.redis_client import REDIS_DOWN as DOWN
 
 log = logging.getLogger(__name__)
 

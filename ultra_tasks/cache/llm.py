@@ -20,9 +20,9 @@ import redis
 
 from ultra_tasks import keys
 from ultra_tasks.cache.layered import DistributedCache
-from ultra_tasks.cache.redis_level import DOWN
 from ultra_tasks.config import Settings, get_settings
 from ultra_tasks.providers.base import LLMRequest
+from ultra_tasks.redis_client import REDIS_DOWN as DOWN
 
 log = logging.getLogger(__name__)
 

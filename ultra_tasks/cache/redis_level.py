@@ -10,12 +10,12 @@ import redis
 
 from ultra_tasks import keys
 from ultra_tasks.cache.base import MISS, CorruptEntry, LevelStats, decode
+from ultra_tasks.redis_client import REDIS_DOWN as DOWN
 
 log = logging.getLogger(__name__)
 
 #: seconds an unreachable Redis level is skipped before it is tried again
 RETRY_AFTER_S = 1.0
-DOWN = (redis.ConnectionError, redis.TimeoutError)
 
 
 class RedisCache:

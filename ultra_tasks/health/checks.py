@@ -197,12 +197,10 @@ class QueueDepthHealthCheck(HealthCheck):
 
     async def check_health(self) -> HealthStatus:
         from ultra_tasks.keys import LLM_QUEUES
+        from ultra_tasks.redis_client import shared_redis
 
-        client = redis.Redis.from_url(self.url, socket_timeout=2, socket_connect_timeout=2)
-        try:
-            depths = {q: int(await asyncio.to_thread(client.llen, q)) for q in LLM_QUEUES}
-        finally:
-            client.close()
+        client = shared_redis(self.url)
+        depths = {q: int(await asyncio.to_thread(client.llen, q)) for q in LLM_QUEUES}
         total = sum(depths.values())
         status = DEGRADED if total > self.max_depth else OK
         return HealthStatus(status, f"{total} jobs queued (limit {self.max_depth})", {"depths": depths})

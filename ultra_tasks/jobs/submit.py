@@ -12,7 +12,6 @@ from typing import Any
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 from kombu.exceptions import OperationalError as KombuOperationalError
-from redis import Redis
 from redis.exceptions import RedisError
 
 from ultra_tasks.celery_app import app
@@ -32,6 +31,7 @@ from ultra_tasks.jobs import records
 from ultra_tasks.jobs.models import JobResult, JobStatus
 from ultra_tasks.jobs.validation import build_request, validate_chain, validate_metadata, validate_priority
 from ultra_tasks.keys import LLM_QUEUES, PRIORITY_QUEUES
+from ultra_tasks.redis_client import shared_redis
 
 log = logging.getLogger(__name__)
 
@@ -134,17 +134,12 @@ def publish(job_id: str, queue: str, payload: dict[str, Any]) -> bool:
     return True
 
 
-_depth_clients: dict[str, Any] = {}
-
-
 def _check_backpressure(limit: int) -> None:
     """Refuse new jobs while the LLM queues already hold ``limit`` (QUEUE_MAX_SIZE) jobs in all."""
     url = get_settings().effective_broker_url
     if not url.startswith(("redis://", "rediss://")):
         return  # AMQP queue depths are the broker's to enforce (x-max-length)
-    client = _depth_clients.get(url)
-    if client is None:
-        client = _depth_clients[url] = Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+    client = shared_redis(url)
     try:
         pipe = client.pipeline(transaction=False)
         for queue in LLM_QUEUES:

@@ -23,16 +23,16 @@ from sqlalchemy import func, select
 
 from ultra_tasks import keys
 from ultra_tasks.clock import utcnow
-from ultra_tasks.config import get_settings
 from ultra_tasks.db.engine import session_scope
 from ultra_tasks.db.migrate import upgrade_schema
 from ultra_tasks.db.models import ComponentStatus, ModeTransition, OperationModeRecord
 from ultra_tasks.mode.policy import OK, ComponentState, Mode, evaluate, status_for_severity
+from ultra_tasks.redis_client import REDIS_DOWN as DOWN
+from ultra_tasks.redis_client import shared_redis
 
 log = logging.getLogger(__name__)
 
 Listener = Callable[[str, str, list[dict[str, Any]]], Any]
-DOWN = (redis.ConnectionError, redis.TimeoutError)
 #: evaluations in a row that must call for a better mode before the mode improves
 DEFAULT_RECOVERY_CHECKS = 2
 
@@ -50,10 +50,7 @@ class SystemOperationMode:
         redis_client: redis.Redis | None = None,
         recovery_checks: int = DEFAULT_RECOVERY_CHECKS,
     ) -> None:
-        settings = get_settings()
-        self.redis = redis_client or redis.Redis.from_url(
-            settings.redis_url, socket_timeout=1, socket_connect_timeout=1, decode_responses=True
-        )
+        self.redis = redis_client or shared_redis()
         self.recovery_checks = recovery_checks
         self.mode_change_listeners: list[tuple[Listener, asyncio.AbstractEventLoop | None]] = []
         self._listener_thread: threading.Thread | None = None

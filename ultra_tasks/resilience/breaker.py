@@ -41,6 +41,7 @@ import redis
 from ultra_tasks import keys
 from ultra_tasks.config import get_settings
 from ultra_tasks.errors import CircuitOpenException, PermanentProviderError, UltraTasksError
+from ultra_tasks.redis_client import REDIS_DOWN, shared_redis
 from ultra_tasks.resilience.breaker_script import BREAKER_LUA
 from ultra_tasks.resilience.local_breaker import LocalBreakerState
 
@@ -49,32 +50,16 @@ log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 Listener = Callable[[str, str, str], Any]
 
-#: errors that mean Redis cannot be reached (a script error is a bug, and is raised, not absorbed)
-REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 #: seconds between attempts to reach Redis again once it failed
 REDIS_RETRY_S = 1.0
-#: a client built for breakers fails fast: a down Redis must not add seconds to every call
-REDIS_SOCKET_TIMEOUT_S = 0.5
 
-_clients: dict[str, redis.Redis] = {}
 #: every breaker of this process, so batched success counts are sent at exit
 _live: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
-_clients_lock = threading.Lock()
 
 
 def breaker_redis(url: str | None = None) -> redis.Redis:
-    """The process-wide Redis client breakers use (short timeouts)."""
-    url = url or get_settings().redis_url
-    with _clients_lock:
-        client = _clients.get(url)
-        if client is None:
-            client = _clients[url] = redis.Redis.from_url(
-                url,
-                socket_timeout=REDIS_SOCKET_TIMEOUT_S,
-                socket_connect_timeout=REDIS_SOCKET_TIMEOUT_S,
-                decode_responses=True,
-            )
-        return client
+    """The Redis client breakers use (the process-wide one, with short timeouts)."""
+    return shared_redis(url)
 
 
 @dataclass

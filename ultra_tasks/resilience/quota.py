@@ -13,10 +13,10 @@ import time
 import redis
 
 from ultra_tasks import keys
+from ultra_tasks.redis_client import REDIS_DOWN as DOWN
 
 #: seconds a process trusts its view of a provider's quota before asking Redis again
 REFRESH_S = 1.0
-DOWN = (redis.ConnectionError, redis.TimeoutError)
 
 
 class QuotaGuard:

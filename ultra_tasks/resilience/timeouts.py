@@ -17,12 +17,12 @@ import redis
 
 from ultra_tasks import keys
 from ultra_tasks.config import Settings
+from ultra_tasks.redis_client import REDIS_DOWN as DOWN
 
 #: how many recent latencies the fleet keeps per provider and model
 HISTORY = 200
 #: seconds between flushes of this process's latencies and recomputations of the timeout
 REFRESH_S = 1.0
-DOWN = (redis.ConnectionError, redis.TimeoutError)
 
 
 def percentile(values: list[float], pct: float) -> float:
