@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -120,6 +121,17 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     tmp = _state.pop("tmp", None)
     if isinstance(tmp, Path):
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def ultra_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run the `ultra` command line in a subprocess with this session's environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "ultra_tasks.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+        timeout=timeout,
+    )
 
 
 def _need(ok_key: str, what: str) -> None:

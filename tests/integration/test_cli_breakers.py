@@ -3,26 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
 
 import pytest
+from conftest import ultra_cli as ultra
 
 from ultra_tasks import CircuitBreaker
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("redis_client")]
-
-
-def ultra(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ultra_tasks.cli", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "COLUMNS": "200"},
-        timeout=60,
-    )
 
 
 def test_operator_forces_open_and_resets_a_breaker_and_lists_it() -> None:

@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from typing import Any
 
 import pytest
+from conftest import ultra_cli as ultra
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.usefixtures("database", "redis_client")]
-
-
-def ultra(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ultra_tasks.cli", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "COLUMNS": "200"},
-        timeout=60,
-    )
 
 
 def test_operator_sets_shows_and_clears_a_mode_override() -> None:
