@@ -15,6 +15,7 @@ from ultra_tasks.errors import (
     DependencyUnavailableError,
     ErrorKind,
     JobError,
+    JobExpiredError,
     JobFailedError,
     JobNotFoundError,
     JobTimeoutError,
@@ -22,6 +23,7 @@ from ultra_tasks.errors import (
     NoProviderAvailableError,
     PermanentProviderError,
     ProviderError,
+    QueueFullError,
     QuotaExhaustedError,
     RateLimitedError,
     ServiceUnavailableException,
@@ -31,6 +33,7 @@ from ultra_tasks.errors import (
 )
 from ultra_tasks.health.checks import HealthCheck, HealthStatus, LLMProviderHealthCheck
 from ultra_tasks.jobs.models import JobResult, JobStatus
+from ultra_tasks.jobs.queue import PersistentRequestQueue, RetryableRequest, operation
 from ultra_tasks.jobs.submit import JobHandle, submit
 from ultra_tasks.mode.operation_mode import SystemOperationMode
 from ultra_tasks.resilience.breaker import CircuitBreaker
@@ -49,6 +52,7 @@ __all__ = [
     "HealthCheck",
     "HealthStatus",
     "JobError",
+    "JobExpiredError",
     "JobFailedError",
     "JobHandle",
     "JobNotFoundError",
@@ -59,9 +63,12 @@ __all__ = [
     "LLMProviderHealthCheck",
     "NoProviderAvailableError",
     "PermanentProviderError",
+    "PersistentRequestQueue",
     "ProviderError",
+    "QueueFullError",
     "QuotaExhaustedError",
     "RateLimitedError",
+    "RetryableRequest",
     "ServiceUnavailableException",
     "Settings",
     "SystemOperationMode",
@@ -70,5 +77,6 @@ __all__ = [
     "UnknownModelError",
     "app",
     "get_settings",
+    "operation",
     "submit",
 ]

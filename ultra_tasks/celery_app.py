@@ -14,7 +14,9 @@ log = logging.getLogger(__name__)
 # Job results hold prompts' answers: log that a task succeeded and how long it took, not what it returned.
 celery.app.trace.LOG_SUCCESS = "Task %(name)s[%(id)s] succeeded in %(runtime)ss"
 
-app = Celery("ultra_tasks", include=["ultra_tasks.jobs.tasks", "ultra_tasks.health.tasks"])
+app = Celery(
+    "ultra_tasks", include=["ultra_tasks.jobs.tasks", "ultra_tasks.jobs.queue", "ultra_tasks.health.tasks"]
+)
 app.config_from_object("celeryconfig")
 
 

@@ -65,6 +65,7 @@ BAD_INPUTS = [
         {"prompt": "hi", "idempotency_key": "", **OK}, "idempotency_key", id="empty-idempotency-key"
     ),
     pytest.param({"prompt": "hi", "expires_in": -1, **OK}, "expires_in", id="negative-deadline"),
+    pytest.param({"prompt": "hi", "job_id": "not-a-uuid", **OK}, "job_id", id="job-id-not-a-uuid"),
 ]
 
 

@@ -12,8 +12,11 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import OperationalError
 
+from ultra_tasks.config import redact_url
 from ultra_tasks.db.engine import get_engine
+from ultra_tasks.errors import DependencyUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +52,11 @@ def upgrade_schema(engine: Engine | None = None) -> None:
         if key in _done:
             return
         head = head_revision()
-        if current_revision(engine) != head:
-            _upgrade_locked(engine)
+        try:
+            if current_revision(engine) != head:
+                _upgrade_locked(engine)
+        except OperationalError as exc:
+            raise DependencyUnavailableError("database", f"{redact_url(key)}: {exc.orig}") from exc
         _done.add(key)
 
 

@@ -56,6 +56,7 @@ def submit(
     chain: list[str] | None = None,
     idempotency_key: str | None = None,
     expires_in: float | None = None,
+    job_id: str | None = None,
 ) -> JobHandle:
     """Validate, record and enqueue one LLM job; return its handle.
 
@@ -65,7 +66,8 @@ def submit(
     ``fallback=False`` keeps it on the requested model; ``chain=["openai:gpt-4o", "anthropic:..."]``
     replaces its fallback chain. ``idempotency_key``: a second submit with the same key returns the
     first job's handle and records nothing. ``expires_in``: seconds after which the job is not run (it
-    ends ``expired``).
+    ends ``expired``). ``job_id``: a UUID the caller chose (the request spool replays with the id it
+    handed out).
 
     The job table is the outbox: a job recorded while the broker is unreachable is accepted and published
     by the sweeper on beat once the broker is back. ``QueueFullError`` when QUEUE_MAX_SIZE jobs wait.
@@ -106,8 +108,13 @@ def submit(
     _check_backpressure(settings.queue_max_size)
     upgrade_schema()
     now = utcnow()
-    new_id = str(uuid.uuid4())
-    job_id = records.insert_job(
+    if job_id is not None:
+        try:
+            job_id = str(uuid.UUID(str(job_id)))
+        except ValueError:
+            raise JobValidationError("job_id", f"expected a UUID, got {job_id!r}") from None
+    new_id = job_id or str(uuid.uuid4())
+    recorded_id = records.insert_job(
         job_id=new_id,
         priority=priority,
         queue=queue,
@@ -117,9 +124,9 @@ def submit(
         expires_at=now + timedelta(seconds=expires_in) if expires_in is not None else None,
         idempotency_key=idempotency_key,
     )
-    if job_id == new_id:  # not a repeat of an earlier submit with the same idempotency key
-        publish(job_id, queue, payload)
-    return JobHandle(job_id)
+    if recorded_id == new_id:  # not a repeat of an earlier submit with the same idempotency key
+        publish(recorded_id, queue, payload)
+    return JobHandle(recorded_id)
 
 
 def publish(job_id: str, queue: str, payload: dict[str, Any]) -> bool:
