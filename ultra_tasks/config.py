@@ -89,6 +89,8 @@ class Settings(BaseSettings):
     queue_max_size: int = Field(1000, ge=1)
     #: jobs one LLM worker process runs at once (its thread count)
     queue_worker_count: int = Field(5, ge=1)
+    #: seconds a low or default job may wait before the sweeper moves it one queue up (0: never)
+    queue_starvation_age: float = Field(300.0, ge=0)
 
     # --- infrastructure
     ultra_var_dir: Path = Path("./var")

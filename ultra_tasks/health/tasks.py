@@ -50,7 +50,8 @@ RUNNING_GRACE_S = 60.0
 @app.task(name="ultra.ops.sweep", ignore_result=True)
 def sweep() -> int:
     """Publish jobs the outbox holds (recorded while the broker was down) and jobs whose worker died
-    mid-run. Idempotent: a job that runs twice returns its recorded outcome the second time."""
+    mid-run, and move jobs waiting past QUEUE_STARVATION_AGE one queue up. Idempotent: a job that runs
+    twice returns its recorded outcome the second time."""
     from ultra_tasks.jobs import records
     from ultra_tasks.jobs.submit import publish
 
@@ -59,4 +60,11 @@ def sweep() -> int:
     sent = sum(publish(job_id, queue, payload) for job_id, queue, payload in due)
     if due:
         log.warning("sweeper republished %d of %d jobs", sent, len(due))
+    if settings.queue_starvation_age > 0:
+        # the starvation guard: strict priority must not leave old low jobs waiting forever
+        starved = records.promote_starved(settings.queue_starvation_age)
+        moved = sum(publish(job_id, queue, payload) for job_id, queue, payload in starved)
+        if starved:
+            log.info("sweeper moved %d waiting jobs one queue up", moved)
+        sent += moved
     return sent

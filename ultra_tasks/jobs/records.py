@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy import Table, case, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ultra_tasks.clock import utcnow
@@ -18,6 +18,7 @@ from ultra_tasks.db.engine import session_scope, transaction
 from ultra_tasks.db.models import JobRecord
 from ultra_tasks.errors import JobNotFoundError
 from ultra_tasks.jobs.models import JobStatus
+from ultra_tasks.keys import QUEUE_DEFAULT, QUEUE_HIGH, QUEUE_LOW
 
 jobs = cast(Table, JobRecord.__table__)
 FINAL = (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value, JobStatus.EXPIRED.value)
@@ -32,6 +33,8 @@ class RunStart:
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     expires_at: datetime | None = None
+    #: False when another run holds the job (a duplicate message): this one must not run it
+    claimed: bool = True
 
 
 def insert_job(
@@ -118,6 +121,41 @@ def jobs_to_republish(
     return [(r.id, r.queue, r.request) for r in rows]
 
 
+def promote_starved(age_s: float, limit: int = 500) -> list[tuple[str, str, dict[str, Any]]]:
+    """Move jobs that waited longer than ``age_s`` in llm.low or llm.default one queue up; returns
+    (id, new queue, request) to publish there. The message left behind finds the job done and returns its
+    recorded outcome without calling a provider (execution is idempotent by job id)."""
+    now = utcnow()
+    with transaction() as conn:
+        ids = (
+            conn.execute(
+                select(jobs.c.id)
+                .where(
+                    jobs.c.status == JobStatus.QUEUED.value,
+                    jobs.c.queue.in_((QUEUE_LOW, QUEUE_DEFAULT)),
+                    jobs.c.published_at < now - timedelta(seconds=age_s),
+                )
+                .order_by(jobs.c.created_at)
+                .limit(limit)
+            )
+            .scalars()
+            .all()
+        )
+        if not ids:
+            return []
+        rows = conn.execute(
+            update(jobs)
+            .where(jobs.c.id.in_(ids), jobs.c.status == JobStatus.QUEUED.value)
+            .values(
+                queue=case((jobs.c.queue == QUEUE_LOW, QUEUE_DEFAULT), else_=QUEUE_HIGH),
+                published_at=now,
+                updated_at=now,
+            )
+            .returning(jobs.c.id, jobs.c.queue, jobs.c.request)
+        ).all()
+    return [(r.id, r.queue, r.request) for r in rows]
+
+
 def reset_for_retry(job_id: str) -> tuple[str, dict[str, Any]] | None:
     """Give a failed or expired job a fresh start (a new attempt budget); (queue, request) or None."""
     now = utcnow()
@@ -149,16 +187,23 @@ def get_job(job_id: str) -> JobRecord:
         return record
 
 
-def mark_running(job_id: str, worker: str | None) -> RunStart | None:
-    """Start a run. ``attempts`` counts provider calls so far (the job's budget is spent across runs).
+def mark_running(job_id: str, worker: str | None, stale_after_s: float = 3600.0) -> RunStart | None:
+    """Claim the job for a run. ``attempts`` counts provider calls so far (the budget spans runs).
 
-    A job already final is returned as it is (redelivery); None if it was never recorded.
+    Only a queued job, or one "running" with no sign of life for ``stale_after_s`` (its worker died), can
+    be claimed, so a duplicate message (redelivery, a sweep, the starvation guard) never runs a job twice
+    at once. Otherwise the job is returned as it is: final (its outcome is reused) or RUNNING elsewhere
+    (``claimed`` False). None if it was never recorded.
     """
     now = utcnow()
+    claimable = (jobs.c.status == JobStatus.QUEUED.value) | (
+        (jobs.c.status == JobStatus.RUNNING.value)
+        & (jobs.c.updated_at < now - timedelta(seconds=stale_after_s))
+    )
     with transaction() as conn:
         row = conn.execute(
             update(jobs)
-            .where(jobs.c.id == job_id, jobs.c.status.not_in(FINAL))
+            .where(jobs.c.id == job_id, claimable)
             .values(
                 status=JobStatus.RUNNING.value,
                 started_at=func.coalesce(jobs.c.started_at, now),
@@ -172,12 +217,14 @@ def mark_running(job_id: str, worker: str | None) -> RunStart | None:
             if expires is not None and expires.tzinfo is None:
                 expires = expires.replace(tzinfo=UTC)
             return RunStart(JobStatus.RUNNING, int(row.attempts), expires_at=expires)
-        final = conn.execute(
+        current = conn.execute(
             select(jobs.c.status, jobs.c.attempts, jobs.c.result, jobs.c.error).where(jobs.c.id == job_id)
         ).first()
-    if final is None:
+    if current is None:
         return None
-    return RunStart(JobStatus(final.status), int(final.attempts), final.result, final.error)
+    return RunStart(
+        JobStatus(current.status), int(current.attempts), current.result, current.error, claimed=False
+    )
 
 
 def mark_deferred(job_id: str, calls: int = 0) -> None:

@@ -66,7 +66,7 @@ def execute_job(
 ) -> dict[str, Any]:
     """Run the job and return its outcome: a JobResult dict, a failed outcome, or a deferred one."""
     settings = settings or get_settings()
-    record = records.mark_running(job_id, worker)
+    record = records.mark_running(job_id, worker, stale_after_s=settings.job_time_limit + 60)
     if record is None:
         log.warning("job %s is not in the job table; running it unrecorded", job_id)
     elif record.status is JobStatus.SUCCEEDED and record.result:
@@ -76,6 +76,9 @@ def execute_job(
         return failed_outcome(job_id, record.error or {})
     elif record.status is JobStatus.EXPIRED:
         return {"job_id": job_id, "status": JobStatus.EXPIRED.value}
+    elif not record.claimed:
+        log.info("job %s is running elsewhere; this duplicate delivery does nothing", job_id)
+        return {"job_id": job_id, "status": "duplicate"}
     calls_before = record.attempts if record is not None else 0
     if record is not None and record.expires_at is not None and utcnow() >= record.expires_at:
         log.info("job %s expired before it ran", job_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Task
+from celery.exceptions import Ignore
 
 from ultra_tasks.celery_app import app
 from ultra_tasks.errors import DependencyUnavailableError
@@ -29,6 +30,8 @@ def run_job(self: Task, job_id: str, payload: dict[str, Any]) -> dict[str, Any]:
             raise
         delay = min(DB_RETRY_MAX_S, DB_RETRY_BASE_S * 2 ** min(self.request.retries, 10))
         raise self.retry(exc=exc, countdown=delay) from exc
+    if outcome.get("status") == "duplicate":
+        raise Ignore()  # acknowledged, and no result stored over the real run's
     if outcome.get("status") == "deferred":
         # Not an error and not a failed attempt: wait for the breaker without holding a worker thread.
         delay = min(DEFER_MAX_S, max(0.5, float(outcome.get("retry_after") or 0)))
