@@ -21,16 +21,6 @@ def _ns() -> str:
     return get_settings().ultra_redis_namespace
 
 
-def health_last() -> str:
-    """Hash: component -> JSON of its latest health-check verdict."""
-    return f"{_ns()}:health:last"
-
-
-def migration_lock() -> str:
-    """Lock held while one process applies database migrations."""
-    return f"{_ns()}:lock:migrations"
-
-
 def breaker(name: str) -> tuple[str, str, str, str]:
     """Keys of one circuit breaker: state hash, probe leases, metrics hash, failure-rate window.
 
