@@ -194,3 +194,21 @@ def test_namespace_invalidation_reaches_another_processes_memory_level(
     time.sleep(0.3)  # its listener is subscribed
     caches().invalidate_namespace_sync(ns)
     assert _out(holder) == {"dropped": True}
+
+
+def test_stats_report_size_utilization_invalidations_and_read_time_per_level(caches: Any) -> None:
+    ns = _ns()
+    cache = caches(memory=4)
+    for i in range(3):
+        cache.put_sync(f"k{i}", i, ns)
+    cache.get_sync("k0", ns)
+    cache.get_sync("absent", ns)
+    cache.invalidate_sync("k1", ns)
+    stats = cache.stats()
+    assert (stats["memory"]["size"], stats["memory"]["capacity"]) == (2, 4)
+    assert stats["memory"]["utilization"] == 0.5
+    assert stats["memory"]["invalidations"] == 1
+    assert (stats["memory"]["hits"], stats["memory"]["misses"]) == (1, 1)
+    assert stats["memory"]["avg_read_us"] is not None and stats["memory"]["avg_read_us"] > 0
+    assert stats["disk"]["size"] == 2 and stats["disk"]["bytes"] > 0
+    assert stats["disk"]["misses"] == 1 and stats["redis"]["misses"] == 1

@@ -56,3 +56,15 @@ def test_two_worker_processes_together_never_exceed_the_configured_requests_per_
         assert len(in_window) <= burst + 1.0 / interval, arrivals
     assert arrivals[-1] - arrivals[0] >= (len(arrivals) - burst) * interval - 0.05
     assert len({h.record()["worker"] for h in handles}) == 2
+
+
+def test_a_jobs_own_chain_replaces_the_default_fallbacks(worker_factory: Any, fake_provider: Any) -> None:
+    worker_factory(concurrency=2, env={"CIRCUIT_BREAKER_FAILURE_THRESHOLD": "10"})
+    fake_provider.add_fault("status", api="openai", status=503)
+    chain = ["openai:gpt-4o", "anthropic:claude-3-5-haiku-latest"]  # the default would be sonnet
+    result = submit(f"own chain {uuid.uuid4().hex}", model="gpt-4o", chain=chain).result(timeout=60)
+    assert (result.provider, result.model, result.fallback_used) == (
+        "anthropic",
+        "claude-3-5-haiku-latest",
+        True,
+    )

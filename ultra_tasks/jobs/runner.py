@@ -88,10 +88,10 @@ def execute_job(
     request = LLMRequest.from_dict(payload)
     cache = job_cache(settings) if is_cacheable(request, payload, settings) else None
     fill_lock: FillLock | None = None
+    digest = request_digest(request) if cache is not None else ""
     if cache is not None:
         # A hit returns without touching the breaker, rate limits or the provider.
         started = time.perf_counter()
-        digest = request_digest(request)
         hit = cache.get_sync(digest, CACHE_NAMESPACE)
         if hit is None:
             fill_lock = FillLock(cache, digest, lease_s=settings.provider_timeout + 5)
@@ -120,7 +120,7 @@ def execute_job(
             "finish_reason": outcome.response.finish_reason,
         }
         if cache is not None:
-            cache.put_sync(request_digest(request), answer, CACHE_NAMESPACE)
+            cache.put_sync(digest, answer, CACHE_NAMESPACE)
     except NoProviderAvailableError as exc:
         log.info("job %s deferred: %s", job_id, exc)
         if record is not None:
