@@ -345,3 +345,131 @@ def private_redis() -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+# --- a private PostgreSQL that tests may stop and start ---------------------------------------------------
+def _postgres_bin(name: str) -> str | None:
+    """A PostgreSQL server binary (initdb, pg_ctl): the newest under /usr/lib/postgresql, else on PATH."""
+    found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3]))
+    return str(found[-1]) if found else shutil.which(name)
+
+
+def _as_postgres_user() -> list[str]:
+    """initdb and postgres refuse to run as root: run them as the `postgres` OS user then."""
+    return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+
+def _postgres_owned_tmpdir(prefix: str) -> Path:
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    if os.geteuid() == 0:
+        shutil.chown(path, "postgres", "postgres")
+    return path
+
+
+class PostgresServer:
+    """A private PostgreSQL cluster on a free loopback port (trust auth), which tests may stop and start
+    so an outage hurts nobody else. Never the system cluster on 5432."""
+
+    def __init__(self, template: Path, database: str = "ultra") -> None:
+        self.port = _free_port()
+        self.database = database
+        self.dir = _postgres_owned_tmpdir("ultra-pg-")
+        self.data = self.dir / "data"
+        # a copy of a cluster initdb'd once per session: cheaper than initdb per test
+        subprocess.run([*_as_postgres_user(), "cp", "-a", str(template), str(self.data)], check=True)
+        self.running = False
+
+    @property
+    def admin_url(self) -> str:
+        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/postgres"
+
+    @property
+    def url(self) -> str:
+        return self.url_for(self.database)
+
+    def url_for(self, database: str) -> str:
+        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{database}"
+
+    def _pg_ctl(self, *args: str, timeout: float = 30, check: bool = True) -> None:
+        pg_ctl = _postgres_bin("pg_ctl")
+        assert pg_ctl is not None
+        subprocess.run(
+            [*_as_postgres_user(), pg_ctl, "-D", str(self.data), *args],
+            check=check,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=timeout,
+        )
+
+    def start(self) -> None:
+        """Start (or restart, same data and port) and wait until it accepts connections."""
+        options = (
+            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c shared_buffers=16MB -c max_connections=60"
+        )
+        self._pg_ctl("-l", str(self.dir / "server.log"), "-w", "-t", "30", "-o", options, "start", timeout=40)
+        self.running = True
+
+    def stop(self) -> None:
+        """Fast shutdown: open sessions are cut, as in a real outage."""
+        if self.running:
+            self._pg_ctl("-m", "fast", "-w", "-t", "30", "stop", timeout=40)
+            self.running = False
+
+    def create_database(self, name: str) -> str:
+        import psycopg2
+
+        conn = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres")
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            conn.close()
+        return self.url_for(name)
+
+    def log(self) -> str:
+        path = self.dir / "server.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def destroy(self) -> None:
+        try:
+            self.stop()
+        except (subprocess.SubprocessError, OSError):
+            self._pg_ctl("-m", "immediate", "stop", timeout=20, check=False)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def _postgres_template() -> Iterator[Path]:
+    """One initdb per session (trust auth, superuser `postgres`), copied by each private_postgres."""
+    initdb = _postgres_bin("initdb")
+    if initdb is None or _postgres_bin("pg_ctl") is None:
+        if ON_CI:
+            pytest.fail("PostgreSQL server binaries (initdb, pg_ctl) not installed")
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not installed")
+    root = _postgres_owned_tmpdir("ultra-pg-template-")
+    template = root / "data"
+    options = ["-U", "postgres", "-A", "trust", "--no-sync", "--locale=C", "-E", "UTF8"]
+    subprocess.run(
+        [*_as_postgres_user(), initdb, "-D", str(template), *options],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        timeout=60,
+    )
+    yield template
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def private_postgres(_postgres_template: Path) -> Iterator[PostgresServer]:
+    """A running private PostgreSQL with an empty database ``ultra`` (``.url``); ``.stop()``/``.start()``
+    cause and end an outage; always stopped and removed after the test."""
+    server = PostgresServer(_postgres_template)
+    try:
+        server.start()
+        server.create_database(server.database)
+        yield server
+    finally:
+        server.destroy()

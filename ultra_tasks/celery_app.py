@@ -7,7 +7,7 @@ from typing import Any
 
 import celery.app.trace
 from celery import Celery
-from celery.signals import worker_init, worker_process_init
+from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +18,7 @@ app = Celery(
     "ultra_tasks", include=["ultra_tasks.jobs.tasks", "ultra_tasks.jobs.queue", "ultra_tasks.health.tasks"]
 )
 app.config_from_object("celeryconfig")
+import ultra_tasks.metrics.jobs  # noqa: E402, F401 - connects the fleet job-metrics signal handlers
 
 
 @worker_init.connect
@@ -41,3 +42,26 @@ def _after_fork(**_: Any) -> None:
     from ultra_tasks.db.engine import dispose_engines
 
     dispose_engines()
+
+
+_releaser: Any = None
+
+
+@worker_ready.connect
+def _start_releaser(**_: Any) -> None:
+    # Every worker releases parked jobs that are due (any number may: each job is claimed by one).
+    global _releaser
+    from ultra_tasks.config import get_settings
+    from ultra_tasks.jobs.parking import Releaser
+    from ultra_tasks.jobs.submit import publish_released
+    from ultra_tasks.redis_client import shared_redis
+
+    settings = get_settings()
+    _releaser = Releaser(shared_redis(settings.redis_url), publish_released, settings.park_release_poll)
+    _releaser.start()
+
+
+@worker_shutdown.connect
+def _stop_releaser(**_: Any) -> None:
+    if _releaser is not None:
+        _releaser.stop()

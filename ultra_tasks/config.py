@@ -20,9 +20,17 @@ from ultra_tasks.errors import ConfigurationError
 
 _BROKER_SCHEMES = {"redis", "rediss", "amqp", "amqps", "pyamqp", "sentinel"}
 _REDIS_SCHEMES = {"redis", "rediss", "unix"}
+#: the LLM queues (keys.py owns the names; repeated here because keys.py imports this module)
+_LLM_QUEUE_NAMES = ("llm.high", "llm.default", "llm.low")
 _HTTP_SCHEMES = {"http", "https"}
 #: Variables whose values are never echoed in error messages or `ultra config`.
-SECRET_FIELDS = {"openai_api_key", "anthropic_api_key", "openai_compat_api_key", "flower_basic_auth"}
+SECRET_FIELDS = {
+    "openai_api_key",
+    "anthropic_api_key",
+    "openai_compat_api_key",
+    "flower_basic_auth",
+    "mode_webhook_url",  # webhook URLs often carry their token in the path
+}
 
 
 def _require_scheme(value: str | None, schemes: set[str], what: str) -> str | None:
@@ -91,6 +99,18 @@ class Settings(BaseSettings):
     queue_worker_count: int = Field(5, ge=1)
     #: seconds a low or default job may wait before the sweeper moves it one queue up (0: never)
     queue_starvation_age: float = Field(300.0, ge=0)
+    #: how often each LLM worker looks for parked jobs that are due (seconds)
+    park_release_poll: float = Field(1.0, gt=0, le=60)
+    #: longest a parked job waits before it is looked at again, whatever it waits for (seconds)
+    park_max_wait: float = Field(300.0, gt=0)
+
+    # --- what the operation mode does (see README "Operation modes")
+    #: in EMERGENCY only jobs from these queues run; the others are parked until the mode improves
+    mode_emergency_run_queues: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["llm.high"])
+    #: in DEGRADED, llm.low jobs start at most this often fleet-wide (jobs per minute; 0: not slowed)
+    mode_degraded_low_rate: float = Field(60.0, ge=0)
+    #: in DEGRADED and EMERGENCY, answer from the cache even requests that are not deterministic
+    mode_prefer_cache: bool = True
 
     # --- infrastructure
     ultra_var_dir: Path = Path("./var")
@@ -102,6 +122,18 @@ class Settings(BaseSettings):
     database_replica_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
     database_pool_size: int = Field(10, ge=1)
     database_max_overflow: int = Field(40, ge=0)
+    #: seconds to open a database connection before giving up (PostgreSQL connect_timeout; libpq min 2)
+    database_connect_timeout: int = Field(5, ge=1)
+    #: milliseconds a statement may run before PostgreSQL cancels it (0: no limit; not applied to SQLite)
+    database_statement_timeout_ms: int = Field(30_000, ge=0)
+    #: tries at a transient database error (refused, dropped connection) and the seconds they may take
+    database_retry_attempts: int = Field(3, ge=1)
+    database_retry_max_time: float = Field(5.0, ge=0)
+    #: connection failures in a row that open this process's database breaker, and seconds it stays open
+    database_breaker_failure_threshold: int = Field(5, ge=1)
+    database_breaker_reset_timeout: float = Field(10.0, gt=0)
+    #: seconds a read replica that failed is skipped (its reads go to another replica or the primary)
+    database_replica_down_for: float = Field(30.0, gt=0)
 
     # --- providers
     openai_api_key: str | None = None
@@ -142,6 +174,8 @@ class Settings(BaseSettings):
     flower_basic_auth: str = Field("ultra:ultra", pattern=r"^[^:,]+:[^,]+(,[^:,]+:[^,]+)*$")
     flower_port: int = Field(5555, ge=1, le=65535)
     log_level: str = Field("INFO", pattern=r"^(?i:debug|info|warning|error|critical)$")
+    #: http(s) URL that receives each operation mode change as a JSON POST (retried; unset: none)
+    mode_webhook_url: str | None = None
 
     @field_validator("redis_url", "cache_redis_url")
     @classmethod
@@ -153,7 +187,13 @@ class Settings(BaseSettings):
     def _broker_url(cls, v: str | None) -> str | None:
         return _require_scheme(v, _BROKER_SCHEMES, "broker")
 
-    @field_validator("openai_base_url", "anthropic_base_url", "openai_compat_base_url", "fake_provider_url")
+    @field_validator(
+        "openai_base_url",
+        "anthropic_base_url",
+        "openai_compat_base_url",
+        "fake_provider_url",
+        "mode_webhook_url",
+    )
     @classmethod
     def _http_url(cls, v: str | None) -> str | None:
         return _require_scheme(v, _HTTP_SCHEMES, "HTTP")
@@ -170,6 +210,16 @@ class Settings(BaseSettings):
             make_url(v)
         except ArgumentError as exc:
             raise ValueError("expected an SQLAlchemy URL such as postgresql+psycopg2://user@host/db") from exc
+        return v
+
+    @field_validator("mode_emergency_run_queues", mode="before")
+    @classmethod
+    def _run_queues(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [q.strip() for q in v.split(",") if q.strip()]
+        for queue in v or []:
+            if queue not in _LLM_QUEUE_NAMES:
+                raise ValueError(f"unknown queue {queue!r}; expected some of {', '.join(_LLM_QUEUE_NAMES)}")
         return v
 
     @field_validator("database_replica_urls", mode="before")

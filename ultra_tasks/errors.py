@@ -8,6 +8,7 @@ Third-party errors (redis, SQLAlchemy, the provider SDKs) are mapped to these at
     ├── JobValidationError (ValueError) bad input to submit(); names the field; nothing was recorded
     │   └── UnknownModelError           no provider serves the model
     ├── DependencyUnavailableError      Redis, the broker or the database cannot be reached
+    │   └── DatabaseTimeoutError        a statement outran DATABASE_STATEMENT_TIMEOUT_MS (a TimeoutException)
     ├── QueueFullError                  QUEUE_MAX_SIZE jobs are already waiting; nothing was recorded
     ├── JobError
     │   ├── JobNotFoundError            no job with that id
@@ -111,6 +112,14 @@ class JobExpiredError(JobError):
 
 class TimeoutException(UltraTasksError, TimeoutError):
     """Seed name: an operation took longer than it was allowed to."""
+
+
+class DatabaseTimeoutError(DependencyUnavailableError, TimeoutException):
+    """The database cancelled a statement that ran past DATABASE_STATEMENT_TIMEOUT_MS (overloaded or a lock
+    held too long). A DependencyUnavailableError, so callers that cope with an outage cope with this too."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("database", message)
 
 
 class JobTimeoutError(JobError, TimeoutException):

@@ -96,3 +96,51 @@ def health_tick(interval_index: int) -> str:
 def health_runs() -> str:
     """Counter of health-check runs that did the work (one per interval)."""
     return f"{_ns()}:health:runs"
+
+
+def parked(queue: str) -> str:
+    """Sorted set: ids of jobs parked off ``queue`` (one of LLM_QUEUES), scored by the time (epoch seconds)
+    they are due to be released back onto it. Parked jobs hold no worker slot and keep their queue."""
+    return f"{_ns()}:parked:{queue}"
+
+
+def parked_jobs() -> str:
+    """Hash: job id → JSON {"queue", "payload", "reason", "parked_at"} of every parked job, so a job can be
+    released with no SQL read (the database may be the thing that is down)."""
+    return f"{_ns()}:parked:jobs"
+
+
+def parked_inflight() -> str:
+    """Sorted set: parked jobs being released, scored by when the releaser's lease lapses (a job whose
+    releaser died goes back to its parked set then)."""
+    return f"{_ns()}:parked:inflight"
+
+
+def parked_wake() -> str:
+    """Pub/sub channel: a message here makes every releaser release all parked jobs now, not at their due
+    time (releasers also wake on breaker and mode events that mean work can run again)."""
+    return f"{_ns()}:parked:wake"
+
+
+def metrics_jobs() -> str:
+    """Hash: fleet-wide job counters (finished per status and model, fallback use), HINCRBY'd by workers
+    in batches (ultra_tasks/metrics/buffer.py); fields are JSON label lists."""
+    return f"{_ns()}:metrics:jobs"
+
+
+def metrics_job_latency() -> str:
+    """Hash: fleet-wide job latency histogram per provider, model and cached: per-bucket counts, sum and
+    count, HINCRBY'd by workers in batches; fields are JSON label lists."""
+    return f"{_ns()}:metrics:job-latency"
+
+
+def metrics_cache() -> str:
+    """Hash: fleet-wide cache counters per level ("memory:hits", "redis:misses", ...), flushed in batches
+    from every process's in-process counters."""
+    return f"{_ns()}:metrics:cache"
+
+
+def metrics_cache_sizes() -> str:
+    """Hash: process id → JSON sizes of that process's cache levels and when they were reported; entries
+    not refreshed for a minute belong to processes that are gone."""
+    return f"{_ns()}:metrics:cache-sizes"

@@ -8,12 +8,13 @@ from typing import Any
 import pytest
 
 from ultra_tasks import CircuitBreaker, JobFailedError, JobStatus, submit
+from ultra_tasks.jobs.parking import Parking
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("closed_provider_breakers")]
 
 
-def test_open_breaker_defers_jobs_without_calling_the_provider_then_they_complete(
-    worker_factory: Any, fake_provider: Any
+def test_open_breaker_parks_jobs_without_calling_the_provider_then_they_complete(
+    worker_factory: Any, fake_provider: Any, redis_client: Any
 ) -> None:
     worker_factory(
         concurrency=4, env={"CIRCUIT_BREAKER_FAILURE_THRESHOLD": "3", "CIRCUIT_BREAKER_RESET_TIMEOUT": "2"}
@@ -32,8 +33,11 @@ def test_open_breaker_defers_jobs_without_calling_the_provider_then_they_complet
     started = time.monotonic()
     handle = submit("after the outage", model="claude-3-5-haiku-latest", fallback=False)
     time.sleep(0.5)
-    # Then it waits queued without touching the provider (no timeout paid) ...
-    assert handle.status() is JobStatus.QUEUED
+    # Then it is parked in Redis, saying why, without touching the provider (no timeout paid) ...
+    assert handle.status() is JobStatus.PARKED
+    record = handle.record()
+    assert "anthropic" in record["status_reason"] and "open" in record["status_reason"]
+    assert Parking(redis_client).due_at(handle.id) is not None
     assert fake_provider.stats()["by_api"]["anthropic"] == calls_when_open
     # ... and runs as the breaker's probe once the reset timeout passed, closing it again
     result = handle.result(timeout=30)

@@ -27,6 +27,7 @@ from ultra_tasks.cache.disk import DiskCache
 from ultra_tasks.cache.memory import MemoryCache
 from ultra_tasks.cache.redis_level import RedisCache
 from ultra_tasks.errors import UltraTasksError
+from ultra_tasks.metrics.cache import track_cache
 from ultra_tasks.redis_client import REDIS_DOWN as DOWN
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class DistributedCache:
             redis_client = redis.Redis.from_url(redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
         self.redis = RedisCache(redis_client) if redis_client is not None else None
         self._origin = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        track_cache(self)  # fleet-wide hit/miss counts, read from self's counters by a background thread
         self._stop = threading.Event()
         self._listener: threading.Thread | None = None
         if self.redis is not None and listen_for_invalidations:

@@ -32,7 +32,7 @@ class Base(DeclarativeBase):
 
 
 class JobRecord(Base):
-    """One LLM job through its life: queued → running → succeeded | failed."""
+    """One LLM job through its life: queued → running (⇄ parked) → succeeded | failed | expired."""
 
     __tablename__ = "jobs"
 
@@ -58,6 +58,10 @@ class JobRecord(Base):
     #: past this the job is not run; it ends "expired"
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    #: a parked job is released back onto its queue at this time (or sooner, on recovery)
+    parked_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    #: why the job is in its status, for producers (e.g. why it is parked)
+    status_reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
 
     __table_args__ = (
         Index("ix_jobs_status_created", "status", "created_at"),

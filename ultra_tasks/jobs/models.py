@@ -10,6 +10,8 @@ from typing import Any
 class JobStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
+    #: waiting in Redis, holding no worker slot, until a provider can be called (or the mode allows it)
+    PARKED = "parked"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     EXPIRED = "expired"

@@ -33,6 +33,8 @@ class RunStart:
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     expires_at: datetime | None = None
+    #: the queue the job belongs to (the starvation guard may have moved it up)
+    queue: str | None = None
     #: False when another run holds the job (a duplicate message): this one must not run it
     claimed: bool = True
 
@@ -98,11 +100,15 @@ def mark_expired(job_id: str) -> None:
 
 
 def jobs_to_republish(
-    unpublished_for_s: float, running_for_s: float, limit: int = 500
+    unpublished_for_s: float, running_for_s: float, limit: int = 500, parked_overdue_s: float = 300.0
 ) -> list[tuple[str, str, dict[str, Any]]]:
-    """(id, queue, request) of jobs recorded but never published, or running far past their time limit
-    (their worker died): the sweeper publishes them again; a second run is harmless (idempotent)."""
+    """(id, queue, request) of jobs recorded but never published, running far past their time limit
+    (their worker died), or parked and overdue by ``parked_overdue_s`` (their entry in Redis was lost):
+    the sweeper publishes them again; a second run is harmless (idempotent)."""
     now = utcnow()
+    overdue = (jobs.c.status == JobStatus.PARKED.value) & (
+        jobs.c.parked_until < now - timedelta(seconds=parked_overdue_s)
+    )
     unpublished = (
         (jobs.c.status == JobStatus.QUEUED.value)
         & jobs.c.published_at.is_(None)
@@ -114,7 +120,7 @@ def jobs_to_republish(
     with transaction() as conn:
         rows = conn.execute(
             select(jobs.c.id, jobs.c.queue, jobs.c.request)
-            .where(unpublished | stuck)
+            .where(unpublished | stuck | overdue)
             .order_by(jobs.c.created_at)
             .limit(limit)
         ).all()
@@ -190,13 +196,13 @@ def get_job(job_id: str) -> JobRecord:
 def mark_running(job_id: str, worker: str | None, stale_after_s: float = 3600.0) -> RunStart | None:
     """Claim the job for a run. ``attempts`` counts provider calls so far (the budget spans runs).
 
-    Only a queued job, or one "running" with no sign of life for ``stale_after_s`` (its worker died), can
-    be claimed, so a duplicate message (redelivery, a sweep, the starvation guard) never runs a job twice
-    at once. Otherwise the job is returned as it is: final (its outcome is reused) or RUNNING elsewhere
-    (``claimed`` False). None if it was never recorded.
+    Only a queued or parked job, or one "running" with no sign of life for ``stale_after_s`` (its worker
+    died), can be claimed, so a duplicate message (redelivery, a sweep, the starvation guard) never runs a
+    job twice at once. Otherwise the job is returned as it is: final (its outcome is reused) or RUNNING
+    elsewhere (``claimed`` False). None if it was never recorded.
     """
     now = utcnow()
-    claimable = (jobs.c.status == JobStatus.QUEUED.value) | (
+    claimable = jobs.c.status.in_((JobStatus.QUEUED.value, JobStatus.PARKED.value)) | (
         (jobs.c.status == JobStatus.RUNNING.value)
         & (jobs.c.updated_at < now - timedelta(seconds=stale_after_s))
     )
@@ -209,14 +215,16 @@ def mark_running(job_id: str, worker: str | None, stale_after_s: float = 3600.0)
                 started_at=func.coalesce(jobs.c.started_at, now),
                 worker=worker,
                 updated_at=now,
+                parked_until=None,
+                status_reason=None,
             )
-            .returning(jobs.c.attempts, jobs.c.expires_at)
+            .returning(jobs.c.attempts, jobs.c.expires_at, jobs.c.queue)
         ).first()
         if row is not None:
             expires = row.expires_at
             if expires is not None and expires.tzinfo is None:
                 expires = expires.replace(tzinfo=UTC)
-            return RunStart(JobStatus.RUNNING, int(row.attempts), expires_at=expires)
+            return RunStart(JobStatus.RUNNING, int(row.attempts), expires_at=expires, queue=row.queue)
         current = conn.execute(
             select(jobs.c.status, jobs.c.attempts, jobs.c.result, jobs.c.error).where(jobs.c.id == job_id)
         ).first()
@@ -227,13 +235,32 @@ def mark_running(job_id: str, worker: str | None, stale_after_s: float = 3600.0)
     )
 
 
-def mark_deferred(job_id: str, calls: int = 0) -> None:
-    """No provider could be called now: back to queued, keeping the count of calls this run made."""
+def mark_parked(job_id: str, wait_s: float, reason: str, calls: int = 0) -> None:
+    """The job cannot run now: parked for ``wait_s`` (or until what it waits for recovers), with why,
+    keeping the count of provider calls this run made."""
+    now = utcnow()
     with transaction() as conn:
         conn.execute(
             update(jobs)
             .where(jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING.value)
-            .values(status=JobStatus.QUEUED.value, attempts=jobs.c.attempts + calls, updated_at=utcnow())
+            .values(
+                status=JobStatus.PARKED.value,
+                attempts=jobs.c.attempts + calls,
+                parked_until=now + timedelta(seconds=max(0.0, wait_s)),
+                status_reason=reason[:500],
+                updated_at=now,
+            )
+        )
+
+
+def mark_released(job_id: str) -> None:
+    """A parked job is back on its queue."""
+    now = utcnow()
+    with transaction() as conn:
+        conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.status == JobStatus.PARKED.value)
+            .values(status=JobStatus.QUEUED.value, published_at=now, status_reason=None, updated_at=now)
         )
 
 

@@ -4,6 +4,9 @@ pipeline, record the outcome.
 Idempotent by job id: a redelivered job whose outcome is already recorded returns it without calling a
 provider again (acks-late delivery is at-least-once). ``attempts`` in the job table counts provider calls,
 so a job's attempt budget holds across its runs.
+
+A job that cannot run now (no entry of its chain can be called, or the operation mode holds its queue
+back: mode/effects.py) comes back as a *parked* outcome; the task parks it in Redis (jobs/parking.py).
 """
 
 from __future__ import annotations
@@ -20,8 +23,11 @@ from ultra_tasks.config import Settings, get_settings
 from ultra_tasks.errors import DependencyUnavailableError, NoProviderAvailableError
 from ultra_tasks.jobs import records
 from ultra_tasks.jobs.models import JobResult, JobStatus
+from ultra_tasks.keys import QUEUE_DEFAULT
+from ultra_tasks.mode.effects import ModeEffects
 from ultra_tasks.providers.base import LLMRequest
 from ultra_tasks.providers.registry import ProviderRegistry, default_registry
+from ultra_tasks.redis_client import shared_redis
 from ultra_tasks.resilience.breaker import breaker_redis
 from ultra_tasks.resilience.chains import chain_for
 from ultra_tasks.resilience.pipeline import ChainFailed, ResilientCaller
@@ -48,23 +54,50 @@ def resilient_caller(
     return _caller
 
 
+_effects: ModeEffects | None = None
+
+
+def mode_effects(settings: Settings | None = None) -> ModeEffects:
+    """The process-wide view of what the operation mode does (it caches the mode for a second)."""
+    global _effects
+    if _effects is None:
+        with _caller_lock:
+            if _effects is None:
+                settings = settings or get_settings()
+                _effects = ModeEffects(settings, shared_redis(settings.redis_url))
+    return _effects
+
+
 def failed_outcome(job_id: str, error: dict[str, Any]) -> dict[str, Any]:
     return {"job_id": job_id, "status": JobStatus.FAILED.value, "error": error}
 
 
-def deferred_outcome(job_id: str, exc: NoProviderAvailableError) -> dict[str, Any]:
-    return {"job_id": job_id, "status": "deferred", "retry_after": exc.retry_after, "reason": str(exc)}
+def parked_outcome(
+    job_id: str, queue: str, wait_s: float, reason: str, *, slot_reserved: bool = False
+) -> dict[str, Any]:
+    return {
+        "job_id": job_id,
+        "status": JobStatus.PARKED.value,
+        "queue": queue,
+        "retry_after": wait_s,
+        "reason": reason,
+        "slot_reserved": slot_reserved,
+    }
 
 
 def execute_job(
     job_id: str,
     payload: dict[str, Any],
     *,
+    queue: str | None = None,
     worker: str | None = None,
     caller: ResilientCaller | None = None,
+    effects: ModeEffects | None = None,
     settings: Settings | None = None,
 ) -> dict[str, Any]:
-    """Run the job and return its outcome: a JobResult dict, a failed outcome, or a deferred one."""
+    """Run the job and return its outcome: a JobResult dict, a failed outcome, or a parked one.
+
+    ``queue`` is the queue the message came from (it decides what the operation mode allows)."""
     settings = settings or get_settings()
     record = records.mark_running(job_id, worker, stale_after_s=settings.job_time_limit + 60)
     if record is None:
@@ -85,15 +118,24 @@ def execute_job(
         records.mark_expired(job_id)
         return {"job_id": job_id, "status": JobStatus.EXPIRED.value}
 
+    # the job's own queue is authoritative (the starvation guard moves jobs up); else the message's
+    queue = (record.queue if record is not None else None) or queue or QUEUE_DEFAULT
+    admission = (effects or mode_effects(settings)).admit(queue, payload)
+
     request = LLMRequest.from_dict(payload)
-    cache = job_cache(settings) if is_cacheable(request, payload, settings) else None
+    cacheable = is_cacheable(request, payload, settings)
+    # DEGRADED and EMERGENCY prefer the cache: any answer stored for this exact request serves it, even one
+    # that would not be read in NORMAL (not deterministic); such a lookup never fills the cache.
+    lookup_only = not cacheable and admission.prefer_cache and settings.cache_enabled
+    lookup_only = lookup_only and payload.get("cache") is not False
+    cache = job_cache(settings) if cacheable or lookup_only else None
     fill_lock: FillLock | None = None
     digest = request_digest(request) if cache is not None else ""
     if cache is not None:
         # A hit returns without touching the breaker, rate limits or the provider.
         started = time.perf_counter()
         hit = cache.get_sync(digest, CACHE_NAMESPACE)
-        if hit is None:
+        if hit is None and cacheable and admission.run:
             fill_lock = FillLock(cache, digest, lease_s=settings.provider_timeout + 5)
             if not fill_lock.acquire():
                 hit = fill_lock.wait_for_value(settings.cache_stampede_wait)
@@ -104,6 +146,10 @@ def execute_job(
             if record is not None:
                 records.mark_succeeded(job_id, result)
             return result
+
+    if not admission.run:
+        log.info("job %s parked for %.1fs: %s", job_id, admission.wait_s, admission.reason)
+        return _park(job_id, record, queue, admission.wait_s, admission.reason, 0, admission.slot_reserved)
 
     caller = caller or resilient_caller(settings=settings)
     budget = AttemptBudget(max(0, settings.effective_attempt_budget - calls_before))
@@ -122,10 +168,8 @@ def execute_job(
         if cache is not None:
             cache.put_sync(digest, answer, CACHE_NAMESPACE)
     except NoProviderAvailableError as exc:
-        log.info("job %s deferred: %s", job_id, exc)
-        if record is not None:
-            records.mark_deferred(job_id, calls=budget.used)
-        return deferred_outcome(job_id, exc)
+        log.info("job %s parked: %s", job_id, exc)
+        return _park(job_id, record, queue, exc.retry_after, str(exc), budget.used, False)
     except ChainFailed as exc:
         error = {
             **exc.error.to_dict(),
@@ -165,6 +209,21 @@ def execute_job(
     if record is not None:
         records.mark_succeeded(job_id, result, calls=budget.used)
     return result
+
+
+def _park(
+    job_id: str,
+    record: records.RunStart | None,
+    queue: str,
+    wait_s: float,
+    reason: str,
+    calls: int,
+    slot_reserved: bool,
+) -> dict[str, Any]:
+    """Record the job as parked (the task then parks it in Redis) and say so."""
+    if record is not None:
+        records.mark_parked(job_id, wait_s, reason, calls=calls)
+    return parked_outcome(job_id, queue, wait_s, reason, slot_reserved=slot_reserved)
 
 
 def _result(

@@ -141,6 +141,19 @@ def publish(job_id: str, queue: str, payload: dict[str, Any]) -> bool:
     return True
 
 
+def publish_released(job_id: str, queue: str, payload: dict[str, Any]) -> bool:
+    """Put a parked job back onto its queue (the parked-job releaser's publish). The job table is told
+    when it can be; a database outage must not hold released work back."""
+    try:
+        app.send_task(RUN_JOB_TASK, args=[job_id, payload], task_id=job_id, queue=queue, routing_key=queue)
+    except (KombuOperationalError, RedisError, OSError) as exc:
+        log.warning("parked job %s not released (%s); it stays parked", job_id, exc)
+        return False
+    with contextlib.suppress(DependencyUnavailableError):
+        records.mark_released(job_id)
+    return True
+
+
 def _check_backpressure(limit: int) -> None:
     """Refuse new jobs while the LLM queues already hold ``limit`` (QUEUE_MAX_SIZE) jobs in all."""
     url = get_settings().effective_broker_url
@@ -206,6 +219,8 @@ class JobHandle:
             "created_at": r.created_at.isoformat(),
             "started_at": r.started_at.isoformat() if r.started_at else None,
             "finished_at": r.finished_at.isoformat() if r.finished_at else None,
+            "parked_until": r.parked_until.isoformat() if r.parked_until else None,
+            "status_reason": r.status_reason,
         }
 
     def result(self, timeout: float | None = None) -> JobResult:

@@ -2,29 +2,39 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 from celery import Task
 from celery.exceptions import Ignore
 
 from ultra_tasks.celery_app import app
+from ultra_tasks.config import get_settings
 from ultra_tasks.errors import DependencyUnavailableError
+from ultra_tasks.jobs.models import JobStatus
+from ultra_tasks.jobs.parking import Parking, park_delay
 from ultra_tasks.jobs.runner import execute_job
+from ultra_tasks.mode.effects import SLOT_FLAG
+from ultra_tasks.redis_client import REDIS_DOWN, shared_redis
+
+log = logging.getLogger(__name__)
 
 #: how long a job whose database is unreachable waits before its next try (seconds, doubled each time)
 DB_RETRY_BASE_S = 2.0
 DB_RETRY_MAX_S = 60.0
 DB_MAX_RETRIES = 30
-#: a job whose provider's breaker is open is re-queued to run when the breaker may admit a probe, but never
-#: further out than this (seconds): well below the visibility timeout, so the broker never redelivers it
-DEFER_MAX_S = 60.0
+#: when Redis cannot take a parked job, it waits as a Celery retry instead, never longer than this
+#: (seconds): well below the visibility timeout, so the broker never redelivers it in a loop
+PARK_FALLBACK_MAX_S = 60.0
 
 
 @app.task(name="ultra.run_job", bind=True, max_retries=None)
 def run_job(self: Task, job_id: str, payload: dict[str, Any]) -> dict[str, Any]:
     """Run one LLM job. ``payload`` is the validated request (JSON), never a callable."""
+    queue = (self.request.delivery_info or {}).get("routing_key")
     try:
-        outcome = execute_job(job_id, payload, worker=self.request.hostname)
+        outcome = execute_job(job_id, payload, queue=queue, worker=self.request.hostname)
     except DependencyUnavailableError as exc:
         if self.request.retries >= DB_MAX_RETRIES:
             raise
@@ -32,11 +42,27 @@ def run_job(self: Task, job_id: str, payload: dict[str, Any]) -> dict[str, Any]:
         raise self.retry(exc=exc, countdown=delay) from exc
     if outcome.get("status") == "duplicate":
         raise Ignore()  # acknowledged, and no result stored over the real run's
-    if outcome.get("status") == "deferred":
-        # Not an error and not a failed attempt: wait for the breaker without holding a worker thread.
-        delay = min(DEFER_MAX_S, max(0.5, float(outcome.get("retry_after") or 0)))
-        raise self.retry(countdown=delay)
+    if outcome.get("status") == JobStatus.PARKED.value:
+        _park(self, job_id, payload, outcome)
     return outcome
+
+
+def _park(task: Task, job_id: str, payload: dict[str, Any], outcome: dict[str, Any]) -> None:
+    """Park the job in Redis until it is due; this message is then done (acknowledged, no result stored:
+    the run after release stores the real one). Not an error and not a failed attempt."""
+    settings = get_settings()
+    wait = park_delay(float(outcome.get("retry_after") or 0), at_most=settings.park_max_wait)
+    if outcome.get("slot_reserved"):
+        wait = float(outcome.get("retry_after") or 0)  # its own reserved start slot: no jitter
+    payload = {k: v for k, v in payload.items() if k != SLOT_FLAG}
+    if outcome.get("slot_reserved"):
+        payload[SLOT_FLAG] = True
+    try:
+        Parking(shared_redis()).park(job_id, outcome["queue"], payload, time.time() + wait, outcome["reason"])
+    except REDIS_DOWN as exc:
+        log.warning("job %s cannot be parked (Redis: %s); it waits as a retry instead", job_id, exc)
+        raise task.retry(countdown=min(PARK_FALLBACK_MAX_S, wait)) from exc
+    raise Ignore()
 
 
 @app.task(name="ultra.noop")

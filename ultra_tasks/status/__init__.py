@@ -1,0 +1,2 @@
+"""What the fleet is doing, for people and scripts: the snapshot (snapshot.py) behind `ultra status` and the
+status page."""

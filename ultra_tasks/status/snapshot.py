@@ -1,0 +1,286 @@
+"""``fleet_snapshot()``: one JSON-safe picture of the fleet for `ultra status`, the status page and scripts.
+
+Two stores are read, each in its own thread with its own deadline, and each degrades alone:
+
+- Redis (the mode mirror, breakers, parked jobs) and the broker (queue depths): unreachable → ``queues``
+  and ``breakers`` are left out, the mode comes from SQL, and ``errors["redis"]`` (or ``errors["broker"]``
+  for a separate broker) says why;
+- the database (mode record, component history, mode timeline, queue statistics): unreachable →
+  ``components``, ``timeline`` and ``queue_stats`` are left out, the mode comes from the Redis mirror, and
+  ``errors["database"]`` says why.
+
+With neither readable the mode is ``"UNKNOWN"`` (``mode["source"]`` is None). A store that does not answer
+within ``timeout_s`` is reported as such rather than waited for.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from ultra_tasks import keys
+from ultra_tasks.clock import utcnow
+from ultra_tasks.config import Settings, get_settings
+from ultra_tasks.db.engine import session_scope
+from ultra_tasks.db.migrate import upgrade_schema
+from ultra_tasks.db.models import ComponentStatus, ModeTransition, OperationModeRecord
+from ultra_tasks.errors import DependencyUnavailableError
+from ultra_tasks.jobs.stats import parked_depths, queue_depths, queue_stats, redis_location
+from ultra_tasks.mode.policy import Mode
+from ultra_tasks.redis_client import REDIS_DOWN, shared_redis
+
+log = logging.getLogger(__name__)
+
+#: seconds each store (Redis, the database) may take to answer before it is reported as not answering
+PART_TIMEOUT_S = 5.0
+#: mode changes listed in the timeline, newest first
+TIMELINE_LIMIT = 50
+#: the mode when neither the database nor the Redis mirror can be read
+UNKNOWN_MODE = "UNKNOWN"
+
+#: failures that mean a store could not be read (anything else is a bug and is raised)
+_READ_ERRORS = (DependencyUnavailableError, redis.RedisError, SQLAlchemyError, OSError)
+
+
+def fleet_snapshot(
+    *,
+    window_s: float = 300.0,
+    redis_client: redis.Redis | None = None,
+    timeout_s: float = PART_TIMEOUT_S,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """The fleet's mode, components, breakers, queues, queue statistics, cache counters and mode timeline.
+
+    ``redis_client`` replaces both the state Redis (REDIS_URL) and the broker (BROKER_URL) for reading.
+    The shape is fixed in /work/notes/snapshot_contract.md; see the module docstring for outages.
+    """
+    if not window_s > 0:
+        raise ValueError(f"window_s must be positive, got {window_s!r}")
+    settings = get_settings()
+    now = now or utcnow()
+    state = redis_client or shared_redis()
+    broker = redis_client if redis_client is not None else _broker_client(settings)
+    redis_part = _Part("redis", redis_location(state), lambda: _read_redis(state, broker))
+    db_part = _Part("database", "the database", lambda: _read_database(window_s, now))
+    redis_part.join(timeout_s)
+    db_part.join(timeout_s)
+
+    snap: dict[str, Any] = {"generated_at": now.isoformat()}
+    errors: dict[str, str] = {}
+    from_redis, from_db = redis_part.value, db_part.value
+    if from_db is not None:
+        snap["mode"] = from_db["mode"]
+    elif from_redis is not None:
+        snap["mode"] = from_redis["mode"]
+    else:
+        snap["mode"] = {
+            "mode": UNKNOWN_MODE,
+            "reasons": [],
+            "changed_at": None,
+            "override": None,
+            "source": None,
+        }
+    if from_db is not None:
+        snap["components"] = from_db["components"]
+    if from_redis is not None:
+        snap["breakers"] = from_redis["breakers"]
+        if from_redis["queues"] is not None:
+            snap["queues"] = from_redis["queues"]
+        if from_redis["broker_error"]:
+            errors["broker"] = from_redis["broker_error"]
+    if from_db is not None:
+        snap["queue_stats"] = from_db["queue_stats"]
+    snap["cache"] = from_redis["cache"] if from_redis is not None else {}
+    if from_db is not None:
+        snap["timeline"] = from_db["timeline"]
+    if redis_part.error:
+        errors["redis"] = redis_part.error
+    if db_part.error:
+        errors["database"] = db_part.error
+    snap["errors"] = errors
+    return snap
+
+
+class _Part:
+    """One store's read, in a daemon thread, so a store that hangs costs the caller ``timeout_s`` at most."""
+
+    def __init__(self, name: str, where: str, read: Callable[[], dict[str, Any]]) -> None:
+        self.name = name
+        self.where = where
+        self.value: dict[str, Any] | None = None
+        self.error: str | None = None
+        self._crash: BaseException | None = None
+        self._read = read
+        self._thread = threading.Thread(target=self._run, name=f"snapshot-{name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.value = self._read()
+        except _READ_ERRORS as exc:
+            self.error = " ".join(str(exc).split()) or type(exc).__name__  # drivers' messages span lines
+        except BaseException as exc:  # a bug: re-raised in the caller's thread
+            self._crash = exc
+
+    def join(self, timeout_s: float) -> None:
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            self.error = f"{self.where}: no answer within {timeout_s:g}s"
+            log.warning("fleet snapshot: %s did not answer within %gs", self.name, timeout_s)
+            return
+        if self._crash is not None:
+            raise self._crash
+        if self.error:
+            log.info("fleet snapshot: %s unreadable: %s", self.name, self.error)
+
+
+def _broker_client(settings: Settings) -> redis.Redis | None:
+    url = settings.effective_broker_url
+    return shared_redis(url) if url.startswith(("redis://", "rediss://", "unix://")) else None
+
+
+def _iso(at: datetime | None) -> str | None:
+    if at is None:
+        return None
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)).isoformat()
+
+
+# --- Redis ---------------------------------------------------------------------------------------------
+def _read_redis(state: redis.Redis, broker: redis.Redis | None) -> dict[str, Any]:
+    try:
+        return _read_redis_unmapped(state, broker)
+    except REDIS_DOWN as exc:
+        raise DependencyUnavailableError("redis", f"{redis_location(state)}: {exc}") from exc
+
+
+def _read_redis_unmapped(state: redis.Redis, broker: redis.Redis | None) -> dict[str, Any]:
+    mirror = state.hgetall(keys.mode_current())
+    breakers = _breakers(state)
+    parked = parked_depths(state)
+    queues: dict[str, dict[str, int]] | None = None
+    broker_error = None
+    if broker is None:
+        broker_error = "queue depths are read from a Redis broker only (BROKER_URL is not Redis)"
+    elif broker is state:
+        depths = queue_depths(broker)
+        queues = {q: {"depth": n, "parked": parked.get(q, 0)} for q, n in depths.items()}
+    else:
+        try:
+            depths = queue_depths(broker)
+            queues = {q: {"depth": n, "parked": parked.get(q, 0)} for q, n in depths.items()}
+        except DependencyUnavailableError as exc:
+            broker_error = f"{redis_location(broker)}: {exc}"
+    return {
+        "mode": _mode_from_mirror(mirror),
+        "breakers": breakers,
+        "queues": queues,
+        "broker_error": broker_error,
+        "cache": _fleet_cache(state),
+    }
+
+
+def _mode_from_mirror(mirror: dict[Any, Any]) -> dict[str, Any]:
+    """The mode as mirrored to Redis; NORMAL before anything was ever mirrored (as ``current_mode``)."""
+    data = {_text(k): _text(v) for k, v in mirror.items()}
+    try:
+        reasons = json.loads(data.get("reasons") or "[]")
+    except ValueError:
+        reasons = []
+    return {
+        "mode": data.get("mode") or Mode.NORMAL.value,
+        "reasons": reasons if isinstance(reasons, list) else [],
+        # the mirror is rewritten on every evaluation: it knows when it was written, not when the mode changed
+        "changed_at": None,
+        "override": None,
+        "source": "redis",
+        "mirrored_at": data.get("at"),
+    }
+
+
+def _breakers(client: redis.Redis) -> list[dict[str, Any]]:
+    from ultra_tasks.resilience.breaker import CircuitBreaker, breaker_names
+
+    out = []
+    for name in breaker_names(client):
+        breaker = CircuitBreaker(name, redis_client=client)
+        metrics = breaker.metrics()  # raises when Redis is gone (state alone would fall back to local)
+        metrics.pop("redis_unavailable_calls", None)  # this reader's own count: meaningless here
+        last_failure = breaker.last_failure_time
+        out.append(
+            {
+                **metrics,
+                "failure_count": breaker.failure_count,
+                "last_failure_time": last_failure,
+                "last_failure_at": _iso(datetime.fromtimestamp(last_failure, UTC)) if last_failure else None,
+            }
+        )
+    return out
+
+
+def _fleet_cache(client: redis.Redis) -> dict[str, Any]:
+    """Fleet-wide cache counters per level, or {} until some process has reported any."""
+    return {}
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# --- the database --------------------------------------------------------------------------------------
+def _read_database(window_s: float, now: datetime) -> dict[str, Any]:
+    upgrade_schema()
+    with session_scope() as s:
+        record = s.get(OperationModeRecord, 1)
+        latest = select(func.max(ComponentStatus.id)).group_by(ComponentStatus.component)
+        components = [
+            {
+                "component": c.component,
+                "kind": c.kind,
+                "status": c.status,
+                "reason": c.reason,
+                "severity": c.severity,
+                "at": _iso(c.at),
+            }
+            for c in s.execute(
+                select(ComponentStatus)
+                .where(ComponentStatus.id.in_(latest))
+                .order_by(ComponentStatus.component)
+            ).scalars()
+        ]
+        timeline = [
+            {"from": t.from_mode, "to": t.to_mode, "reasons": t.reasons, "at": _iso(t.at)}
+            for t in s.execute(
+                select(ModeTransition).order_by(ModeTransition.id.desc()).limit(TIMELINE_LIMIT)
+            ).scalars()
+        ]
+    if record is None:  # nothing evaluated yet: NORMAL, as SystemOperationMode reads it
+        mode: dict[str, Any] = {
+            "mode": Mode.NORMAL.value,
+            "reasons": [],
+            "changed_at": None,
+            "override": None,
+        }
+    else:
+        until = record.override_until
+        active = bool(record.override_mode and until is not None and until > now)
+        mode = {
+            "mode": record.mode,
+            "reasons": list(record.reasons or []),
+            "changed_at": _iso(record.changed_at),
+            "override": {"mode": record.override_mode, "until": _iso(until)} if active else None,
+        }
+    mode["source"] = "database"
+    return {
+        "mode": mode,
+        "components": components,
+        "timeline": timeline,
+        "queue_stats": queue_stats(window_s, now=now),
+    }
