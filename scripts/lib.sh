@@ -68,3 +68,23 @@ ensure_postgres() {
   log "PostgreSQL is required at $url and could not be started"
   return 1
 }
+
+# Headless Chromium (Debian's `chromium` package) for the status page's browser test: installed with apt when
+# missing on CI (CI=true) or when asked (ULTRA_INSTALL_CHROMIUM=1); elsewhere that test skips without it.
+ensure_chromium() {
+  [ -x /usr/bin/chromium ] && return 0
+  [ "${CI:-}" = "true" ] || [ "${ULTRA_INSTALL_CHROMIUM:-}" = "1" ] || return 0
+  if ! command -v apt-get >/dev/null || [ "$(id -u)" -ne 0 ]; then
+    log "chromium is missing and cannot be installed here (needs apt-get as root): apt-get install chromium"
+    return 1
+  fi
+  log "installing chromium (headless browser for the status page test)"
+  local apt_log="${TMPDIR:-/tmp}/ultra-apt-chromium.log"
+  # a fresh machine's package lists may be missing or stale: update once and retry before giving up
+  if ! { DEBIAN_FRONTEND=noninteractive apt-get install -y chromium \
+         || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }; } >"$apt_log" 2>&1; then
+    tail -n 30 "$apt_log" >&2
+    log "chromium installation failed (full log in $apt_log)"
+    return 1
+  fi
+}

@@ -44,24 +44,29 @@ def _after_fork(**_: Any) -> None:
     dispose_engines()
 
 
-_releaser: Any = None
+_threads: list[Any] = []
 
 
 @worker_ready.connect
-def _start_releaser(**_: Any) -> None:
-    # Every worker releases parked jobs that are due (any number may: each job is claimed by one).
-    global _releaser
+def _start_worker_threads(sender: Any = None, **_: Any) -> None:
+    # Every worker says it is alive (so jobs it held are taken over at once if it dies) and releases
+    # parked jobs that are due (any number may: each job is claimed by one releaser).
     from ultra_tasks.config import get_settings
+    from ultra_tasks.jobs.liveness import Heartbeat, identity
     from ultra_tasks.jobs.parking import Releaser
     from ultra_tasks.jobs.submit import publish_released
     from ultra_tasks.redis_client import shared_redis
 
     settings = get_settings()
-    _releaser = Releaser(shared_redis(settings.redis_url), publish_released, settings.park_release_poll)
-    _releaser.start()
+    client = shared_redis(settings.redis_url)
+    heartbeat = Heartbeat(client, identity(getattr(sender, "hostname", None)))
+    heartbeat.beat()
+    _threads.extend([heartbeat, Releaser(client, publish_released, settings.park_release_poll)])
+    for thread in _threads:
+        thread.start()
 
 
 @worker_shutdown.connect
-def _stop_releaser(**_: Any) -> None:
-    if _releaser is not None:
-        _releaser.stop()
+def _stop_worker_threads(**_: Any) -> None:
+    for thread in _threads:
+        thread.stop()

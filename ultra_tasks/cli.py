@@ -1,7 +1,9 @@
 """The ``ultra`` command line.
 
 Exit codes scripts can rely on: 0 success; 1 a job failed; 2 bad input or configuration; 3 a dependency
-(Redis, broker, database) is unreachable; 4 timed out waiting.
+(Redis, broker, database) is unreachable; 4 timed out waiting; 5 the operation mode is DEGRADED and 6 it is
+EMERGENCY (`ultra status`; it exits 0 for NORMAL and 3 when neither Redis nor the database can be read);
+7 the queues are full (QUEUE_MAX_SIZE backpressure), nothing more was submitted.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import signal
 import sys
 import time
 from enum import IntEnum
+from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
@@ -21,11 +24,14 @@ from rich.table import Table
 from ultra_tasks.errors import (
     ConfigurationError,
     DependencyUnavailableError,
+    JobExpiredError,
     JobFailedError,
     JobNotFoundError,
     JobTimeoutError,
     JobValidationError,
+    QueueFullError,
 )
+from ultra_tasks.redis_client import REDIS_DOWN
 
 
 class Exit(IntEnum):
@@ -34,6 +40,9 @@ class Exit(IntEnum):
     BAD_INPUT = 2
     UNAVAILABLE = 3
     TIMEOUT = 4
+    DEGRADED = 5
+    EMERGENCY = 6
+    QUEUE_FULL = 7
 
 
 cli = typer.Typer(
@@ -44,6 +53,8 @@ db_cli = typer.Typer(help="Database schema.", no_args_is_help=True)
 breakers_cli = typer.Typer(help="Fleet-wide circuit breakers.", no_args_is_help=True)
 mode_cli = typer.Typer(help="The global operation mode.", no_args_is_help=True)
 health_cli = typer.Typer(help="Health checks.", no_args_is_help=True)
+cache_cli = typer.Typer(help="The result cache, fleet-wide.", no_args_is_help=True)
+cli.add_typer(cache_cli, name="cache")
 cli.add_typer(mode_cli, name="mode")
 cli.add_typer(health_cli, name="health")
 cli.add_typer(jobs_cli, name="jobs")
@@ -72,9 +83,13 @@ def _guarded(fn: Any) -> Any:
             _fail(Exit.BAD_INPUT, str(exc))
         except DependencyUnavailableError as exc:
             _fail(Exit.UNAVAILABLE, str(exc))
+        except REDIS_DOWN as exc:  # commands that read Redis directly (breakers, cache)
+            _fail(Exit.UNAVAILABLE, f"redis unavailable: {exc}")
+        except QueueFullError as exc:
+            _fail(Exit.QUEUE_FULL, str(exc))
         except JobTimeoutError as exc:
             _fail(Exit.TIMEOUT, str(exc))
-        except JobFailedError as exc:
+        except (JobFailedError, JobExpiredError) as exc:
             _fail(Exit.JOB_FAILED, str(exc))
 
     return wrapper
@@ -83,19 +98,39 @@ def _guarded(fn: Any) -> Any:
 @cli.command()
 @_guarded
 def submit(
-    prompt: str = typer.Argument(..., help="The user prompt."),
-    model: str = typer.Option("gpt-4o-mini", "--model", "-m"),
+    prompt: str | None = typer.Argument(None, help="The user prompt (or --batch FILE)."),
+    model: str = typer.Option("gpt-4o-mini", "--model", "-m", help="Model (a batch line may set its own)."),
     priority: str = typer.Option("default", "--priority", "-p", help="high, default or low"),
     system: str | None = typer.Option(None, help="A system prompt."),
     max_tokens: int | None = typer.Option(None, help="Output token limit."),
     temperature: float | None = typer.Option(None),
-    wait: bool = typer.Option(True, help="Wait for the result."),
-    timeout: float = typer.Option(120.0, help="Seconds to wait for the result."),
+    batch: str | None = typer.Option(
+        None, "--batch", "-b", metavar="FILE", help="Submit every line of a JSON-lines file ('-': stdin)."
+    ),
+    ids_out: Path | None = typer.Option(None, "--ids-out", help="With --batch: write the job ids there."),
+    wait: bool | None = typer.Option(
+        None, "--wait/--no-wait", help="Wait for the result(s) (default: yes for one job, no for a batch)."
+    ),
+    timeout: float = typer.Option(120.0, help="Seconds to wait for the result(s)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Submit one job (and by default wait for its result)."""
+    """Submit one job (and by default wait for its result), or a JSON-lines batch with --batch."""
     from ultra_tasks.jobs.submit import submit as submit_job
 
+    if batch is not None:
+        if prompt is not None:
+            _fail(Exit.BAD_INPUT, "give a prompt or --batch FILE, not both")
+        defaults: dict[str, Any] = {"model": model, "priority": priority}
+        for name, value in (("system", system), ("max_tokens", max_tokens), ("temperature", temperature)):
+            if value is not None:
+                defaults[name] = value
+        _submit_batch(batch, defaults, ids_out=ids_out, wait=bool(wait), timeout=timeout, as_json=as_json)
+        return
+    if prompt is None:
+        _fail(Exit.BAD_INPUT, "give a prompt, or --batch FILE")
+    if ids_out is not None:
+        _fail(Exit.BAD_INPUT, "--ids-out goes with --batch")
+    wait = True if wait is None else wait
     handle = submit_job(
         prompt, model=model, priority=priority, system=system, max_tokens=max_tokens, temperature=temperature
     )
@@ -111,6 +146,207 @@ def submit(
             f"[dim]job {handle.id} · {result.provider}/{result.model} · {result.latency_ms:.0f} ms · "
             f"{result.usage.get('total_tokens', 0)} tokens[/dim]"
         )
+
+
+def _progress() -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err
+    )
+
+
+def _read_lines(source: str) -> list[str]:
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        _fail(Exit.BAD_INPUT, f"--batch: cannot read {source}: {exc}")
+    return text.splitlines()
+
+
+def _submit_batch(
+    source: str, defaults: dict[str, Any], *, ids_out: Path | None, wait: bool, timeout: float, as_json: bool
+) -> None:
+    """Validate every line (nothing is submitted if one is bad), submit, optionally wait, summarize."""
+    from ultra_tasks.config import get_settings
+    from ultra_tasks.jobs.batch import job_statuses, parse_batch, submit_entry
+    from ultra_tasks.jobs.records import FINAL
+
+    name = "stdin" if source == "-" else source
+    entries, errors = parse_batch(_read_lines(source), get_settings(), defaults)
+    for error in errors:
+        err.print(f"{name}: {error}", highlight=False, markup=False)
+    if errors:
+        _fail(Exit.BAD_INPUT, f"{len(errors)} bad line(s) in {name}; nothing was submitted")
+    if not entries:
+        _fail(Exit.BAD_INPUT, f"no jobs in {name}")
+
+    ids: list[str] = []
+    notices: set[str] = set()
+    stopped: tuple[Exit, str] | None = None
+    deadline = time.monotonic() + timeout  # also bounds waiting for room while the queues are full
+    with _progress() as progress:
+        task = progress.add_task("submitting", total=len(entries))
+        for entry in entries:
+            try:
+                handle = submit_entry(entry, full_wait_s=max(0.0, deadline - time.monotonic()))
+            except (QueueFullError, DependencyUnavailableError) as exc:
+                code = Exit.QUEUE_FULL if isinstance(exc, QueueFullError) else Exit.UNAVAILABLE
+                stopped = (code, f"stopped at line {entry.line}: {exc}")
+                break
+            ids.append(handle.id)
+            notice = getattr(handle, "notice", None)
+            if notice:
+                notices.add(str(notice))
+            progress.advance(task)
+    if ids_out is not None:
+        ids_out.write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
+    for notice in sorted(notices):
+        err.print(f"[yellow]note:[/yellow] {notice}", highlight=False)
+
+    statuses: dict[str, str] = {}
+    if wait and stopped is None:
+        deadline = time.monotonic() + timeout
+        unique = list(dict.fromkeys(ids))  # an idempotency key repeated in the batch names one job
+        with _progress() as progress:
+            task = progress.add_task("waiting", total=len(unique))
+            while True:
+                pending = [i for i in unique if statuses.get(i) not in FINAL]
+                try:
+                    statuses.update(job_statuses(pending))
+                except DependencyUnavailableError as exc:
+                    progress.update(task, description=f"waiting (database: {exc.__class__.__name__})")
+                done = sum(1 for i in unique if statuses.get(i) in FINAL)
+                progress.update(task, completed=done)
+                if done == len(unique) or time.monotonic() >= deadline:
+                    break
+                time.sleep(0.5)
+
+    summary: dict[str, Any] = {"lines": len(entries), "submitted": len(ids)}
+    if wait and stopped is None:
+        summary["succeeded"] = sum(1 for i in ids if statuses.get(i) == "succeeded")
+        summary["failed"] = sum(1 for i in ids if statuses.get(i) in FINAL and statuses.get(i) != "succeeded")
+        summary["unfinished"] = len(ids) - summary["succeeded"] - summary["failed"]
+    if ids_out is not None:
+        summary["ids_file"] = str(ids_out)
+    if stopped is not None:
+        summary["stopped"] = stopped[1]
+    if as_json:
+        print(json.dumps({**summary, "ids": ids}))
+    else:
+        console.print(" · ".join(f"{k.replace('_', ' ')}: {v}" for k, v in summary.items()), highlight=False)
+        for job_id, entry in zip(ids, entries, strict=False):
+            if wait and statuses.get(job_id) in FINAL and statuses.get(job_id) != "succeeded":
+                err.print(f"line {entry.line}: job {job_id} {statuses[job_id]}", highlight=False)
+    if stopped is not None:
+        _fail(stopped[0], f"{stopped[1]}; {len(entries) - len(ids)} line(s) from there on were not submitted")
+    if summary.get("failed"):
+        raise typer.Exit(int(Exit.JOB_FAILED))
+    if summary.get("unfinished"):
+        _fail(Exit.TIMEOUT, f"{summary['unfinished']} job(s) unfinished after {timeout:g}s")
+
+
+@cli.command()
+@_guarded
+def status(
+    as_json: bool = typer.Option(False, "--json", help="Print the fleet snapshot as JSON."),
+    window: float = typer.Option(
+        300.0, "--window", min=1, help="Seconds of history for the queue statistics."
+    ),
+) -> None:
+    """Mode, components, breakers, queue depths, queue statistics and cache hit rates of the whole fleet.
+
+    Exit 0 NORMAL, 5 DEGRADED, 6 EMERGENCY; 3 when neither Redis nor the database can be read.
+    """
+    from ultra_tasks.status.render import render_snapshot
+    from ultra_tasks.status.snapshot import fleet_snapshot
+
+    snap = fleet_snapshot(window_s=window)
+    if as_json:
+        print(json.dumps(snap, indent=2))
+    else:
+        render_snapshot(snap, console)
+    for part, why in snap["errors"].items():
+        err.print(f"[yellow]warning:[/yellow] {part} unreadable: {why}", highlight=False)
+    if "redis" in snap["errors"] and "database" in snap["errors"]:
+        raise typer.Exit(int(Exit.UNAVAILABLE))
+    code = {"DEGRADED": Exit.DEGRADED, "EMERGENCY": Exit.EMERGENCY}.get(snap["mode"]["mode"], Exit.OK)
+    raise typer.Exit(int(code))
+
+
+@cache_cli.command("stats")
+@_guarded
+def cache_stats(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Fleet-wide hit rates per level, the Redis level's keys per namespace, and this host's disk level."""
+    from ultra_tasks.cache.admin import cache_redis_url, disk_level_stats, redis_level_stats
+    from ultra_tasks.config import get_settings
+    from ultra_tasks.metrics.cache import fleet_cache_stats
+    from ultra_tasks.redis_client import shared_redis
+
+    settings = get_settings()
+    info: dict[str, Any] = {
+        "fleet": fleet_cache_stats(shared_redis()),
+        "redis_level": redis_level_stats(shared_redis(cache_redis_url(settings))),
+        "disk_level": disk_level_stats(settings.effective_cache_disk_dir),
+    }
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    if info["fleet"]:
+        table = Table(
+            "level", "hits", "misses", "hit rate", "errors", "avg read", title="fleet-wide counters"
+        )
+        for level, c in info["fleet"].items():
+            rate = "-" if c.get("hit_rate") is None else f"{c['hit_rate']:.1%}"
+            avg = "-" if c.get("avg_read_us") is None else f"{c['avg_read_us']:.0f} µs"
+            table.add_row(
+                level, str(c.get("hits", 0)), str(c.get("misses", 0)), rate, str(c.get("errors", 0)), avg
+            )
+        console.print(table)
+    else:
+        console.print("fleet-wide counters: none reported yet", highlight=False)
+    level = info["redis_level"]
+    table = Table("namespace", "keys", "bytes", title=f"Redis level ({level['server']})")
+    for ns, row in level["namespaces"].items():
+        table.add_row(ns, str(row["keys"]), str(row["bytes"]))
+    table.add_row("[bold]total[/bold]", str(level["keys"]), str(level["bytes"]))
+    console.print(table)
+    if level["truncated"]:
+        console.print(f"(counted the first {level['keys']} keys only)", highlight=False)
+    disk = info["disk_level"]
+    table = Table("namespace", "entries", title=f"disk level on this host ({disk['directory']})")
+    for ns, count in disk["namespaces"].items():
+        table.add_row(ns, str(count))
+    table.add_row("[bold]total[/bold]", f"{disk['entries']} ({disk['bytes']} bytes)")
+    console.print(table)
+
+
+@cache_cli.command("clear")
+@_guarded
+def cache_clear(
+    namespace: str | None = typer.Option(None, "--namespace", "-n", help="Only this namespace (e.g. llm)."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+) -> None:
+    """Clear the Redis level and this host's disk level; every process drops the entries from memory."""
+    from ultra_tasks.cache.admin import clear_cache
+    from ultra_tasks.cache.layered import CacheValueError
+    from ultra_tasks.config import get_settings
+
+    what = f"namespace {namespace!r}" if namespace else "every namespace"
+    if not yes:
+        if not sys.stdin.isatty():
+            _fail(Exit.BAD_INPUT, f"clearing {what} needs confirmation: pass --yes")
+        if not typer.confirm(f"Clear {what} from the fleet's cache?"):
+            _fail(Exit.BAD_INPUT, "not confirmed; nothing was cleared")
+    try:
+        cleared = clear_cache(get_settings(), namespace)
+    except CacheValueError as exc:
+        _fail(Exit.BAD_INPUT, f"--namespace: {exc}")
+    console.print(
+        f"cleared {', '.join(cleared.namespaces)}: {cleared.redis_removed} Redis entries, "
+        f"{cleared.disk_removed} disk entries on this host; every process was told to drop them from memory",
+        highlight=False,
+    )
 
 
 @jobs_cli.command("show")
@@ -322,6 +558,19 @@ def fake_provider(
     serve(host=host, port=port)
 
 
+@cli.command("status-server")
+@_guarded
+def status_server(
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    port: int | None = typer.Option(None, min=1, max=65535, help="Port (default: STATUS_PORT, 8088)."),
+) -> None:
+    """Serve the status page (/), its JSON (/status.json), fleet metrics (/metrics), /healthz and /readyz."""
+    from ultra_tasks.config import get_settings
+    from ultra_tasks.status.web import serve
+
+    serve(host=host, port=port or get_settings().status_port)
+
+
 @cli.command()
 @_guarded
 def worker(
@@ -402,6 +651,7 @@ def up(
         stack.start(echo=lambda line: console.print(line, highlight=False))
         user = settings.flower_basic_auth.split(",")[0].split(":")[0]
         console.print(f"Flower: http://127.0.0.1:{settings.flower_port}  (user {user!r}, FLOWER_BASIC_AUTH)")
+        console.print(f"Status: http://127.0.0.1:{settings.status_port}/  (/status.json, /metrics)")
         if run_demo_batch and _print_demo(run_demo()):
             code = Exit.JOB_FAILED
         if exit_after_demo:

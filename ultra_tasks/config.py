@@ -173,6 +173,8 @@ class Settings(BaseSettings):
     health_check_interval: float = Field(30.0, gt=0)  #: seconds
     flower_basic_auth: str = Field("ultra:ultra", pattern=r"^[^:,]+:[^,]+(,[^:,]+:[^,]+)*$")
     flower_port: int = Field(5555, ge=1, le=65535)
+    #: port of the status page, its JSON and the fleet's /metrics (`ultra status-server`, `ultra up`)
+    status_port: int = Field(8088, ge=1, le=65535)
     log_level: str = Field("INFO", pattern=r"^(?i:debug|info|warning|error|critical)$")
     #: http(s) URL that receives each operation mode change as a JSON POST (retried; unset: none)
     mode_webhook_url: str | None = None

@@ -49,6 +49,11 @@ def cache_namespace_prefix(namespace: str) -> str:
     return f"{_ns()}:cache:{namespace}:"
 
 
+def cache_prefix() -> str:
+    """What every level-3 cache entry's key starts with (``cache_prefix() + namespace + ":" + key``)."""
+    return f"{_ns()}:cache:"
+
+
 def cache_invalidations() -> str:
     """Pub/sub channel: {"namespace", "key"} invalidations every process applies to its memory level."""
     return f"{_ns()}:cache:invalidate"
@@ -144,3 +149,9 @@ def metrics_cache_sizes() -> str:
     """Hash: process id → JSON sizes of that process's cache levels and when they were reported; entries
     not refreshed for a minute belong to processes that are gone."""
     return f"{_ns()}:metrics:cache-sizes"
+
+
+def worker_alive(identity: str) -> str:
+    """String with expiry: present while the worker process ``identity`` (node name/pid) lives; a job
+    claimed by a process whose key expired can be taken over at once (jobs/liveness.py)."""
+    return f"{_ns()}:worker:alive:{identity}"

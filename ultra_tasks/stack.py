@@ -1,4 +1,5 @@
-"""Run the whole stack on one machine: fake provider (when no API key), worker roles, beat and Flower.
+"""Run the whole stack on one machine: fake provider (when no API key), worker roles, beat, Flower and the
+status page.
 
 ``ultra up`` is what the README's first command ends in. Children are plain subprocesses, logged under
 ``./var/log/``; Ctrl-C (or SIGTERM) stops them all, warm shutdown first so running jobs finish or go back
@@ -122,6 +123,22 @@ def plan(settings: Settings) -> list[Child]:
                 "--address=127.0.0.1",
             ],
             logs / "flower.log",
+        )
+    )
+    children.append(
+        Child(
+            "status",
+            [
+                py,
+                "-m",
+                "ultra_tasks.cli",
+                "status-server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(settings.status_port),
+            ],
+            logs / "status.log",
         )
     )
     return children

@@ -23,6 +23,7 @@ def test_run_command_starts_the_stack_and_shows_demo_results_then_stops_cleanly(
         ULTRA_VAR_DIR=str(tmp_path / "var"),
         FAKE_PROVIDER_URL=f"http://127.0.0.1:{_free_port()}",
         FLOWER_PORT=str(_free_port()),
+        STATUS_PORT=str(_free_port()),
         COLUMNS="200",
     )
     out = subprocess.run(
@@ -34,7 +35,7 @@ def test_run_command_starts_the_stack_and_shows_demo_results_then_stops_cleanly(
         cwd=ROOT,
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    for name in ("fake-provider", "worker-llm", "worker-ops", "beat", "flower"):
+    for name in ("fake-provider", "worker-llm", "worker-ops", "beat", "flower", "status"):
         assert f"started {name}" in out.stdout
     assert "demo batch" in out.stdout
     assert out.stdout.count("openai/") == 3 and out.stdout.count("anthropic/") == 3

@@ -74,8 +74,26 @@ def test_redis_keeps_queued_jobs_aof_on_and_no_eviction(services: dict[str, Any]
     assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
 
 
-def test_every_long_running_service_has_a_healthcheck(services: dict[str, Any]) -> None:
+def test_every_service_has_a_healthcheck_and_only_one_shot_jobs_disable_it(services: dict[str, Any]) -> None:
     for name, service in services.items():
-        if name == "migrate":
+        healthcheck = service.get("healthcheck")
+        assert isinstance(healthcheck, dict), f"{name} has no healthcheck"
+        if healthcheck.get("disable"):
+            # a job that runs once and exits has no health to check; its success gates its dependants
+            assert service.get("restart") == "no", f"{name} disables its healthcheck but keeps running"
             continue
-        assert "test" in service.get("healthcheck", {}), f"{name} has no healthcheck"
+        test = healthcheck.get("test")
+        assert isinstance(test, list) and test[0] in {"CMD", "CMD-SHELL"} and len(test) > 1, name
+        assert healthcheck.get("interval") and healthcheck.get("retries"), f"{name}: interval and retries"
+
+
+def test_status_page_service_serves_the_status_server_and_is_probed_on_healthz(
+    services: dict[str, Any],
+) -> None:
+    status = [s for s in services.values() if s.get("command", [])[:2] == ["ultra", "status-server"]]
+    assert len(status) == 1
+    command = status[0]["command"]
+    port = command[command.index("--port") + 1]
+    assert f"{port}:{port}" in status[0]["ports"]
+    probe = " ".join(status[0]["healthcheck"]["test"])
+    assert f"127.0.0.1:{port}/healthz" in probe

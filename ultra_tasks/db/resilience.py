@@ -80,10 +80,16 @@ def _is_postgres_error(exc: DBAPIError) -> bool:
     return type(exc.orig).__module__.startswith(("psycopg2", "psycopg"))
 
 
+def first_line(exc: BaseException) -> str:
+    """The driver's own message, first line (psycopg2 adds context lines; none carries a password)."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def map_error(exc: DBAPIError, url: str, statement_timeout_ms: int) -> DependencyUnavailableError:
     """Our error for a database failure, naming the database with its password masked."""
     where = redact_url(url)
-    reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+    reason = first_line(exc)
     if sqlstate(exc) == QUERY_CANCELED:
         return DatabaseTimeoutError(
             f"{where}: statement cancelled after {statement_timeout_ms} ms (DATABASE_STATEMENT_TIMEOUT_MS)"
@@ -119,6 +125,7 @@ class DatabaseGuard:
         )
         self.counts: Counter[str] = Counter()
         self.transitions: Counter[str] = Counter()
+        self.last_failure = ""
         self._lock = threading.Lock()
 
     def admit(self) -> LocalDecision:
@@ -129,15 +136,16 @@ class DatabaseGuard:
             self._count("rejected")
             raise DependencyUnavailableError(
                 "database",
-                f"{self.url}: circuit open after {self.failure_threshold} failed connection attempts; "
-                f"not trying again for {max(decision.retry_after, 0.0):.1f}s",
+                f"{self.url}: circuit open after {self.failure_threshold} failed connection attempts "
+                f"(last: {self.last_failure}); not trying again for {max(decision.retry_after, 0.0):.1f}s",
             )
-        self._count("connect_attempts")
+        self._count("checkouts")
         return decision
 
-    def record(self, decision: LocalDecision, *, failure: bool) -> None:
+    def record(self, decision: LocalDecision, *, failure: bool, reason: str = "") -> None:
         if failure:
             self._count("connect_failures")
+            self.last_failure = reason
         self._transitioned(self.breaker.record(gen=decision.gen, probe=decision.probe, failure=failure))
 
     def _count(self, name: str) -> None:
@@ -174,7 +182,8 @@ class DatabaseGuard:
             }
 
 
-_COUNTS = ("connect_attempts", "connect_failures", "rejected", "retries", "replica_fallbacks")
+#: checkouts: connections asked for through the breaker (pooled or new); rejected: refused while open
+_COUNTS = ("checkouts", "connect_failures", "rejected", "retries", "replica_fallbacks")
 
 
 def retrying(settings: Settings, guard: DatabaseGuard, *, whole_transaction: bool) -> Retrying:
@@ -187,7 +196,7 @@ def retrying(settings: Settings, guard: DatabaseGuard, *, whole_transaction: boo
             "transient database error on %s (attempt %d), retrying: %s",
             guard.url,
             state.attempt_number,
-            str(getattr(exc, "orig", exc)).strip().splitlines()[0] if exc else "?",
+            first_line(exc) if exc else "?",
         )
 
     return Retrying(

@@ -53,10 +53,21 @@ def sweep() -> int:
     mid-run, and move jobs waiting past QUEUE_STARVATION_AGE one queue up. Idempotent: a job that runs
     twice returns its recorded outcome the second time."""
     from ultra_tasks.jobs import records
+    from ultra_tasks.jobs.liveness import ALIVE_TTL_S, is_dead
     from ultra_tasks.jobs.submit import publish
 
     settings = get_settings()
     due = records.jobs_to_republish(UNPUBLISHED_GRACE_S, settings.job_time_limit + RUNNING_GRACE_S)
+    # Jobs held by a worker process that died (its liveness key expired): at once, rather than after the
+    # broker's visibility timeout (an hour by default) or the stale-claim grace. The run that gets the
+    # message takes the claim over (runner.py).
+    client = breaker_redis()
+    verdicts: dict[str, bool] = {}
+    for job_id, queue, payload, holder in records.running_jobs(ALIVE_TTL_S):
+        if holder not in verdicts:
+            verdicts[holder] = bool(holder) and is_dead(client, holder)
+        if verdicts[holder] and all(job_id != d[0] for d in due):
+            due.append((job_id, queue, payload))
     sent = sum(publish(job_id, queue, payload) for job_id, queue, payload in due)
     if due:
         log.warning("sweeper republished %d of %d jobs", sent, len(due))

@@ -51,17 +51,18 @@ local all = ARGV[4] == '1'
 local sets = {}
 for i = 5, #ARGV do sets[ARGV[i]] = KEYS[i - 2] end
 -- releases whose releaser died: back where they came from, due now
-local lapsed = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit)
+local lapsed = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, limit)
 for _, id in ipairs(lapsed) do
   redis.call('ZREM', KEYS[1], id)
   local env = redis.call('HGET', KEYS[2], id)
   if env then
     local q = cjson.decode(env)['queue']
-    if sets[q] then redis.call('ZADD', sets[q], now, id) end
+    if sets[q] then redis.call('ZADD', sets[q], ARGV[1], id) end
   end
 end
 local out = {}
-local upto = all and '+inf' or tostring(now)
+-- ARGV[1] as given: tostring() of a Lua number keeps 14 digits and could round 'now' below a score
+local upto = all and '+inf' or ARGV[1]
 for i = 5, #ARGV do
   local q = ARGV[i]
   if #out >= limit then break end

@@ -14,7 +14,13 @@ from sqlalchemy import Table, case, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ultra_tasks.clock import utcnow
-from ultra_tasks.db.engine import session_scope, transaction
+from ultra_tasks.db.engine import (
+    has_replicas,
+    read_session_scope,
+    read_transaction,
+    session_scope,
+    transaction,
+)
 from ultra_tasks.db.models import JobRecord
 from ultra_tasks.errors import JobNotFoundError
 from ultra_tasks.jobs.models import JobStatus
@@ -35,6 +41,8 @@ class RunStart:
     expires_at: datetime | None = None
     #: the queue the job belongs to (the starvation guard may have moved it up)
     queue: str | None = None
+    #: who holds the job when this run could not claim it
+    holder: str | None = None
     #: False when another run holds the job (a duplicate message): this one must not run it
     claimed: bool = True
 
@@ -79,6 +87,7 @@ def insert_job(
 
 
 def find_by_idempotency_key(key: str) -> str | None:
+    # the primary, never a replica: a lagging replica would miss a key just used and let a duplicate in
     with transaction() as conn:
         found = conn.execute(select(jobs.c.id).where(jobs.c.idempotency_key == key)).scalar_one_or_none()
     return str(found) if found is not None else None
@@ -125,6 +134,19 @@ def jobs_to_republish(
             .limit(limit)
         ).all()
     return [(r.id, r.queue, r.request) for r in rows]
+
+
+def running_jobs(claimed_before_s: float, limit: int = 1000) -> list[tuple[str, str, dict[str, Any], str]]:
+    """(id, queue, request, holder) of jobs running since at least ``claimed_before_s`` seconds."""
+    cutoff = utcnow() - timedelta(seconds=claimed_before_s)
+    with transaction() as conn:
+        rows = conn.execute(
+            select(jobs.c.id, jobs.c.queue, jobs.c.request, jobs.c.worker)
+            .where(jobs.c.status == JobStatus.RUNNING.value, jobs.c.updated_at < cutoff)
+            .order_by(jobs.c.updated_at)
+            .limit(limit)
+        ).all()
+    return [(r.id, r.queue, r.request, r.worker or "") for r in rows]
 
 
 def promote_starved(age_s: float, limit: int = 500) -> list[tuple[str, str, dict[str, Any]]]:
@@ -186,11 +208,16 @@ def reset_for_retry(job_id: str) -> tuple[str, dict[str, Any]] | None:
 
 
 def get_job(job_id: str) -> JobRecord:
-    with session_scope() as s:
+    """The job's row, from a read replica when there are some: it may be a moment old (a status that has
+    just changed), which suits status() and result() polling; nothing decides a write from it."""
+    with read_session_scope() as s:
         record = s.get(JobRecord, job_id)
-        if record is None:
-            raise JobNotFoundError(job_id)
-        return record
+    if record is None and has_replicas():
+        with session_scope() as s:  # a job recorded a moment ago may not have reached the replica yet
+            record = s.get(JobRecord, job_id)
+    if record is None:
+        raise JobNotFoundError(job_id)
+    return record
 
 
 def mark_running(job_id: str, worker: str | None, stale_after_s: float = 3600.0) -> RunStart | None:
@@ -226,13 +253,42 @@ def mark_running(job_id: str, worker: str | None, stale_after_s: float = 3600.0)
                 expires = expires.replace(tzinfo=UTC)
             return RunStart(JobStatus.RUNNING, int(row.attempts), expires_at=expires, queue=row.queue)
         current = conn.execute(
-            select(jobs.c.status, jobs.c.attempts, jobs.c.result, jobs.c.error).where(jobs.c.id == job_id)
+            select(jobs.c.status, jobs.c.attempts, jobs.c.result, jobs.c.error, jobs.c.worker).where(
+                jobs.c.id == job_id
+            )
         ).first()
     if current is None:
         return None
     return RunStart(
-        JobStatus(current.status), int(current.attempts), current.result, current.error, claimed=False
+        JobStatus(current.status),
+        int(current.attempts),
+        current.result,
+        current.error,
+        holder=current.worker,
+        claimed=False,
     )
+
+
+def take_over(job_id: str, dead_holder: str, worker: str | None) -> RunStart | None:
+    """Claim a running job from a holder known to be dead; None if it is no longer held by it."""
+    now = utcnow()
+    with transaction() as conn:
+        row = conn.execute(
+            update(jobs)
+            .where(
+                jobs.c.id == job_id,
+                jobs.c.status == JobStatus.RUNNING.value,
+                jobs.c.worker == dead_holder,
+            )
+            .values(worker=worker, updated_at=now)
+            .returning(jobs.c.attempts, jobs.c.expires_at, jobs.c.queue)
+        ).first()
+    if row is None:
+        return None
+    expires = row.expires_at
+    if expires is not None and expires.tzinfo is None:
+        expires = expires.replace(tzinfo=UTC)
+    return RunStart(JobStatus.RUNNING, int(row.attempts), expires_at=expires, queue=row.queue)
 
 
 def mark_parked(job_id: str, wait_s: float, reason: str, calls: int = 0) -> None:
@@ -303,7 +359,8 @@ def mark_failed(job_id: str, error: dict[str, Any], calls: int = 0) -> None:
 
 
 def count_jobs(status: JobStatus | None = None) -> int:
-    with transaction() as conn:
+    """From a read replica when there are some (a count for display; it may lag a moment)."""
+    with read_transaction() as conn:
         q = select(func.count()).select_from(jobs)
         if status is not None:
             q = q.where(jobs.c.status == status.value)
@@ -311,7 +368,8 @@ def count_jobs(status: JobStatus | None = None) -> int:
 
 
 def list_jobs(limit: int = 50, status: JobStatus | None = None) -> list[JobRecord]:
-    with session_scope() as s:
+    """The newest jobs, from a read replica when there are some (for display; it may lag a moment)."""
+    with read_session_scope() as s:
         q = select(JobRecord).order_by(JobRecord.created_at.desc()).limit(limit)
         if status is not None:
             q = q.where(JobRecord.status == status.value)

@@ -22,6 +22,7 @@ from ultra_tasks.clock import utcnow
 from ultra_tasks.config import Settings, get_settings
 from ultra_tasks.errors import DependencyUnavailableError, NoProviderAvailableError
 from ultra_tasks.jobs import records
+from ultra_tasks.jobs.liveness import is_dead
 from ultra_tasks.jobs.models import JobResult, JobStatus
 from ultra_tasks.keys import QUEUE_DEFAULT
 from ultra_tasks.mode.effects import ModeEffects
@@ -110,8 +111,14 @@ def execute_job(
     elif record.status is JobStatus.EXPIRED:
         return {"job_id": job_id, "status": JobStatus.EXPIRED.value}
     elif not record.claimed:
-        log.info("job %s is running elsewhere; this duplicate delivery does nothing", job_id)
-        return {"job_id": job_id, "status": "duplicate"}
+        dead = record.holder if record.status is JobStatus.RUNNING else None
+        if dead and dead != worker and is_dead(shared_redis(settings.redis_url), dead):
+            record = records.take_over(job_id, dead, worker)
+            if record is not None:
+                log.warning("job %s was held by %s, which died; taking it over", job_id, dead)
+        if record is None or not record.claimed:
+            log.info("job %s is running elsewhere; this duplicate delivery does nothing", job_id)
+            return {"job_id": job_id, "status": "duplicate"}
     calls_before = record.attempts if record is not None else 0
     if record is not None and record.expires_at is not None and utcnow() >= record.expires_at:
         log.info("job %s expired before it ran", job_id)
@@ -123,19 +130,20 @@ def execute_job(
     admission = (effects or mode_effects(settings)).admit(queue, payload)
 
     request = LLMRequest.from_dict(payload)
-    cacheable = is_cacheable(request, payload, settings)
-    # DEGRADED and EMERGENCY prefer the cache: any answer stored for this exact request serves it, even one
-    # that would not be read in NORMAL (not deterministic); such a lookup never fills the cache.
-    lookup_only = not cacheable and admission.prefer_cache and settings.cache_enabled
-    lookup_only = lookup_only and payload.get("cache") is not False
-    cache = job_cache(settings) if cacheable or lookup_only else None
+    # ``readable``: NORMAL reads the cache for deterministic requests only (CACHE_NONDETERMINISTIC aside).
+    # DEGRADED and EMERGENCY prefer the cache (MODE_PREFER_CACHE): any answer stored for this exact request
+    # serves it, which is why answers to other requests are stored too while that setting is on.
+    readable = is_cacheable(request, payload, settings)
+    keep = settings.cache_enabled and payload.get("cache") is not False
+    keep = keep and (readable or settings.mode_prefer_cache)
+    cache = job_cache(settings) if keep else None
     fill_lock: FillLock | None = None
     digest = request_digest(request) if cache is not None else ""
-    if cache is not None:
+    if cache is not None and (readable or admission.prefer_cache):
         # A hit returns without touching the breaker, rate limits or the provider.
         started = time.perf_counter()
         hit = cache.get_sync(digest, CACHE_NAMESPACE)
-        if hit is None and cacheable and admission.run:
+        if hit is None and readable and admission.run:
             fill_lock = FillLock(cache, digest, lease_s=settings.provider_timeout + 5)
             if not fill_lock.acquire():
                 hit = fill_lock.wait_for_value(settings.cache_stampede_wait)

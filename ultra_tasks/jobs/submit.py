@@ -24,13 +24,13 @@ from ultra_tasks.errors import (
     JobExpiredError,
     JobFailedError,
     JobTimeoutError,
-    JobValidationError,
     QueueFullError,
 )
 from ultra_tasks.jobs import records
 from ultra_tasks.jobs.models import JobResult, JobStatus
-from ultra_tasks.jobs.validation import build_request, validate_chain, validate_metadata, validate_priority
+from ultra_tasks.jobs.validation import validate_submission
 from ultra_tasks.keys import LLM_QUEUES, PRIORITY_QUEUES
+from ultra_tasks.mode.policy import Mode
 from ultra_tasks.redis_client import shared_redis
 
 log = logging.getLogger(__name__)
@@ -73,60 +73,60 @@ def submit(
     by the sweeper on beat once the broker is back. ``QueueFullError`` when QUEUE_MAX_SIZE jobs wait.
     """
     settings = get_settings()
-    priority = validate_priority(priority)
-    request = build_request(
+    job = validate_submission(
         settings,
         prompt=prompt,
         messages=messages,
-        system=system,
         model=model,
+        priority=priority,
+        system=system,
         max_tokens=max_tokens,
         temperature=temperature,
         params=params,
+        metadata=metadata,
+        cache=cache,
+        fallback=fallback,
+        chain=chain,
+        idempotency_key=idempotency_key,
+        expires_in=expires_in,
+        job_id=job_id,
     )
-    payload = request.to_dict()
-    payload["metadata"] = validate_metadata(metadata)
-    if not isinstance(cache, bool):
-        raise JobValidationError("cache", f"expected true or false, got {cache!r}")
-    payload["cache"] = cache
-    if not isinstance(fallback, bool):
-        raise JobValidationError("fallback", f"expected true or false, got {fallback!r}")
-    payload["fallback"] = fallback
-    if chain is not None:
-        payload["chain"] = validate_chain(chain, settings)
-
-    if idempotency_key is not None and (
-        not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 255
-    ):
-        raise JobValidationError("idempotency_key", "expected a string of 1 to 255 characters")
-    if expires_in is not None and (
-        isinstance(expires_in, bool) or not isinstance(expires_in, int | float) or not 0 < expires_in < 10**8
-    ):
-        raise JobValidationError("expires_in", f"expected a positive number of seconds, got {expires_in!r}")
-
-    queue = PRIORITY_QUEUES[priority]
+    payload, expires_in = job.payload, job.expires_in
+    queue = PRIORITY_QUEUES[job.priority]
     _check_backpressure(settings.queue_max_size)
     upgrade_schema()
     now = utcnow()
-    if job_id is not None:
-        try:
-            job_id = str(uuid.UUID(str(job_id)))
-        except ValueError:
-            raise JobValidationError("job_id", f"expected a UUID, got {job_id!r}") from None
-    new_id = job_id or str(uuid.uuid4())
+    new_id = job.job_id or str(uuid.uuid4())
     recorded_id = records.insert_job(
         job_id=new_id,
-        priority=priority,
+        priority=job.priority,
         queue=queue,
-        model=request.model,
+        model=job.model,
         request=payload,
         now=now,
         expires_at=now + timedelta(seconds=expires_in) if expires_in is not None else None,
-        idempotency_key=idempotency_key,
+        idempotency_key=job.idempotency_key,
     )
     if recorded_id == new_id:  # not a repeat of an earlier submit with the same idempotency key
         publish(recorded_id, queue, payload)
-    return JobHandle(recorded_id)
+    handle = JobHandle(recorded_id)
+    handle.notice = _mode_notice(queue)
+    if handle.notice:
+        log.warning("job %s accepted: %s", recorded_id, handle.notice)
+    return handle
+
+
+def _mode_notice(queue: str) -> str | None:
+    """Why a job just accepted will not run soon, if the operation mode holds its queue back."""
+    from ultra_tasks.jobs.runner import mode_effects
+
+    effects = mode_effects()
+    if effects.reader.current() is not Mode.EMERGENCY or queue in effects.settings.mode_emergency_run_queues:
+        return None
+    return (
+        f"operation mode is EMERGENCY: the job is accepted and recorded, and parked until the mode "
+        f"improves (only {', '.join(effects.settings.mode_emergency_run_queues) or 'no'} queues run now)"
+    )
 
 
 def publish(job_id: str, queue: str, payload: dict[str, Any]) -> bool:
@@ -179,6 +179,8 @@ class JobHandle:
 
     def __init__(self, job_id: str) -> None:
         self.id = str(job_id)
+        #: set by ``submit`` when the operation mode holds this job back (why, in words), else None
+        self.notice: str | None = None
 
     def __repr__(self) -> str:
         return f"JobHandle({self.id!r})"
@@ -188,6 +190,10 @@ class JobHandle:
 
     def __hash__(self) -> int:
         return hash(self.id)
+
+    def status_reason(self) -> str | None:
+        """Why the job is in its status, when that needs saying (e.g. why it is parked)."""
+        return records.get_job(self.id).status_reason
 
     def status(self) -> JobStatus:
         """The job's current status, from the job table (the result backend if the database is down)."""

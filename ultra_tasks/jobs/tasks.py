@@ -12,6 +12,7 @@ from celery.exceptions import Ignore
 from ultra_tasks.celery_app import app
 from ultra_tasks.config import get_settings
 from ultra_tasks.errors import DependencyUnavailableError
+from ultra_tasks.jobs.liveness import identity
 from ultra_tasks.jobs.models import JobStatus
 from ultra_tasks.jobs.parking import Parking, park_delay
 from ultra_tasks.jobs.runner import execute_job
@@ -34,7 +35,7 @@ def run_job(self: Task, job_id: str, payload: dict[str, Any]) -> dict[str, Any]:
     """Run one LLM job. ``payload`` is the validated request (JSON), never a callable."""
     queue = (self.request.delivery_info or {}).get("routing_key")
     try:
-        outcome = execute_job(job_id, payload, queue=queue, worker=self.request.hostname)
+        outcome = execute_job(job_id, payload, queue=queue, worker=identity(self.request.hostname))
     except DependencyUnavailableError as exc:
         if self.request.retries >= DB_MAX_RETRIES:
             raise

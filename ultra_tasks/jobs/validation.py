@@ -5,9 +5,12 @@ Runs before anything is recorded or enqueued, so bad input never leaves a half-m
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
+import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ultra_tasks.config import Settings
@@ -163,3 +166,76 @@ def validate_metadata(metadata: Any) -> dict[str, Any]:
     if len(json.dumps(dict(metadata))) > MAX_METADATA_BYTES:
         raise JobValidationError("metadata", f"larger than {MAX_METADATA_BYTES} bytes")
     return dict(metadata)
+
+
+@dataclass(frozen=True)
+class Submission:
+    """Everything ``submit`` was given, validated: what it records and publishes."""
+
+    priority: str
+    model: str
+    payload: dict[str, Any]
+    idempotency_key: str | None = None
+    expires_in: float | None = None
+    job_id: str | None = None
+
+
+def validate_submission(
+    settings: Settings,
+    *,
+    prompt: Any = None,
+    messages: Any = None,
+    model: Any,
+    priority: Any = "default",
+    system: Any = None,
+    max_tokens: Any = None,
+    temperature: Any = None,
+    params: Any = None,
+    metadata: Any = None,
+    cache: Any = True,
+    fallback: Any = True,
+    chain: Any = None,
+    idempotency_key: Any = None,
+    expires_in: Any = None,
+    job_id: Any = None,
+) -> Submission:
+    """All of ``submit``'s checks, touching nothing (batch submit validates every line with it first)."""
+    priority = validate_priority(priority)
+    request = build_request(
+        settings,
+        prompt=prompt,
+        messages=messages,
+        system=system,
+        model=model,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        params=params,
+    )
+    payload = request.to_dict()
+    payload["metadata"] = validate_metadata(metadata)
+    if not isinstance(cache, bool):
+        raise JobValidationError("cache", f"expected true or false, got {cache!r}")
+    payload["cache"] = cache
+    if not isinstance(fallback, bool):
+        raise JobValidationError("fallback", f"expected true or false, got {fallback!r}")
+    payload["fallback"] = fallback
+    if chain is not None:
+        payload["chain"] = validate_chain(chain, settings)
+    if idempotency_key is not None and (
+        not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 255
+    ):
+        raise JobValidationError("idempotency_key", "expected a string of 1 to 255 characters")
+    if expires_in is not None and (
+        isinstance(expires_in, bool) or not isinstance(expires_in, int | float) or not 0 < expires_in < 10**8
+    ):
+        raise JobValidationError("expires_in", f"expected a positive number of seconds, got {expires_in!r}")
+    if job_id is not None:
+        try:
+            job_id = str(uuid.UUID(str(job_id)))
+        except ValueError:
+            raise JobValidationError("job_id", f"expected a UUID, got {job_id!r}") from None
+    return Submission(priority, request.model, payload, idempotency_key, expires_in, job_id)
+
+
+#: the fields a submission (one line of a batch) may have
+SUBMISSION_FIELDS = tuple(inspect.signature(validate_submission).parameters)[1:]

@@ -62,6 +62,9 @@ class CacheMetricsTracker:
     def __init__(self, buffer: MetricsBuffer = BUFFER) -> None:
         self.buffer = buffer
         self._tracked: list[_Tracked] = []
+        #: caches gone since the last tick; their finalizer only appends here (it may run inside any code,
+        #: even code holding a lock, so it must take none); their last counts go with the next flush
+        self._retired: list[_Tracked] = []
         self._lock = threading.Lock()
         self._last_sizes = 0.0
         self._registered = False
@@ -79,21 +82,23 @@ class CacheMetricsTracker:
                 self.buffer.add_source(self.collect)
                 self._registered = True
         # a cache that goes away still has its last counts sent; the finalizer holds only its stats
-        weakref.finalize(cache, self._forget, entry)
-
-    def _forget(self, entry: _Tracked) -> None:
-        self._send(entry, self.buffer)
-        with self._lock:
-            if entry in self._tracked:
-                self._tracked.remove(entry)
-        self.buffer.set(keys.metrics_cache_sizes(), _process_id(entry), json.dumps({"at": 0}))
+        weakref.finalize(cache, self._retired.append, entry)
 
     def collect(self, buffer: MetricsBuffer) -> None:
         """Called by the buffer's thread before each flush."""
+        retired: list[_Tracked] = []
+        while self._retired:
+            retired.append(self._retired.pop())
         with self._lock:
+            for entry in retired:
+                if entry in self._tracked:
+                    self._tracked.remove(entry)
             tracked = list(self._tracked)
-        for entry in tracked:
+        for entry in (*tracked, *retired):
             self._send(entry, buffer)
+        for entry in retired:
+            # its size report is stale now: the collector drops reports this old
+            buffer.set(keys.metrics_cache_sizes(), _process_id(entry), json.dumps({"at": 0}))
         if time.monotonic() - self._last_sizes >= SIZE_REPORT_S:
             self._last_sizes = time.monotonic()
             for entry in tracked:
@@ -136,6 +141,35 @@ def _sizes(cache: DistributedCache) -> dict[str, Any]:
 TRACKER = CacheMetricsTracker()
 
 
+def _after_fork_in_child() -> None:
+    # The parent sends what its caches counted before the fork; the child counts from here on (and must
+    # not inherit a lock some thread of the parent held at fork time).
+    TRACKER._lock = threading.Lock()
+    for entry in TRACKER._tracked:
+        entry.deltas()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def track_cache(cache: DistributedCache) -> None:
     """Count ``cache``'s hits, misses and errors in the fleet-wide cache metrics."""
     TRACKER.track(cache)
+
+
+def fleet_cache_stats(client: Any) -> dict[str, dict[str, Any]]:
+    """Fleet-wide cache counters per level from Redis: hits, misses, errors, corrupt, invalidations,
+    reads, hit_rate and avg_read_us; {} until some process has reported. Raises redis errors."""
+    raw = client.hgetall(keys.metrics_cache())
+    levels: dict[str, dict[str, Any]] = {}
+    for field_name, value in raw.items():
+        text = field_name.decode() if isinstance(field_name, bytes) else str(field_name)
+        level, _, stat = text.partition(":")
+        number = float(value.decode() if isinstance(value, bytes) else value)
+        levels.setdefault(level, {})[stat] = number if stat == "read_seconds" else int(number)
+    for stats in levels.values():
+        reads = stats.get("reads", 0)
+        stats["hit_rate"] = stats.get("hits", 0) / reads if reads else None
+        seconds = stats.pop("read_seconds", 0.0)
+        stats["avg_read_us"] = seconds / reads * 1e6 if reads else None
+    return levels

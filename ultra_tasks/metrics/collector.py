@@ -9,13 +9,11 @@ so a scrape during an outage still answers with everything that can be known.
 from __future__ import annotations
 
 import concurrent.futures
-import itertools
 import json
 import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime
 from typing import Any
 
 import redis
@@ -345,14 +343,19 @@ class FleetCollector(Collector):
 
         from ultra_tasks.db.engine import session_scope
         from ultra_tasks.db.models import ComponentStatus, ModeTransition, OperationModeRecord
+        from ultra_tasks.mode.metrics import time_in_modes
 
         now = utcnow()
         with session_scope() as s:
             record = s.get(OperationModeRecord, 1)
-            transitions = [
-                (r.from_mode, r.to_mode, r.at)
-                for r in s.execute(select(ModeTransition).order_by(ModeTransition.id)).scalars()
-            ]
+            by_pair = {
+                (str(from_mode), str(to_mode)): int(n)
+                for from_mode, to_mode, n in s.execute(
+                    select(ModeTransition.from_mode, ModeTransition.to_mode, func.count()).group_by(
+                        ModeTransition.from_mode, ModeTransition.to_mode
+                    )
+                ).all()
+            }
             latest = select(func.max(ComponentStatus.id)).group_by(ComponentStatus.component)
             components = [
                 (r.component, r.kind, r.status)
@@ -378,9 +381,6 @@ class FleetCollector(Collector):
             "Mode changes recorded in mode_transitions, by from and to mode",
             labels=["from_mode", "to_mode"],
         )
-        by_pair: dict[tuple[str, str], int] = defaultdict(int)
-        for from_mode, to_mode, _ in transitions:
-            by_pair[(from_mode, to_mode)] += 1
         for (from_mode, to_mode), n in sorted(by_pair.items()):
             counts.add_metric([from_mode, to_mode], n)
         seconds = CounterMetricFamily(
@@ -388,8 +388,21 @@ class FleetCollector(Collector):
             "Seconds spent in each mode since the first recorded transition (or the mode record's creation)",
             labels=["mode"],
         )
-        for m, total in sorted(_time_in_modes(transitions, record, now).items()):
-            seconds.add_metric([m], total)
+        stays = CounterMetricFamily(
+            "ultra_operation_mode_stays",
+            "Stays in each mode since the first recorded transition (a stay ends with a mode change)",
+            labels=["mode"],
+        )
+        average = GaugeMetricFamily(
+            "ultra_operation_mode_average_stay_seconds",
+            "Average length of a stay in each mode (the current stay counted so far)",
+            labels=["mode"],
+        )
+        for m, figures in sorted(time_in_modes(now=now)["modes"].items()):
+            seconds.add_metric([m], float(figures["total_s"]))
+            stays.add_metric([m], float(figures["stays"]))
+            if figures["average_stay_s"] is not None:
+                average.add_metric([m], float(figures["average_stay_s"]))
         reasons = GaugeMetricFamily(
             "ultra_operation_mode_reason",
             "1 for each current degradation reason of the mode",
@@ -406,7 +419,7 @@ class FleetCollector(Collector):
         for component, kind, current_status in sorted(components):
             for st in COMPONENT_STATUSES:
                 status.add_metric([component, kind, st], 1 if st == current_status else 0)
-        return [override, changed, counts, seconds, reasons, status]
+        return [override, changed, counts, seconds, stays, average, reasons, status]
 
     def _current_mode(self) -> list[Metric]:
         """From the Redis mirror (what workers act on); from SQL when Redis cannot answer."""
@@ -443,23 +456,6 @@ def _shown_state(raw: dict[str, str]) -> str:
     if forced == "disabled":
         return "disabled"
     return raw.get("state") or "closed"
-
-
-def _time_in_modes(
-    transitions: list[tuple[str, str, datetime]], record: Any, now: datetime
-) -> dict[str, float]:
-    totals: dict[str, float] = {m: 0.0 for m in MODES}
-    if not transitions:
-        if record is not None:
-            totals[record.mode] = totals.get(record.mode, 0.0) + max(
-                0.0, (now - record.changed_at).total_seconds()
-            )
-        return totals
-    for (_, to_mode, at), (_, _, next_at) in itertools.pairwise(transitions):
-        totals[to_mode] = totals.get(to_mode, 0.0) + max(0.0, (next_at - at).total_seconds())
-    _, last_mode, last_at = transitions[-1]
-    totals[last_mode] = totals.get(last_mode, 0.0) + max(0.0, (now - last_at).total_seconds())
-    return totals
 
 
 def _latency_histogram(raw: dict[Any, Any]) -> list[Metric]:

@@ -57,12 +57,13 @@ class ModeReader:
         self._read_at = float("-inf")
         self._lock = threading.Lock()
 
-    def current(self) -> Mode:
+    def current(self, *, fresh: bool = False) -> Mode:
+        """The mode; ``fresh`` reads Redis now (before parking a job: the mode may have just improved)."""
         now = time.monotonic()
-        if now - self._read_at < self.ttl_s:
+        if not fresh and now - self._read_at < self.ttl_s:
             return self._mode
         with self._lock:
-            if now - self._read_at >= self.ttl_s:
+            if fresh or now - self._read_at >= self.ttl_s:
                 with contextlib.suppress(*REDIS_DOWN):
                     value = self.client.hget(keys.mode_current(), "mode")
                     self._mode = Mode(_text(value)) if value else Mode.NORMAL
@@ -92,6 +93,12 @@ class ModeEffects:
         mode = mode or self.reader.current()
         if mode is Mode.NORMAL:
             return Admission(run=True)
+        if mode is Mode.EMERGENCY and queue not in self.settings.mode_emergency_run_queues:
+            # about to park on a cached reading: a job released because the mode just improved must not be
+            # parked again on the old one
+            mode = self.reader.current(fresh=True)
+            if mode is Mode.NORMAL:
+                return Admission(run=True)
         prefer_cache = self.settings.mode_prefer_cache
         if mode is Mode.EMERGENCY:
             if queue in self.settings.mode_emergency_run_queues:

@@ -23,10 +23,11 @@ from sqlalchemy import func, select
 
 from ultra_tasks import keys
 from ultra_tasks.clock import utcnow
-from ultra_tasks.db.engine import session_scope
+from ultra_tasks.db.engine import read_session_scope, session_scope
 from ultra_tasks.db.migrate import upgrade_schema
 from ultra_tasks.db.models import ComponentStatus, ModeTransition, OperationModeRecord
 from ultra_tasks.mode.policy import OK, ComponentState, Mode, evaluate, status_for_severity
+from ultra_tasks.mode.webhook import notify_mode_change
 from ultra_tasks.redis_client import REDIS_DOWN as DOWN
 from ultra_tasks.redis_client import shared_redis
 
@@ -78,18 +79,21 @@ class SystemOperationMode:
         return {c.component: c.as_reason() for c in self.component_states() if c.status != OK}
 
     def _record(self) -> OperationModeRecord | None:
-        with session_scope() as s:
+        # A replica may be a moment behind: fine for showing the mode (and it still answers when the
+        # primary is down); evaluate() and the override methods lock the primary's row instead.
+        with read_session_scope() as s:
             return s.get(OperationModeRecord, 1)
 
-    def component_states(self) -> list[ComponentState]:
-        """The latest status of every component ever reported."""
-        with session_scope() as s:
+    def component_states(self, *, primary: bool = False) -> list[ComponentState]:
+        """The latest status of every component ever reported; from a read replica unless ``primary``
+        (a replica may lag: whatever decides the mode must read the primary)."""
+        with session_scope() if primary else read_session_scope() as s:
             latest = select(func.max(ComponentStatus.id)).group_by(ComponentStatus.component)
             rows = s.execute(select(ComponentStatus).where(ComponentStatus.id.in_(latest))).scalars()
             return [ComponentState(r.component, r.kind, r.status, r.reason, r.severity) for r in rows]
 
     def history(self, limit: int = 50) -> list[dict[str, Any]]:
-        with session_scope() as s:
+        with read_session_scope() as s:  # for display: a replica's moment of lag is harmless
             rows = s.execute(select(ModeTransition).order_by(ModeTransition.id.desc()).limit(limit)).scalars()
             return [
                 {"from": r.from_mode, "to": r.to_mode, "reasons": r.reasons, "at": r.at.isoformat()}
@@ -139,7 +143,8 @@ class SystemOperationMode:
     # --- deciding --------------------------------------------------------------------------------------
     def evaluate(self) -> str:
         """Apply the policy, hysteresis and any override; record and broadcast a change; return the mode."""
-        wanted, reasons = evaluate(self.component_states())
+        # the primary: a status recorded a moment ago must count, and this decides a write
+        wanted, reasons = evaluate(self.component_states(primary=True))
         now = utcnow()
         change: tuple[str, str, list[dict[str, Any]]] | None = None
         with session_scope() as s:
@@ -182,6 +187,7 @@ class SystemOperationMode:
                 "; ".join(f"{r.get('component')}: {r.get('reason')}" for r in change[2]) or "recovered",
             )
             self._publish(*change, now)
+            notify_mode_change(*change, now)  # MODE_WEBHOOK_URL, from the one process that made the change
         return wanted.value
 
     def set_override(self, mode: str, ttl_seconds: float, reason: str = "operator") -> str:

@@ -226,8 +226,10 @@ def _breakers(client: redis.Redis) -> list[dict[str, Any]]:
 
 
 def _fleet_cache(client: redis.Redis) -> dict[str, Any]:
-    """Fleet-wide cache counters per level, or {} until some process has reported any."""
-    return {}
+    """Fleet-wide cache counters per level (hits, misses, hit_rate, ...), {} until a process reported."""
+    from ultra_tasks.metrics.cache import fleet_cache_stats
+
+    return fleet_cache_stats(client)
 
 
 def _text(value: Any) -> str:

@@ -1,0 +1,119 @@
+"""What the operation mode does to jobs, on a real worker: EMERGENCY parks all but llm.high and tells
+producers; recovery releases parked work at once; DEGRADED slows llm.low and prefers the cache."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from ultra_tasks import JobStatus, SystemOperationMode, keys, submit
+from ultra_tasks.jobs import records
+from ultra_tasks.jobs.parking import Parking
+
+pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("closed_provider_breakers")]
+
+#: how long a worker may keep using the mode it read last (ModeReader.ttl_s), plus slack
+MODE_PROPAGATION_S = 1.3
+
+
+@pytest.fixture
+def mode(redis_client: Any, database: str) -> Iterator[SystemOperationMode]:
+    redis_client.delete(
+        keys.parked_jobs(), keys.parked_inflight(), *(keys.parked(q) for q in keys.LLM_QUEUES)
+    )
+    m = SystemOperationMode()
+    m.clear_override()
+    yield m
+    m.clear_override()
+    m.close()
+
+
+def _wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def test_emergency_parks_all_but_high_holds_no_worker_and_recovery_releases_them(
+    worker_factory: Any, fake_provider: Any, mode: SystemOperationMode, redis_client: Any
+) -> None:
+    worker_factory(concurrency=1)  # one thread: a parked job holding it would stall everything
+    mode.set_override("EMERGENCY", 120, reason="test")
+    time.sleep(MODE_PROPAGATION_S)
+
+    # Producers are told at submit why their job will wait
+    low = [submit(f"low {i}", model="gpt-4o-mini", priority="low") for i in range(3)]
+    default = [submit(f"default {i}", model="gpt-4o-mini") for i in range(3)]
+    assert all(h.notice and "EMERGENCY" in h.notice for h in low + default)
+    high = submit("urgent", model="gpt-4o-mini", priority="high")
+    assert high.notice is None
+    assert high.result(timeout=30).text == "echo: urgent"
+
+    # the others are parked, saying why, and hold no worker thread: more high work still runs at once
+    _wait_for(lambda: all(h.status() is JobStatus.PARKED for h in low + default), 20, "jobs to be parked")
+    assert all("EMERGENCY" in (h.status_reason() or "") for h in low + default)
+    assert Parking(redis_client).depths() == {"llm.high": 0, "llm.default": 3, "llm.low": 3}
+    assert submit("more urgent", model="gpt-4o-mini", priority="high").result(timeout=20).provider
+    calls_parked = fake_provider.stats()["by_model"].get("gpt-4o-mini", 0)
+    assert calls_parked == 2  # the parked jobs never called the provider
+
+    # Recovery: the mode improves and every parked job completes at once (not at its due time, 30 s away)
+    released_at = time.monotonic()
+    assert mode.clear_override() == "NORMAL"
+    for handle in default + low:
+        assert handle.result(timeout=20).text.startswith("echo: ")
+    assert time.monotonic() - released_at < 15
+    assert Parking(redis_client).depths() == {"llm.high": 0, "llm.default": 0, "llm.low": 0}
+    assert fake_provider.stats()["by_model"]["gpt-4o-mini"] == 8  # each job called the provider once
+    # released in priority order: on one thread, every default job finished before any low job
+    ends = {h.id: records.get_job(h.id).finished_at for h in default + low}
+    assert max(ends[h.id] for h in default) <= min(ends[h.id] for h in low)
+
+
+def test_degraded_slows_low_jobs_to_the_configured_rate_and_leaves_others_alone(
+    worker_factory: Any, mode: SystemOperationMode
+) -> None:
+    per_minute = 120.0  # one low job every 0.5 s, fleet-wide
+    worker_factory(concurrency=4, env={"MODE_DEGRADED_LOW_RATE": str(per_minute)})
+    mode.set_override("DEGRADED", 120, reason="test")
+    time.sleep(MODE_PROPAGATION_S)
+
+    low = [submit(f"slow {i}", model="gpt-4o-mini", priority="low") for i in range(6)]
+    default = [submit(f"normal {i}", model="gpt-4o-mini") for i in range(6)]
+    for handle in default + low:
+        handle.result(timeout=60)
+    # (finish times: a job's started_at is its first claim, before it was parked for its slot)
+    low_ends = sorted(records.get_job(h.id).finished_at.timestamp() for h in low)
+    default_ends = [records.get_job(h.id).finished_at.timestamp() for h in default]
+    # six low jobs need five intervals between their runs (a 20% margin for clock granularity)
+    assert low_ends[-1] - low_ends[0] >= 5 * (60.0 / per_minute) * 0.8
+    # default jobs did not wait for the low ones' schedule
+    assert max(default_ends) < low_ends[-1]
+    # each low job ran once on its reserved slot, not parked again and again
+    assert all(records.get_job(h.id).attempts == 1 for h in low)
+
+
+def test_degraded_answers_repeated_requests_from_the_cache_even_when_not_deterministic(
+    llm_worker: Any, fake_provider: Any, mode: SystemOperationMode
+) -> None:
+    prompt = f"creative {time.time()}"
+    first = submit(prompt, model="gpt-4o-mini", temperature=0.9).result(timeout=30)
+    assert first.cached is False
+    # NORMAL does not serve a non-deterministic request from the cache
+    assert submit(prompt, model="gpt-4o-mini", temperature=0.9).result(timeout=30).cached is False
+    calls = fake_provider.stats()["by_model"]["gpt-4o-mini"]
+
+    mode.set_override("DEGRADED", 120, reason="test")
+    time.sleep(MODE_PROPAGATION_S)
+    again = submit(prompt, model="gpt-4o-mini", temperature=0.9).result(timeout=30)
+    assert again.cached is True and again.text == first.text
+    assert fake_provider.stats()["by_model"]["gpt-4o-mini"] == calls
+    # a job that opted out of the cache still calls the provider
+    assert (
+        submit(prompt, model="gpt-4o-mini", temperature=0.9, cache=False).result(timeout=30).cached is False
+    )

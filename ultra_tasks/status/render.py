@@ -1,0 +1,117 @@
+"""The fleet snapshot as rich tables, for `ultra status`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+_MODE_STYLE = {"NORMAL": "bold green", "DEGRADED": "bold yellow", "EMERGENCY": "bold red"}
+_STATUS_STYLE = {"ok": "green", "degraded": "yellow", "critical": "red"}
+_BREAKER_STYLE = {"closed": "green", "half-open": "yellow", "open": "red", "forced-open": "red"}
+#: mode changes shown (the JSON has up to 50)
+TIMELINE_SHOWN = 5
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _secs(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}s"
+
+
+def _styled(text: str, styles: dict[str, str]) -> str:
+    style = styles.get(text)
+    return f"[{style}]{text}[/{style}]" if style else text
+
+
+def render_snapshot(snap: dict[str, Any], console: Console) -> None:
+    """Mode and reasons, then a table per part the snapshot has (``errors`` are the caller's to show)."""
+    mode = snap["mode"]
+    line = f"mode: {_styled(mode['mode'], _MODE_STYLE)}"
+    if mode.get("override"):
+        line += f"  (operator override until {mode['override']['until']})"
+    if mode.get("changed_at"):
+        line += f"  since {mode['changed_at']}"
+    if mode.get("source") == "redis":
+        line += "  [dim](from the Redis mirror)[/dim]"
+    console.print(line, highlight=False)
+    for reason in mode.get("reasons") or []:
+        console.print(
+            f"  {reason.get('component')}: {reason.get('status')} - {reason.get('reason')}",
+            highlight=False,
+            markup=False,
+        )
+
+    if "components" in snap and not snap["components"]:
+        console.print("components: none reported yet (health checks run on beat)", highlight=False)
+    elif "components" in snap:
+        table = Table("component", "kind", "status", "reason", "at", title="components")
+        for c in snap["components"]:
+            table.add_row(
+                Text(c["component"]),
+                c["kind"],
+                _styled(c["status"], _STATUS_STYLE),
+                Text(c["reason"]),
+                c["at"],
+            )
+        console.print(table)
+
+    if "breakers" in snap and not snap["breakers"]:
+        console.print("circuit breakers: none used yet", highlight=False)
+    elif "breakers" in snap:
+        table = Table(
+            "breaker", "state", "consecutive failures", "successes", "failures", "rejections", "success rate",
+            title="circuit breakers",
+        )  # fmt: skip
+        for b in snap["breakers"]:
+            table.add_row(
+                Text(b["name"]),
+                _styled(b["state"], _BREAKER_STYLE),
+                str(b["failure_count"]),
+                str(b["successes"]),
+                str(b["failures"]),
+                str(b["rejections"]),
+                _pct(b["success_rate"]),
+            )
+        console.print(table)
+
+    if "queues" in snap:
+        table = Table("queue", "waiting", "parked", title="queues")
+        for name, q in snap["queues"].items():
+            table.add_row(name, str(q["depth"]), str(q["parked"]))
+        console.print(table)
+
+    if "queue_stats" in snap:
+        s = snap["queue_stats"]
+        table = Table(
+            "processed", "succeeded", "failed", "per second", "success rate", "avg wait", "max wait",
+            title=f"last {s['window_s']:g}s",
+        )  # fmt: skip
+        table.add_row(
+            str(s["processed"]),
+            str(s["succeeded"]),
+            str(s["failed"]),
+            f"{s['processing_rate_per_s']:.3g}",
+            _pct(s["success_rate"]),
+            _secs(s["avg_wait_s"]),
+            _secs(s["max_wait_s"]),
+        )
+        console.print(table)
+
+    cache = snap.get("cache") or {}
+    if cache:
+        table = Table("cache level", "hits", "misses", "hit rate", title="cache (fleet-wide)")
+        for level, c in cache.items():
+            table.add_row(level, str(c.get("hits", 0)), str(c.get("misses", 0)), _pct(c.get("hit_rate")))
+        console.print(table)
+    elif "redis" not in snap["errors"]:
+        console.print("cache: no fleet-wide counters reported yet", highlight=False)
+
+    if snap.get("timeline"):
+        console.print("mode changes, newest first:", highlight=False)
+    for change in (snap.get("timeline") or [])[:TIMELINE_SHOWN]:
+        console.print(f"  {change['at']}  {change['from']} -> {change['to']}", highlight=False)

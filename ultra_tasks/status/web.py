@@ -1,0 +1,356 @@
+"""The status web app (aiohttp): a page for people, its JSON, Prometheus metrics, and probes.
+
+- ``/``: the current mode with a banner (``#mode-banner``, class ``mode-normal``, ``mode-degraded`` or
+  ``mode-emergency``), the component table (``#components``), breaker states (``#breakers``), queue
+  depths with parked jobs (``#queues``), queue statistics, fleet cache counters and the timeline of mode
+  changes (``#timeline``).
+  It reloads itself every ``REFRESH_S`` seconds; everything shown is HTML-escaped (component reasons are
+  text from checks and providers).
+- ``/status.json``: the fleet snapshot (ultra_tasks/status/snapshot.py).
+- ``/metrics``: the fleet's Prometheus metrics (ultra_tasks/metrics/).
+- ``/healthz``: 200 while this process serves; ``/readyz``: 200 only when Redis and the database answer
+  within ``READY_TIMEOUT_S``, else 503 with the reason in JSON.
+
+``ultra status-server --host 127.0.0.1 --port 8088`` runs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from html import escape
+from typing import Any
+
+from aiohttp import web
+
+from ultra_tasks.metrics import FleetCollector, fleet_registry
+
+log = logging.getLogger(__name__)
+
+#: seconds between the page's reloads
+REFRESH_S = 5
+#: seconds /readyz waits for Redis and for the database
+READY_TIMEOUT_S = 2.0
+#: seconds a page or JSON request waits for the snapshot (its own parts time out sooner)
+SNAPSHOT_TIMEOUT_S = 15.0
+#: seconds a scrape may take in all (each part of it has its own, shorter bound)
+METRICS_TIMEOUT_S = 15.0
+BANNER_TEXT = {
+    "NORMAL": "All systems operating normally.",
+    "DEGRADED": "Some components are unhealthy; the fleet runs with reduced service.",
+    "EMERGENCY": "Critical components are down; only essential work runs.",
+    "UNKNOWN": "Neither the database nor Redis could be read.",
+}
+SECURITY_HEADERS = {
+    # no script at all, inline styles only: a reason text that slipped past escaping could still not run
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+SnapshotReader = Callable[[], dict[str, Any]]
+SNAPSHOT_KEY: web.AppKey[SnapshotReader] = web.AppKey("snapshot")
+COLLECTOR_KEY = web.AppKey("collector", FleetCollector)
+
+
+def _default_snapshot() -> dict[str, Any]:
+    from ultra_tasks.status.snapshot import fleet_snapshot
+
+    return fleet_snapshot()
+
+
+# --- handlers -------------------------------------------------------------------------------------------
+async def _snapshot(request: web.Request) -> dict[str, Any]:
+    read = request.app[SNAPSHOT_KEY]
+    try:
+        snap: dict[str, Any] = await asyncio.wait_for(asyncio.to_thread(read), SNAPSHOT_TIMEOUT_S)
+    except TimeoutError:
+        snap = {
+            "generated_at": None,
+            "mode": {"mode": "UNKNOWN", "reasons": []},
+            "errors": {"snapshot": f"no snapshot within {SNAPSHOT_TIMEOUT_S:g}s"},
+        }
+    return snap
+
+
+async def page(request: web.Request) -> web.Response:
+    snap = await _snapshot(request)
+    return web.Response(text=render_page(snap), content_type="text/html", charset="utf-8")
+
+
+async def status_json(request: web.Request) -> web.Response:
+    snap = await _snapshot(request)
+    return web.json_response(snap, dumps=lambda obj: json.dumps(obj, default=str))
+
+
+async def metrics(request: web.Request) -> web.Response:
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    registry = fleet_registry(request.app[COLLECTOR_KEY])
+    try:
+        body = await asyncio.wait_for(asyncio.to_thread(generate_latest, registry), METRICS_TIMEOUT_S)
+    except TimeoutError:
+        raise web.HTTPServiceUnavailable(text=f"metrics not read within {METRICS_TIMEOUT_S:g}s") from None
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "alive"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    redis_check, db_check = await asyncio.gather(
+        _bounded("redis", _ping_redis), _bounded("database", _ping_database)
+    )
+    checks = {"redis": redis_check, "database": db_check}
+    ready = all(c["ok"] for c in checks.values())
+    body = {"ready": ready, "checks": checks}
+    if not ready:
+        body["reason"] = "; ".join(f"{name}: {c['error']}" for name, c in checks.items() if not c["ok"])
+    return web.json_response(body, status=200 if ready else 503)
+
+
+async def _bounded(name: str, check: Any) -> dict[str, Any]:
+    started = time.perf_counter()
+    try:
+        await asyncio.wait_for(asyncio.to_thread(check), READY_TIMEOUT_S)
+    except TimeoutError:
+        return {"ok": False, "error": f"no answer within {READY_TIMEOUT_S:g}s"}
+    except Exception as exc:
+        return {"ok": False, "error": " ".join(str(exc).split()) or type(exc).__name__}
+    return {"ok": True, "ms": round((time.perf_counter() - started) * 1000, 1)}
+
+
+def _ping_redis() -> None:
+    from ultra_tasks.redis_client import shared_redis
+
+    shared_redis().ping()
+
+
+def _ping_database() -> None:
+    from sqlalchemy import text
+
+    from ultra_tasks.db.engine import transaction
+
+    with transaction() as conn:
+        conn.execute(text("SELECT 1"))
+
+
+@web.middleware
+async def _headers(request: web.Request, handler: Any) -> web.StreamResponse:
+    response: web.StreamResponse = await handler(request)
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
+
+
+def make_app(
+    *, snapshot: SnapshotReader | None = None, collector: FleetCollector | None = None
+) -> web.Application:
+    """The app; ``snapshot`` (a no-argument function returning the snapshot dict) is replaceable."""
+    app = web.Application(middlewares=[_headers])
+    app[SNAPSHOT_KEY] = snapshot or _default_snapshot
+    app[COLLECTOR_KEY] = collector or FleetCollector()
+    app.router.add_get("/", page)
+    app.router.add_get("/status.json", status_json)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+
+    async def _close(app: web.Application) -> None:
+        app[COLLECTOR_KEY].close()
+
+    app.on_cleanup.append(_close)
+    return app
+
+
+def serve(host: str = "127.0.0.1", port: int = 8088) -> None:
+    """Run the status server until interrupted."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.info("status page on http://%s:%d/ (JSON /status.json, metrics /metrics)", host, port)
+    web.run_app(make_app(), host=host, port=port, print=None, access_log=None)
+
+
+# --- the page -------------------------------------------------------------------------------------------
+def _e(value: Any) -> str:
+    return escape("" if value is None else str(value), quote=True)
+
+
+def _css_word(value: Any) -> str:
+    """A class-name-safe word (statuses are from a small known set; anything else becomes 'unknown')."""
+    word = str(value or "unknown").lower()
+    return word if word.replace("-", "").isalpha() else "unknown"
+
+
+def _table(table_id: str, headers: list[str], rows: list[str], empty: str) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    body = "".join(rows) or f'<tr class="empty"><td colspan="{len(headers)}">{_e(empty)}</td></tr>'
+    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _reason_text(reason: Any) -> str:
+    if isinstance(reason, dict):
+        return f"{reason.get('component', '?')}: {reason.get('reason', '')}"
+    return str(reason)
+
+
+def _banner(mode: dict[str, Any]) -> str:
+    name = str(mode.get("mode") or "UNKNOWN").upper()
+    if name not in BANNER_TEXT:
+        name = "UNKNOWN"
+    reasons = "".join(f"<li>{_e(_reason_text(r))}</li>" for r in mode.get("reasons") or [])
+    override = mode.get("override")
+    extra = ""
+    if isinstance(override, dict):
+        extra = f'<p id="mode-override">Operator override: {_e(override.get("mode"))} until '
+        extra += f"{_e(override.get('until'))}</p>"
+    changed = f'<p class="since">since {_e(mode.get("changed_at"))}</p>' if mode.get("changed_at") else ""
+    return (
+        f'<header id="mode-banner" class="mode-banner mode-{name.lower()}" role="status" '
+        f'data-mode="{_e(name)}"><h1><span id="mode-name">{_e(name)}</span></h1>'
+        f'<p id="mode-summary">{_e(BANNER_TEXT[name])}</p>{changed}{extra}'
+        f'<ul id="mode-reasons">{reasons}</ul></header>'
+    )
+
+
+def _components(snap: dict[str, Any]) -> str:
+    rows = [
+        f'<tr class="status-{_css_word(c.get("status"))}" data-component="{_e(c.get("component"))}">'
+        f"<td>{_e(c.get('component'))}</td><td>{_e(c.get('kind'))}</td>"
+        f'<td class="status">{_e(c.get("status"))}</td><td>{_e(c.get("severity"))}</td>'
+        f"<td>{_e(c.get('reason'))}</td><td>{_e(c.get('at'))}</td></tr>"
+        for c in snap.get("components") or []
+    ]
+    missing = "not available (database unreadable)" if "components" not in snap else "no component reported"
+    return _table("components", ["component", "kind", "status", "severity", "reason", "at"], rows, missing)
+
+
+def _breakers(snap: dict[str, Any]) -> str:
+    rows = []
+    for b in snap.get("breakers") or []:
+        rate = b.get("success_rate")
+        rows.append(
+            f'<tr class="breaker-{_css_word(b.get("state"))}" data-breaker="{_e(b.get("name"))}">'
+            f'<td>{_e(b.get("name"))}</td><td class="state">{_e(b.get("state"))}</td>'
+            f"<td>{_e(b.get('failure_count'))}</td><td>{_e(b.get('successes'))}</td>"
+            f"<td>{_e(b.get('failures'))}</td><td>{_e(b.get('rejections'))}</td>"
+            f"<td>{'' if rate is None else _e(f'{rate:.1%}')}</td>"
+            f"<td>{_e(b.get('last_failure_at'))}</td></tr>"
+        )
+    missing = "not available (Redis unreadable)" if "breakers" not in snap else "no breaker used yet"
+    headers = ["breaker", "state", "consecutive failures", "successes", "failures", "rejections"]
+    return _table("breakers", [*headers, "success rate", "last failure"], rows, missing)
+
+
+def _queues(snap: dict[str, Any]) -> str:
+    queues = snap.get("queues") or {}
+    rows = [
+        f'<tr data-queue="{_e(name)}"><td>{_e(name)}</td><td class="depth">{_e(q.get("depth"))}</td>'
+        f'<td class="parked">{_e(q.get("parked"))}</td></tr>'
+        for name, q in queues.items()
+        if isinstance(q, dict)
+    ]
+    missing = "not available (Redis or broker unreadable)"
+    table = _table("queues", ["queue", "waiting", "parked"], rows, missing)
+    stats = snap.get("queue_stats")
+    if not isinstance(stats, dict):
+        return table
+    labels = [
+        ("processed", "jobs ended"),
+        ("succeeded", "succeeded"),
+        ("failed", "failed"),
+        ("processing_rate_per_s", "jobs / s"),
+        ("success_rate", "success rate"),
+        ("avg_wait_s", "average wait (s)"),
+        ("max_wait_s", "longest wait (s)"),
+    ]
+    cells = "".join(
+        f'<tr data-stat="{key}"><th>{_e(label)}</th><td>{_e(_number(stats.get(key)))}</td></tr>'
+        for key, label in labels
+    )
+    window = _e(_number(stats.get("window_s")))
+    return f'{table}<table id="queue-stats"><caption>last {window} s</caption><tbody>{cells}</tbody></table>'
+
+
+def _number(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def _cache(snap: dict[str, Any]) -> str:
+    cache = snap.get("cache") or {}
+    levels = cache.get("levels", cache) if isinstance(cache, dict) else {}
+    rows = [
+        f'<tr data-level="{_e(level)}"><td>{_e(level)}</td><td>{_e(s.get("hits"))}</td>'
+        f"<td>{_e(s.get('misses'))}</td><td>{_e(_number(s.get('hit_rate')))}</td></tr>"
+        for level, s in levels.items()
+        if isinstance(s, dict)
+    ]
+    return _table("cache", ["level", "hits", "misses", "hit rate"], rows, "no cache counters reported yet")
+
+
+def _timeline(snap: dict[str, Any]) -> str:
+    rows = [
+        f'<tr class="to-{_css_word(str(t.get("to", "")).lower())}"><td>{_e(t.get("at"))}</td>'
+        f"<td>{_e(t.get('from'))}</td><td>{_e(t.get('to'))}</td>"
+        f"<td>{_e('; '.join(_reason_text(r) for r in t.get('reasons') or []))}</td></tr>"
+        for t in snap.get("timeline") or []
+    ]
+    missing = "not available (database unreadable)" if "timeline" not in snap else "no mode change yet"
+    return _table("timeline", ["at", "from", "to", "reasons"], rows, missing)
+
+
+def _errors(snap: dict[str, Any]) -> str:
+    errors = snap.get("errors") or {}
+    if not errors:
+        return ""
+    items = "".join(f"<li><b>{_e(k)}</b>: {_e(v)}</li>" for k, v in errors.items())
+    return f'<section id="errors" class="errors"><h2>Unreadable right now</h2><ul>{items}</ul></section>'
+
+
+STYLE = """
+body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#1d232a;background:#f6f7f9}
+main{padding:0 24px 24px}
+.mode-banner{padding:16px 24px;color:#fff}
+.mode-banner h1{margin:0;font-size:28px;letter-spacing:.05em}
+.mode-banner p,.mode-banner ul{margin:4px 0}
+.mode-normal{background:#1e7d3a}.mode-degraded{background:#b86e00}.mode-emergency{background:#b3141b}
+.mode-unknown{background:#555}
+section{margin-top:20px}h2{font-size:16px;margin:0 0 6px}
+table{border-collapse:collapse;background:#fff;min-width:50%}
+th,td{border:1px solid #d8dce1;padding:4px 8px;text-align:left;vertical-align:top}
+thead th{background:#eceff3}
+.status-ok .status,.breaker-closed .state{color:#1e7d3a;font-weight:600}
+.status-degraded .status,.breaker-half-open .state{color:#b86e00;font-weight:600}
+.status-critical .status,.breaker-open .state,.breaker-forced-open .state{color:#b3141b;font-weight:600}
+.errors{background:#fff4e5;border:1px solid #f0c27b;padding:8px 12px}
+footer{color:#6b7480;margin-top:24px}
+"""
+
+
+def render_page(snap: dict[str, Any]) -> str:
+    """The status page for ``snap`` (a fleet snapshot), every value escaped."""
+    mode = snap.get("mode") if isinstance(snap.get("mode"), dict) else {}
+    name = _e(str((mode or {}).get("mode") or "UNKNOWN").upper())
+    return (
+        "<!doctype html>\n"
+        f'<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="{REFRESH_S}">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>ultra-tasks: {name}</title><style>{STYLE}</style></head><body>"
+        f"{_banner(mode or {})}<main>{_errors(snap)}"
+        f"<section><h2>Components</h2>{_components(snap)}</section>"
+        f"<section><h2>Circuit breakers</h2>{_breakers(snap)}</section>"
+        f"<section><h2>Queues</h2>{_queues(snap)}</section>"
+        f"<section><h2>Cache</h2>{_cache(snap)}</section>"
+        f"<section><h2>Mode changes</h2>{_timeline(snap)}</section>"
+        f'<footer>generated <span id="generated-at">{_e(snap.get("generated_at"))}</span>; '
+        f'reloads every {REFRESH_S} s; <a href="status.json">JSON</a> · <a href="metrics">metrics</a>'
+        "</footer></main></body></html>\n"
+    )
