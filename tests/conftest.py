@@ -164,6 +164,32 @@ def redis_client() -> Iterator[object]:
     client.close()
 
 
+@pytest.fixture(autouse=True)
+def _normal_mode_after(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that leaves the operation mode worse than NORMAL (or overridden) must not make workers park
+    the next tests' jobs: the mode state is wiped after it."""
+    yield
+    if "database" not in request.fixturenames or not _state.get("db_ok"):
+        return
+    try:
+        from sqlalchemy import delete, select
+
+        from ultra_tasks import keys
+        from ultra_tasks.db.engine import session_scope
+        from ultra_tasks.db.models import ComponentStatus, ModeTransition, OperationModeRecord
+
+        with session_scope() as s:
+            record = s.execute(select(OperationModeRecord)).scalars().first()
+            if record is None or (record.mode == "NORMAL" and not record.override_mode):
+                return
+            for model in (ComponentStatus, ModeTransition, OperationModeRecord):
+                s.execute(delete(model))
+        redis.Redis.from_url(TEST_REDIS_URL).delete(keys.mode_current())
+        time.sleep(1.1)  # workers re-read the mode at most a second after it changed (ModeReader)
+    except Exception as exc:  # the test may have broken the database on purpose
+        print(f"could not reset the operation mode after {request.node.name}: {exc}")
+
+
 @pytest.fixture(scope="session")
 def database() -> str:
     """The session's SQL database URL, migrated to the newest schema."""

@@ -155,3 +155,25 @@ def worker_alive(identity: str) -> str:
     """String with expiry: present while the worker process ``identity`` (node name/pid) lives; a job
     claimed by a process whose key expired can be taken over at once (jobs/liveness.py)."""
     return f"{_ns()}:worker:alive:{identity}"
+
+
+def record_buffer() -> str:
+    """List: job-record writes made while the database was unreachable, oldest first (JSON), applied in
+    order when it answers again (jobs/record_buffer.py)."""
+    return f"{_ns()}:db:buffer"
+
+
+def record_buffer_inflight() -> str:
+    """List: the buffered write a flusher is applying (back to the head of the buffer if it dies)."""
+    return f"{_ns()}:db:buffer:inflight"
+
+
+def record_buffer_lock() -> str:
+    """Lock: held by the one process flushing the write buffer."""
+    return f"{_ns()}:db:buffer:lock"
+
+
+def job_claim(job_id: str) -> str:
+    """String with expiry: the worker process running a job while the database is unreachable (the job
+    table's claim cannot be taken then)."""
+    return f"{_ns()}:job:claim:{job_id}"

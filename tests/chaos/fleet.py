@@ -1,4 +1,4 @@
-"""Chaos test fleet: a whole fleet (worker, beat, producers) in subprocesses against services the test may kill.
+"""Chaos tests' fleet: worker, beat and producers in subprocesses, against services the test may kill.
 
 Each test gets its own Redis (a private redis-server with AOF, on a free loopback port) for broker, result
 backend and state, and its own SQLite job table (the embedded default), so an outage it causes hurts no
@@ -19,9 +19,8 @@ from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import create_engine, func, select
-
 from conftest import ON_CI, ROOT, _free_port
+from sqlalchemy import create_engine, func, select
 
 PRODUCER = Path(__file__).with_name("producer.py")
 
@@ -94,7 +93,9 @@ class Fleet:
     def db_url(self) -> str:
         return self.env["DATABASE_URL"]
 
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, argv: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(
             argv,
@@ -131,10 +132,21 @@ class Fleet:
         return proc
 
     def beat(self) -> subprocess.Popen[bytes]:
-        argv = [sys.executable, "-m", "celery", "-A", "ultra_tasks", "beat", "-s", str(self.tmp / "beat-schedule")]
+        argv = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "ultra_tasks",
+            "beat",
+            "-s",
+            str(self.tmp / "beat-schedule"),
+        ]
         return self._spawn("beat", [*argv, "--loglevel", "INFO"])
 
-    def producer(self, name: str, count: int, ids_file: Path, pause_s: float = 0.0) -> subprocess.Popen[bytes]:
+    def producer(
+        self, name: str, count: int, ids_file: Path, pause_s: float = 0.0
+    ) -> subprocess.Popen[bytes]:
         argv = [sys.executable, str(PRODUCER), str(count), str(ids_file), name, str(pause_s)]
         return self._spawn(name, argv)
 
@@ -181,8 +193,8 @@ class Fleet:
                 proc.wait(5)
 
 
-@pytest.fixture
-def aof_redis(tmp_path: Path) -> Iterator[AofRedis]:
+@pytest.fixture(name="aof_redis")
+def aof_redis_fixture(tmp_path: Path) -> Iterator[AofRedis]:
     if subprocess.run(["which", "redis-server"], capture_output=True).returncode != 0:
         if ON_CI:
             pytest.fail("redis-server binary not installed")
@@ -193,8 +205,8 @@ def aof_redis(tmp_path: Path) -> Iterator[AofRedis]:
     server.stop()
 
 
-@pytest.fixture
-def fleet(tmp_path: Path, aof_redis: AofRedis, fake_provider: Any) -> Iterator[Fleet]:
+@pytest.fixture(name="fleet")
+def fleet_fixture(tmp_path: Path, aof_redis: AofRedis, fake_provider: Any) -> Iterator[Fleet]:
     env = {
         **os.environ,
         "REDIS_URL": aof_redis.url,

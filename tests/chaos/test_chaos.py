@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fleet import AofRedis, Fleet, aof_redis, fleet  # noqa: F401 - fixtures
+from fleet import AofRedis, Fleet, aof_redis_fixture, fleet_fixture  # noqa: F401 - the fixtures
 from producer import MODEL
 
 from ultra_tasks import JobStatus, submit
@@ -106,7 +106,9 @@ def test_broker_stopped_while_producers_submit_accepted_jobs_run_after_it_return
         accepted = set(_ids(ids_file))
         assert len(accepted) == 120
         fleet.wait_until(
-            lambda: fleet.count(JobStatus.SUCCEEDED.value) == len(accepted), 180, "every accepted job to succeed"
+            lambda: fleet.count(JobStatus.SUCCEEDED.value) == len(accepted),
+            180,
+            "every accepted job to succeed",
         )
         assert set(fleet.jobs()) == accepted
         assert "sweeper republished" in fleet.log("worker")  # the outbox, not luck, delivered them

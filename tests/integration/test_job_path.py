@@ -63,7 +63,8 @@ def test_job_record_tracks_request_result_provider_attempts_and_timings(llm_work
     assert record["provider"] == "openai" and record["model_used"] == "gpt-4o"
     assert record["attempts"] == 1
     assert record["created_at"] <= record["started_at"] <= record["finished_at"]
-    assert record["worker"] == llm_worker.name
+    # the worker process that ran it: its node name and pid (a restart under the same name is another)
+    assert record["worker"] == f"{llm_worker.name}/{llm_worker.proc.pid}"
 
 
 def test_result_and_status_work_from_another_process_given_the_id(llm_worker: Any) -> None:

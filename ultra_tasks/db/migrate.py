@@ -71,9 +71,13 @@ def _upgrade_locked(engine: Engine) -> None:
                 command.upgrade(cfg, "head")
     else:
         with engine.connect() as lock_conn:
+            # waiting for another process's migration, and the migration itself, may take longer than the
+            # statement timeout that protects ordinary queries
+            lock_conn.execute(text("SET statement_timeout = 0"))
             lock_conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _PG_LOCK_KEY})
             try:
                 with engine.begin() as conn:
+                    conn.execute(text("SET LOCAL statement_timeout = 0"))
                     cfg.attributes["connection"] = conn
                     command.upgrade(cfg, "head")
             finally:

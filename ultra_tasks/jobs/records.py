@@ -98,8 +98,8 @@ def mark_published(job_id: str) -> None:
         conn.execute(update(jobs).where(jobs.c.id == job_id).values(published_at=utcnow()))
 
 
-def mark_expired(job_id: str) -> None:
-    now = utcnow()
+def mark_expired(job_id: str, at: datetime | None = None) -> None:
+    now = at or utcnow()
     with transaction() as conn:
         conn.execute(
             update(jobs)
@@ -291,10 +291,28 @@ def take_over(job_id: str, dead_holder: str, worker: str | None) -> RunStart | N
     return RunStart(JobStatus.RUNNING, int(row.attempts), expires_at=expires, queue=row.queue)
 
 
-def mark_parked(job_id: str, wait_s: float, reason: str, calls: int = 0) -> None:
+def mark_started(job_id: str, worker: str | None, at: datetime) -> None:
+    """A run that started while the database was down, recorded afterwards (from the write buffer):
+    only a job still waiting takes it; one that already finished keeps its outcome."""
+    with transaction() as conn:
+        conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.status.in_((JobStatus.QUEUED.value, JobStatus.PARKED.value)))
+            .values(
+                status=JobStatus.RUNNING.value,
+                started_at=func.coalesce(jobs.c.started_at, at),
+                worker=worker,
+                updated_at=at,
+                parked_until=None,
+                status_reason=None,
+            )
+        )
+
+
+def mark_parked(job_id: str, wait_s: float, reason: str, calls: int = 0, at: datetime | None = None) -> None:
     """The job cannot run now: parked for ``wait_s`` (or until what it waits for recovers), with why,
     keeping the count of provider calls this run made."""
-    now = utcnow()
+    now = at or utcnow()
     with transaction() as conn:
         conn.execute(
             update(jobs)
@@ -320,8 +338,8 @@ def mark_released(job_id: str) -> None:
         )
 
 
-def mark_succeeded(job_id: str, result: dict[str, Any], calls: int = 0) -> None:
-    now = utcnow()
+def mark_succeeded(job_id: str, result: dict[str, Any], calls: int = 0, at: datetime | None = None) -> None:
+    now = at or utcnow()
     with transaction() as conn:
         conn.execute(
             update(jobs)
@@ -340,8 +358,8 @@ def mark_succeeded(job_id: str, result: dict[str, Any], calls: int = 0) -> None:
         )
 
 
-def mark_failed(job_id: str, error: dict[str, Any], calls: int = 0) -> None:
-    now = utcnow()
+def mark_failed(job_id: str, error: dict[str, Any], calls: int = 0, at: datetime | None = None) -> None:
+    now = at or utcnow()
     with transaction() as conn:
         conn.execute(
             update(jobs)

@@ -1,0 +1,59 @@
+"""PostgreSQL stopped while jobs run: workers keep completing them, their record writes wait in Redis, and
+after the database returns the job table holds the whole history."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import pytest
+
+from ultra_tasks import JobStatus, submit
+from ultra_tasks.config import reset_settings
+from ultra_tasks.db.migrate import upgrade_schema
+from ultra_tasks.jobs import records
+from ultra_tasks.jobs.record_buffer import RecordWriter
+
+pytestmark = [pytest.mark.timeout(240), pytest.mark.usefixtures("closed_provider_breakers")]
+
+
+def test_jobs_complete_while_postgres_is_down_and_their_records_arrive_after_it_returns(
+    private_postgres: Any, worker_factory: Any, fake_provider: Any, redis_client: Any
+) -> None:
+    # This test's producer and worker use a private PostgreSQL it can stop
+    os.environ["DATABASE_URL"] = private_postgres.url
+    reset_settings()
+    upgrade_schema()
+    worker_factory(concurrency=4, env={"DATABASE_URL": private_postgres.url})
+    writer = RecordWriter(redis_client)
+    assert writer.depth() == 0
+
+    fake_provider.add_fault("latency", model="gpt-4.1-mini", ms=700)
+    handles = [submit(f"outage {i}", model="gpt-4.1-mini") for i in range(16)]
+    time.sleep(0.3)  # the first four are running
+    private_postgres.stop()
+
+    # Jobs still complete (their results come from the result backend) ...
+    results = [h.result(timeout=60) for h in handles]
+    assert [r.text for r in results] == [f"echo: outage {i}" for i in range(16)]
+    # ... and what they would have written to the job table waits in Redis
+    assert writer.depth() > 0
+    with pytest.raises(Exception, match="database"):
+        records.get_job(handles[-1].id)
+
+    private_postgres.start()
+    deadline = time.monotonic() + 60
+    while writer.depth() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert writer.depth() == 0
+    for handle, result in zip(handles, results, strict=True):
+        record = handle.record()
+        assert record["status"] == JobStatus.SUCCEEDED.value, record
+        assert record["result"]["text"] == result.text
+        assert record["provider"] == "openai" and record["model_used"] == "gpt-4.1-mini"
+        assert record["started_at"] and record["finished_at"]
+        assert record["started_at"] <= record["finished_at"]
+        assert record["worker"]
+    # each job called the provider once: no run was repeated because its record was late
+    assert fake_provider.stats()["by_model"]["gpt-4.1-mini"] == len(handles)
