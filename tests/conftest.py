@@ -99,6 +99,7 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         url, drop = _make_database(tmp)
         os.environ["DATABASE_URL"] = url
+        _state["db_url"] = url
         _state["drop_db"] = drop
         _state["db_ok"] = True
     except Exception as exc:  # reported by the fixtures that need it
@@ -175,10 +176,11 @@ def _normal_mode_after(request: pytest.FixtureRequest) -> Iterator[None]:
         from sqlalchemy import delete, select
 
         from ultra_tasks import keys
-        from ultra_tasks.db.engine import session_scope
+        from ultra_tasks.db.engine import get_engine, session_scope
         from ultra_tasks.db.models import ComponentStatus, ModeTransition, OperationModeRecord
 
-        with session_scope() as s:
+        # the session's database, whatever the test pointed DATABASE_URL at
+        with session_scope(get_engine(str(_state["db_url"]))) as s:
             record = s.execute(select(OperationModeRecord)).scalars().first()
             if record is None or (record.mode == "NORMAL" and not record.override_mode):
                 return

@@ -49,11 +49,13 @@ _threads: list[Any] = []
 
 @worker_ready.connect
 def _start_worker_threads(sender: Any = None, **_: Any) -> None:
-    # Every worker says it is alive (so jobs it held are taken over at once if it dies) and releases
-    # parked jobs that are due (any number may: each job is claimed by one releaser).
+    # Every worker says it is alive (so jobs it held are taken over at once if it dies), releases parked
+    # jobs that are due (any number may: each job is claimed by one releaser) and applies job-record
+    # writes buffered while the database was down (one flusher at a time, under a lock).
     from ultra_tasks.config import get_settings
     from ultra_tasks.jobs.liveness import Heartbeat, identity
     from ultra_tasks.jobs.parking import Releaser
+    from ultra_tasks.jobs.record_buffer import BufferFlusher
     from ultra_tasks.jobs.submit import publish_released
     from ultra_tasks.redis_client import shared_redis
 
@@ -61,7 +63,9 @@ def _start_worker_threads(sender: Any = None, **_: Any) -> None:
     client = shared_redis(settings.redis_url)
     heartbeat = Heartbeat(client, identity(getattr(sender, "hostname", None)))
     heartbeat.beat()
-    _threads.extend([heartbeat, Releaser(client, publish_released, settings.park_release_poll)])
+    _threads.extend(
+        [heartbeat, Releaser(client, publish_released, settings.park_release_poll), BufferFlusher(client)]
+    )
     for thread in _threads:
         thread.start()
 

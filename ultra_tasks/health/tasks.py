@@ -54,14 +54,17 @@ def sweep() -> int:
     twice returns its recorded outcome the second time."""
     from ultra_tasks.jobs import records
     from ultra_tasks.jobs.liveness import ALIVE_TTL_S, is_dead
+    from ultra_tasks.jobs.record_buffer import RecordWriter
     from ultra_tasks.jobs.submit import publish
 
     settings = get_settings()
+    client = breaker_redis()
+    # writes buffered while the database was down go first: the sweeps below read the table
+    RecordWriter(client).flush()
     due = records.jobs_to_republish(UNPUBLISHED_GRACE_S, settings.job_time_limit + RUNNING_GRACE_S)
     # Jobs held by a worker process that died (its liveness key expired): at once, rather than after the
     # broker's visibility timeout (an hour by default) or the stale-claim grace. The run that gets the
     # message takes the claim over (runner.py).
-    client = breaker_redis()
     verdicts: dict[str, bool] = {}
     for job_id, queue, payload, holder in records.running_jobs(ALIVE_TTL_S):
         if holder not in verdicts:

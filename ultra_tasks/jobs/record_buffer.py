@@ -60,7 +60,7 @@ class RecordWriter:
             return True
         except DependencyUnavailableError as exc:
             self.buffer(op, job_id, at, **args)
-            log.warning("job %s: %s recorded in the write buffer (database: %s)", job_id, op, exc.reason)
+            log.warning("job %s: %s kept in the write buffer (%s)", job_id, op, exc)
             return False
 
     def buffer(self, op: str, job_id: str, at: datetime, **args: Any) -> None:
@@ -86,9 +86,12 @@ class RecordWriter:
             while self.client.lmove(keys.record_buffer_inflight(), keys.record_buffer(), "RIGHT", "LEFT"):
                 pass
             while applied < limit:
-                raw = self.client.lmove(keys.record_buffer(), keys.record_buffer_inflight(), "LEFT", "RIGHT")
-                if raw is None:
+                moved = self.client.lmove(
+                    keys.record_buffer(), keys.record_buffer_inflight(), "LEFT", "RIGHT"
+                )
+                if moved is None:
                     break
+                raw = str(moved)
                 entry = json.loads(raw)
                 try:
                     _APPLY[entry["op"]](

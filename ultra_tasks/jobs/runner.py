@@ -11,11 +11,13 @@ back: mode/effects.py) comes back as a *parked* outcome; the task parks it in Re
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from typing import Any
 
+from ultra_tasks import keys
 from ultra_tasks.cache.llm import NAMESPACE as CACHE_NAMESPACE
 from ultra_tasks.cache.llm import FillLock, is_cacheable, job_cache, request_digest
 from ultra_tasks.clock import utcnow
@@ -24,11 +26,12 @@ from ultra_tasks.errors import DependencyUnavailableError, NoProviderAvailableEr
 from ultra_tasks.jobs import records
 from ultra_tasks.jobs.liveness import is_dead
 from ultra_tasks.jobs.models import JobResult, JobStatus
+from ultra_tasks.jobs.record_buffer import RecordWriter
 from ultra_tasks.keys import QUEUE_DEFAULT
 from ultra_tasks.mode.effects import ModeEffects
 from ultra_tasks.providers.base import LLMRequest
 from ultra_tasks.providers.registry import ProviderRegistry, default_registry
-from ultra_tasks.redis_client import shared_redis
+from ultra_tasks.redis_client import REDIS_DOWN, shared_redis
 from ultra_tasks.resilience.breaker import breaker_redis
 from ultra_tasks.resilience.chains import chain_for
 from ultra_tasks.resilience.pipeline import ChainFailed, ResilientCaller
@@ -98,9 +101,23 @@ def execute_job(
 ) -> dict[str, Any]:
     """Run the job and return its outcome: a JobResult dict, a failed outcome, or a parked one.
 
-    ``queue`` is the queue the message came from (it decides what the operation mode allows)."""
+    ``queue`` is the queue the message came from (it decides what the operation mode allows).
+    With the database unreachable the job still runs (see ``_claim_without_database``)."""
     settings = settings or get_settings()
-    record = records.mark_running(job_id, worker, stale_after_s=settings.job_time_limit + 60)
+    writer = RecordWriter(shared_redis(settings.redis_url))
+    try:
+        record = records.mark_running(job_id, worker, stale_after_s=settings.job_time_limit + 60)
+    except DependencyUnavailableError as exc:
+        return _execute_without_database(
+            job_id,
+            payload,
+            exc,
+            queue=queue,
+            worker=worker,
+            caller=caller,
+            effects=effects,
+            settings=settings,
+        )
     if record is None:
         log.warning("job %s is not in the job table; running it unrecorded", job_id)
     elif record.status is JobStatus.SUCCEEDED and record.result:
@@ -119,10 +136,71 @@ def execute_job(
         if record is None or not record.claimed:
             log.info("job %s is running elsewhere; this duplicate delivery does nothing", job_id)
             return {"job_id": job_id, "status": "duplicate"}
+    return _run(job_id, payload, record, queue, worker, caller, effects, settings, writer)
+
+
+def _execute_without_database(
+    job_id: str,
+    payload: dict[str, Any],
+    cause: DependencyUnavailableError,
+    *,
+    queue: str | None,
+    worker: str | None,
+    caller: ResilientCaller | None,
+    effects: ModeEffects | None,
+    settings: Settings,
+) -> dict[str, Any]:
+    """Run a job while the job table is unreachable: the message carries the request, a Redis key stands
+    in for the table's claim (so a duplicate message still does nothing), the result backend tells
+    whether an earlier run finished, and every record write goes to the write buffer. What cannot be
+    known meanwhile is the job's earlier provider calls: its attempt budget starts afresh."""
+    from celery.result import AsyncResult
+
+    from ultra_tasks.celery_app import app
+
+    client = shared_redis(settings.redis_url)
+    writer = RecordWriter(client)
+    try:
+        earlier = AsyncResult(job_id, app=app)
+        if earlier.successful() and isinstance(earlier.result, dict):
+            return dict(earlier.result)
+        claim = keys.job_claim(job_id)
+        holder = worker or "unknown"
+        if not client.set(claim, holder, nx=True, ex=settings.job_time_limit + 60):
+            current = client.get(claim)
+            if current != holder and not (current and is_dead(client, str(current))):
+                log.info("job %s is running elsewhere; this duplicate delivery does nothing", job_id)
+                return {"job_id": job_id, "status": "duplicate"}
+            client.set(claim, holder, ex=settings.job_time_limit + 60)
+    except REDIS_DOWN as exc:
+        raise DependencyUnavailableError("redis", f"{exc} (and {cause})") from exc
+    log.warning("job %s runs while the job table is unreachable; its records are buffered", job_id)
+    writer.buffer("started", job_id, utcnow(), worker=worker)
+    try:
+        record = records.RunStart(JobStatus.RUNNING, 0)
+        return _run(job_id, payload, record, queue, worker, caller, effects, settings, writer)
+    finally:
+        with contextlib.suppress(*REDIS_DOWN):
+            if client.get(claim) == holder:
+                client.delete(claim)
+
+
+def _run(
+    job_id: str,
+    payload: dict[str, Any],
+    record: records.RunStart | None,
+    queue: str | None,
+    worker: str | None,
+    caller: ResilientCaller | None,
+    effects: ModeEffects | None,
+    settings: Settings,
+    writer: RecordWriter,
+) -> dict[str, Any]:
+    """The run itself, once the job is claimed (``record`` None: the job was never recorded)."""
     calls_before = record.attempts if record is not None else 0
     if record is not None and record.expires_at is not None and utcnow() >= record.expires_at:
         log.info("job %s expired before it ran", job_id)
-        records.mark_expired(job_id)
+        writer.write("expired", job_id)
         return {"job_id": job_id, "status": JobStatus.EXPIRED.value}
 
     # the job's own queue is authoritative (the starvation guard moves jobs up); else the message's
@@ -152,12 +230,14 @@ def execute_job(
             served_ms = (time.perf_counter() - started) * 1000
             result = _result(job_id, hit, calls=calls_before, latency_ms=served_ms, cached=True)
             if record is not None:
-                records.mark_succeeded(job_id, result)
+                writer.write("succeeded", job_id, result=result)
             return result
 
     if not admission.run:
         log.info("job %s parked for %.1fs: %s", job_id, admission.wait_s, admission.reason)
-        return _park(job_id, record, queue, admission.wait_s, admission.reason, 0, admission.slot_reserved)
+        return _park(
+            writer, job_id, record, queue, admission.wait_s, admission.reason, 0, admission.slot_reserved
+        )
 
     caller = caller or resilient_caller(settings=settings)
     budget = AttemptBudget(max(0, settings.effective_attempt_budget - calls_before))
@@ -177,7 +257,7 @@ def execute_job(
             cache.put_sync(digest, answer, CACHE_NAMESPACE)
     except NoProviderAvailableError as exc:
         log.info("job %s parked: %s", job_id, exc)
-        return _park(job_id, record, queue, exc.retry_after, str(exc), budget.used, False)
+        return _park(writer, job_id, record, queue, exc.retry_after, str(exc), budget.used, False)
     except ChainFailed as exc:
         error = {
             **exc.error.to_dict(),
@@ -186,7 +266,7 @@ def execute_job(
         }
         log.warning("job %s failed: %s", job_id, exc.error)
         if record is not None:
-            records.mark_failed(job_id, error, calls=budget.used)
+            writer.write("failed", job_id, error=error, calls=budget.used)
         return failed_outcome(job_id, error)
     except DependencyUnavailableError:
         raise  # the task retries the whole run once the dependency is back
@@ -200,7 +280,7 @@ def execute_job(
             "provider_calls": calls_before + budget.used,
         }
         if record is not None:
-            records.mark_failed(job_id, error, calls=budget.used)
+            writer.write("failed", job_id, error=error, calls=budget.used)
         return failed_outcome(job_id, error)
     finally:
         if fill_lock is not None:
@@ -215,11 +295,12 @@ def execute_job(
         attempt_errors=outcome.attempts,
     )
     if record is not None:
-        records.mark_succeeded(job_id, result, calls=budget.used)
+        writer.write("succeeded", job_id, result=result, calls=budget.used)
     return result
 
 
 def _park(
+    writer: RecordWriter,
     job_id: str,
     record: records.RunStart | None,
     queue: str,
@@ -230,7 +311,7 @@ def _park(
 ) -> dict[str, Any]:
     """Record the job as parked (the task then parks it in Redis) and say so."""
     if record is not None:
-        records.mark_parked(job_id, wait_s, reason, calls=calls)
+        writer.write("parked", job_id, wait_s=wait_s, reason=reason, calls=calls)
     return parked_outcome(job_id, queue, wait_s, reason, slot_reserved=slot_reserved)
 
 
