@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -14,7 +15,15 @@ from typing import Any
 import pytest
 from sqlalchemy import delete
 
-from ultra_tasks import CircuitBreaker, HealthCheck, HealthStatus, LLMProviderHealthCheck, SystemOperationMode
+from ultra_tasks import (
+    CircuitBreaker,
+    HealthCheck,
+    HealthStatus,
+    JobStatus,
+    LLMProviderHealthCheck,
+    SystemOperationMode,
+    submit,
+)
 from ultra_tasks.db.engine import session_scope
 from ultra_tasks.db.models import ComponentStatus, ModeTransition, OperationModeRecord
 from ultra_tasks.health.checks import ProviderProbe
@@ -119,4 +128,84 @@ def test_beat_health_checks_drive_the_mode_and_two_beats_run_each_check_once_per
         for beat in beats:
             beat.send_signal(signal.SIGTERM)
             beat.wait(10)
+        mode.close()
+
+
+LISTENER = """
+import json, sys, time
+from ultra_tasks import SystemOperationMode
+out = open(sys.argv[1], "a")
+mode = SystemOperationMode()
+def heard(old, new, reasons):
+    out.write(json.dumps([old, new]) + "\\n")
+    out.flush()
+mode.add_mode_change_listener(heard)
+print("listening", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_every_provider_failing_makes_beat_declare_emergency_which_parks_low_jobs_until_recovery(
+    worker_factory: Any, fake_provider: Any, redis_client: Any, tmp_path: Path
+) -> None:
+    with session_scope() as s:
+        for model in (ComponentStatus, ModeTransition, OperationModeRecord):
+            s.execute(delete(model))
+    redis_client.delete("ultra-test:mode:current")
+    interval = 1.0
+    fast = {"HEALTH_CHECK_INTERVAL": str(interval), "CIRCUIT_BREAKER_RESET_TIMEOUT": "2"}
+    worker_factory(queues="ops", concurrency=2, env=fast)
+    worker_factory(concurrency=2, env=fast)
+    beat = _beat(tmp_path, 1, {**os.environ, **fast})
+    mode = SystemOperationMode()
+    heard: list[tuple[str, str]] = []
+    events_file = tmp_path / "events.jsonl"
+    listener = subprocess.Popen(
+        [sys.executable, "-c", LISTENER, str(events_file), "100"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert listener.stdout is not None and listener.stdout.readline().strip() == "listening"
+        deadline = time.monotonic() + 30
+        while mode.current_mode != "NORMAL" or mode._record() is None:
+            assert time.monotonic() < deadline, (mode.current_mode, mode.degraded_components)
+            time.sleep(0.2)
+        settled = len(mode.history())
+        mode.add_mode_change_listener(lambda old, new, reasons: heard.append((old, new)))
+
+        # When every provider fails, beat's checks declare EMERGENCY within two intervals (+ slack)
+        fake_provider.add_fault("status", status=503)
+        failing_since = time.monotonic()
+        while mode.current_mode != "EMERGENCY" and time.monotonic() < failing_since + 15:
+            time.sleep(0.1)
+        assert mode.current_mode == "EMERGENCY", mode.degraded_components
+        assert time.monotonic() - failing_since <= 2 * interval + 3.0
+        # and low-priority jobs are parked with the reason, without calling a provider
+        time.sleep(1.3)  # workers re-read the mode within a second
+        calls = fake_provider.stats()["total"]
+        low = [submit(f"waits {i}", model="gpt-4.1-mini", priority="low") for i in range(3)]
+        deadline = time.monotonic() + 20
+        while not all(h.status() is JobStatus.PARKED for h in low):
+            assert time.monotonic() < deadline, [h.status() for h in low]
+            time.sleep(0.2)
+        assert all("EMERGENCY" in (h.status_reason() or "") for h in low)
+        assert fake_provider.stats()["by_model"].get("gpt-4.1-mini", 0) == 0
+
+        # Recovery: the providers answer again → NORMAL (after two good evaluations) and the jobs complete
+        fake_provider.clear_faults()
+        for handle in low:
+            assert handle.result(timeout=60).text.startswith("echo: waits")
+        assert mode.current_mode == "NORMAL"
+        assert fake_provider.stats()["total"] > calls
+
+        # each listener, in this process and in another, heard every change once, in order
+        time.sleep(0.5)
+        changes = [(t["from"], t["to"]) for t in reversed(mode.history()[: len(mode.history()) - settled])]
+        assert changes[0] == ("NORMAL", "EMERGENCY") and changes[-1][1] == "NORMAL"
+        assert heard == changes
+        other = [tuple(json.loads(line)) for line in events_file.read_text().splitlines()]
+        assert other == changes
+    finally:
+        listener.kill()
+        beat.send_signal(signal.SIGTERM)
+        beat.wait(10)
         mode.close()
