@@ -10,11 +10,10 @@ The choices that decide correctness (see DESIGN.md):
 
 from __future__ import annotations
 
-from kombu import Exchange, Queue
-
 from beat_schedule import build_schedule
+from ultra_tasks import broker
 from ultra_tasks.config import get_settings
-from ultra_tasks.keys import LLM_QUEUES, QUEUE_DEFAULT, QUEUE_OPS
+from ultra_tasks.keys import QUEUE_OPS
 
 _s = get_settings()
 
@@ -52,15 +51,12 @@ visibility_timeout = _s.broker_visibility_timeout
 result_expires = _s.job_result_ttl
 result_extended = False  # the job table keeps the request; no second copy of prompts in Redis
 
-# --- queues: LLM jobs in strict priority order, then ops
-_direct = Exchange("ultra", type="direct")
-task_queues = [
-    *(Queue(name, _direct, routing_key=name) for name in LLM_QUEUES),
-    Queue(QUEUE_OPS, _direct, routing_key=QUEUE_OPS),
-]
-task_default_queue = QUEUE_DEFAULT
-task_default_exchange = "ultra"
-task_default_routing_key = QUEUE_DEFAULT
+# --- queues: LLM jobs in strict priority order, then ops (on RabbitMQ, one native-priority queue for the
+# LLM levels: ultra_tasks/broker.py says why)
+task_queues = broker.task_queues(_s)
+task_default_queue = broker.default_queue(_s)
+task_default_exchange = broker.EXCHANGE
+task_default_routing_key = "llm.default"
 task_routes = {"ultra.ops.*": {"queue": QUEUE_OPS, "routing_key": QUEUE_OPS}}
 task_create_missing_queues = False
 

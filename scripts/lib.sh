@@ -69,6 +69,27 @@ ensure_postgres() {
   return 1
 }
 
+rabbitmq_up() { "$PY" - "$1" <<'PY' 2>/dev/null
+import sys
+from kombu import Connection
+with Connection(sys.argv[1], connect_timeout=2) as conn:
+    conn.connect()
+PY
+}
+
+# RabbitMQ, the alternative broker: the queue tests also run on it (tests/integration/test_rabbitmq.py).
+ensure_rabbitmq() {
+  local url="$1"
+  rabbitmq_up "$url" && return 0
+  if command -v rabbitmq-server >/dev/null; then
+    log "RabbitMQ is not answering at ${url%%@*}@...; starting rabbitmq-server"
+    rabbitmq-server -detached >/dev/null 2>&1 || true
+    for _ in $(seq 1 60); do rabbitmq_up "$url" && return 0; sleep 1; done
+  fi
+  log "RabbitMQ could not be reached or started: the RabbitMQ queue tests fail on CI and skip elsewhere"
+  return 1
+}
+
 # Headless Chromium (Debian's `chromium` package) for the status page's browser test: installed with apt when
 # missing on CI (CI=true) or when asked (ULTRA_INSTALL_CHROMIUM=1); elsewhere that test skips without it.
 ensure_chromium() {

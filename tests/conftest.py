@@ -29,6 +29,9 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 ON_CI = os.environ.get("CI") == "true"
 TEST_REDIS_URL = os.environ.get("ULTRA_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+#: set (amqp://...) to run the session on RabbitMQ instead of the Redis broker
+TEST_BROKER_URL = os.environ.get("ULTRA_TEST_BROKER_URL", "")
+ON_AMQP = TEST_BROKER_URL.startswith("amqp")
 _state: dict[str, object] = {}
 
 
@@ -40,6 +43,21 @@ def _redis_ok() -> bool:
         return True
     except redis.RedisError:
         return False
+
+
+def _purge_amqp_queues(url: str) -> None:
+    """A session on RabbitMQ starts with the project's queues empty (they may not exist yet)."""
+    from kombu import Connection
+
+    with Connection(url, connect_timeout=5) as conn:
+        for name in ("llm", "ops"):
+            channel = conn.channel()
+            try:
+                channel.queue_purge(name)
+            except Exception:  # not declared yet: nothing to purge
+                pass
+            finally:
+                channel.close()
 
 
 def _make_database(tmp: Path) -> tuple[str, Callable[[], None]]:
@@ -91,6 +109,9 @@ def pytest_configure(config: pytest.Config) -> None:
         "CACHE_REDIS_URL",
     ):
         os.environ.pop(var, None)
+    if TEST_BROKER_URL:  # the queue tests run on RabbitMQ too (tests/integration/test_rabbitmq.py)
+        os.environ["BROKER_URL"] = TEST_BROKER_URL
+        _purge_amqp_queues(TEST_BROKER_URL)
     _state["redis_ok"] = _redis_ok()
     if _state["redis_ok"]:
         import redis
@@ -256,7 +277,9 @@ def start_worker(
         node_name=node,
         extra=["--without-mingle", "--without-gossip"],
     )
-    argv[argv.index("-Q") + 1] = queues
+    from ultra_tasks.broker import consumed_queues
+
+    argv[argv.index("-Q") + 1] = ",".join(consumed_queues(queues.split(",")))
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             argv,
@@ -501,3 +524,47 @@ def private_postgres(_postgres_template: Path) -> Iterator[PostgresServer]:
         yield server
     finally:
         server.destroy()
+
+
+# --- the broker's queues, whichever broker the session runs on ------------------------------------------
+class BrokerQueues:
+    """Depth and purge of a logical queue on the session's broker. On RabbitMQ the three LLM levels share
+    one queue ("llm"), so the depth of any of them is that queue's depth."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def depth(self, queue: str) -> int:
+        from ultra_tasks.jobs.stats import queue_depths
+
+        depths = queue_depths(None if ON_AMQP else self.client)
+        if ON_AMQP:
+            return depths["ops" if queue == "ops" else "llm"]
+        return depths[queue]
+
+    def llm_depth(self) -> int:
+        """Jobs waiting in all three LLM queues together."""
+        from ultra_tasks.jobs.stats import queue_depths
+
+        depths = queue_depths(None if ON_AMQP else self.client)
+        return sum(n for q, n in depths.items() if q != "ops")
+
+    def purge(self, queue: str) -> None:
+        from ultra_tasks.broker import consumed_queues
+        from ultra_tasks.celery_app import app
+
+        with app.connection_for_write() as conn:
+            for name in consumed_queues([queue]):
+                conn.default_channel.queue_purge(name)
+
+
+@pytest.fixture
+def broker_queues(redis_client: redis.Redis) -> BrokerQueues:
+    return BrokerQueues(redis_client)
+
+
+@pytest.fixture
+def dead_broker_url() -> str:
+    """A broker URL of the session's kind where nothing listens (an outage)."""
+    port = _free_port()
+    return f"amqp://guest:guest@127.0.0.1:{port}//" if ON_AMQP else f"redis://127.0.0.1:{port}/0"

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from ultra_tasks.broker import consumed_queues
 from ultra_tasks.config import Settings
 
 
@@ -37,7 +38,7 @@ class WorkerRole:
             "ultra_tasks",
             "worker",
             "-Q",
-            ",".join(self.queues),
+            ",".join(consumed_queues(self.queues, settings)),
             "-P",
             self.pool,
             "-c",

@@ -12,13 +12,13 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def test_single_threaded_worker_takes_backlog_high_then_default_then_low(
-    worker_factory: Any, redis_client: Any
+    worker_factory: Any, broker_queues: Any
 ) -> None:
     # Given a backlog in all three queues, submitted low first so arrival order is the opposite of priority
     handles = []
     for priority in ("low", "default", "high") * 4:
         handles.append((priority, submit(f"{priority} job", model="gpt-4o-mini", priority=priority)))
-    assert [redis_client.llen(q) for q in ("llm.high", "llm.default", "llm.low")] == [4, 4, 4]
+    assert broker_queues.llm_depth() == 12
 
     # When one single-threaded worker starts
     worker_factory(concurrency=1)

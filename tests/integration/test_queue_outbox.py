@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("database")]
 
 
 def test_submit_refuses_with_queue_full_when_queue_max_size_jobs_wait_and_records_nothing(
-    redis_client: Any, monkeypatch: pytest.MonkeyPatch
+    broker_queues: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("QUEUE_MAX_SIZE", "3")
     reset_settings()
@@ -34,12 +34,12 @@ def test_submit_refuses_with_queue_full_when_queue_max_size_jobs_wait_and_record
         with pytest.raises(QueueFullError, match="3 jobs waiting, limit 3"):
             submit("one too many", model="gpt-4o", priority="high")
         assert count_jobs() == before
-        assert redis_client.llen("llm.high") == 0
+        assert broker_queues.llm_depth() == 3  # the three low jobs: the high one was not enqueued
     finally:
-        redis_client.delete("llm.low")
+        broker_queues.purge("llm.low")
 
 
-def test_same_idempotency_key_returns_the_first_job_and_enqueues_once(redis_client: Any) -> None:
+def test_same_idempotency_key_returns_the_first_job_and_enqueues_once(broker_queues: Any) -> None:
     key = f"order-{uuid.uuid4().hex}"
     try:
         first = submit("charge once", model="gpt-4o", priority="low", idempotency_key=key)
@@ -47,9 +47,9 @@ def test_same_idempotency_key_returns_the_first_job_and_enqueues_once(redis_clie
         second = submit("charge once", model="gpt-4o", priority="low", idempotency_key=key)
         assert second.id == first.id
         assert count_jobs() == before
-        assert redis_client.llen("llm.low") == 1
+        assert broker_queues.depth("llm.low") == 1
     finally:
-        redis_client.delete("llm.low")
+        broker_queues.purge("llm.low")
 
 
 PRODUCER = """
@@ -60,10 +60,10 @@ print(submit("made while the broker was down", model="gpt-4o-mini").id)
 
 
 def test_job_accepted_while_the_broker_is_down_is_published_by_the_sweeper_and_runs(
-    worker_factory: Any, monkeypatch: pytest.MonkeyPatch
+    worker_factory: Any, monkeypatch: pytest.MonkeyPatch, dead_broker_url: str
 ) -> None:
     # Given a producer whose broker cannot be reached (the database can)
-    env = {**os.environ, "BROKER_URL": "redis://127.0.0.1:1/0"}
+    env = {**os.environ, "BROKER_URL": dead_broker_url}
     out = subprocess.run(
         [sys.executable, "-c", PRODUCER], capture_output=True, text=True, env=env, timeout=90
     )

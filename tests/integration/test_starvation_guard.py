@@ -15,7 +15,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def test_an_old_low_job_moves_up_and_runs_before_newer_low_jobs(
-    worker_factory: Any, redis_client: Any, monkeypatch: pytest.MonkeyPatch
+    worker_factory: Any, broker_queues: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given an old low job and, later, a backlog of newer low jobs
     old = submit("old low job", model="gpt-4o-mini", priority="low")
@@ -34,5 +34,5 @@ def test_an_old_low_job_moves_up_and_runs_before_newer_low_jobs(
     started = sorted([old, *newer], key=lambda h: h.record()["started_at"])
     assert started[0].id == old.id
     time.sleep(0.5)  # its leftover message in llm.low is taken and finds the job done
-    assert redis_client.llen("llm.low") == 0
+    assert broker_queues.llm_depth() == 0
     assert old.record()["attempts"] == 1

@@ -9,7 +9,6 @@ import pytest
 import ultra_tasks
 from ultra_tasks import JobStatus, JobValidationError, UnknownModelError, submit
 from ultra_tasks.jobs.records import count_jobs
-from ultra_tasks.keys import LLM_QUEUES
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -69,21 +68,17 @@ BAD_INPUTS = [
 ]
 
 
-def _queue_lengths(redis_client: Any) -> list[int]:
-    return [redis_client.llen(q) for q in LLM_QUEUES]
-
-
 @pytest.mark.parametrize(("kwargs", "field"), BAD_INPUTS)
 def test_bad_input_names_the_field_and_records_and_enqueues_nothing(
-    kwargs: dict[str, Any], field: str, redis_client: Any, database: str
+    kwargs: dict[str, Any], field: str, broker_queues: Any, database: str
 ) -> None:
-    jobs_before, queues_before = count_jobs(), _queue_lengths(redis_client)
+    jobs_before, queues_before = count_jobs(), broker_queues.llm_depth()
     with pytest.raises(JobValidationError) as info:
         submit(**kwargs)
     assert info.value.field == field
     assert str(info.value).startswith(f"{field}: ")
     assert count_jobs() == jobs_before
-    assert _queue_lengths(redis_client) == queues_before
+    assert broker_queues.llm_depth() == queues_before
 
 
 def test_unknown_model_error_lists_known_routes_and_how_to_add_one(database: str) -> None:
@@ -101,13 +96,13 @@ def test_input_size_limit_is_configurable(monkeypatch: pytest.MonkeyPatch, datab
 
 
 def test_result_times_out_with_a_clear_error_while_no_worker_takes_the_job(
-    redis_client: Any, database: str
+    broker_queues: Any, database: str
 ) -> None:
     handle = submit("nobody home", model="gpt-4o", priority="low")
     try:
         with pytest.raises(ultra_tasks.JobTimeoutError, match=r"no result after 0\.5s"):
             handle.result(timeout=0.5)
         assert handle.status() is JobStatus.QUEUED
-        assert redis_client.llen("llm.low") == 1
+        assert broker_queues.depth("llm.low") == 1
     finally:
-        redis_client.delete("llm.low")  # leave no stray job for later tests
+        broker_queues.purge("llm.low")  # leave no stray job for later tests

@@ -196,11 +196,15 @@ class QueueDepthHealthCheck(HealthCheck):
         self.max_depth = max_depth
 
     async def check_health(self) -> HealthStatus:
-        from ultra_tasks.keys import LLM_QUEUES
+        # every priority sub-list on Redis, the one native-priority queue on RabbitMQ (jobs/stats.py)
+        from ultra_tasks.broker import is_amqp
+        from ultra_tasks.jobs.stats import queue_depths
+        from ultra_tasks.keys import QUEUE_OPS
         from ultra_tasks.redis_client import shared_redis
 
-        client = shared_redis(self.url)
-        depths = {q: int(await asyncio.to_thread(client.llen, q)) for q in LLM_QUEUES}
+        client = None if is_amqp() else shared_redis(self.url)
+        all_depths = await asyncio.to_thread(queue_depths, client)
+        depths = {q: n for q, n in all_depths.items() if q != QUEUE_OPS}
         total = sum(depths.values())
         status = DEGRADED if total > self.max_depth else OK
         return HealthStatus(status, f"{total} jobs queued (limit {self.max_depth})", {"depths": depths})

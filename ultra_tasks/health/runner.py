@@ -30,7 +30,7 @@ def default_checks(settings: Settings | None = None) -> list[HealthCheck]:
         BrokerHealthCheck(),
         DatabaseHealthCheck(),
         WorkersHealthCheck(),
-        QueueDepthHealthCheck(settings.redis_url, settings.queue_max_size),
+        QueueDepthHealthCheck(settings.effective_broker_url, settings.queue_max_size),
         DiskCacheHealthCheck(settings.effective_cache_disk_dir),
     ]
     for provider in ("openai", "anthropic"):

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ultra_tasks.broker import publish_options
 from ultra_tasks.celery_app import app
 from ultra_tasks.config import get_settings
 from ultra_tasks.errors import DependencyUnavailableError, JobValidationError, QueueFullError
@@ -140,7 +141,7 @@ class PersistentRequestQueue:
         queue = PRIORITY_QUEUES[level]
         task_id = request_id or str(uuid.uuid4())
         try:
-            app.send_task(OPERATION_TASK, args=[entry], task_id=task_id, queue=queue, routing_key=queue)
+            app.send_task(OPERATION_TASK, args=[entry], task_id=task_id, **publish_options(queue))
         except Exception as exc:  # kombu/redis errors: the broker is unreachable
             raise DependencyUnavailableError("broker", str(exc)) from exc
         return task_id

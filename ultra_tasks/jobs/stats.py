@@ -53,10 +53,20 @@ def _down(client: redis.Redis, exc: BaseException) -> DependencyUnavailableError
     return DependencyUnavailableError("redis", f"{redis_location(client)}: {exc}")
 
 
-def queue_depths(client: redis.Redis) -> dict[str, int]:
+def queue_depths(client: redis.Redis | None) -> dict[str, int]:
     """Messages waiting in each Celery queue (``llm.high``, ``llm.default``, ``llm.low``, ``ops``) on a
     Redis broker: the sum of LLEN over the queue's priority sub-lists. Messages a worker holds unacked are
     not waiting and are not counted."""
+    from ultra_tasks.broker import amqp_depths, is_amqp
+
+    if is_amqp():
+        # RabbitMQ: the three LLM levels share one native-priority queue, "llm" (broker.py)
+        try:
+            return amqp_depths()
+        except Exception as exc:
+            raise DependencyUnavailableError("broker", str(exc)) from exc
+    if client is None:
+        raise DependencyUnavailableError("broker", "no Redis broker client given")
     layout = {queue: broker_keys(queue) for queue in ALL_QUEUES}
     try:
         pipe = client.pipeline(transaction=False)

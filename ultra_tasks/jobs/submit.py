@@ -14,6 +14,7 @@ from celery.result import AsyncResult
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
 
+from ultra_tasks.broker import AMQP_LLM_QUEUE, amqp_depths, is_amqp, publish_options
 from ultra_tasks.celery_app import app
 from ultra_tasks.clock import utcnow
 from ultra_tasks.config import get_settings
@@ -133,7 +134,7 @@ def publish(job_id: str, queue: str, payload: dict[str, Any]) -> bool:
     """Send a recorded job to its queue and note it. False (logged) if the broker is unreachable: the
     record stays as the outbox entry the sweeper republishes."""
     try:
-        app.send_task(RUN_JOB_TASK, args=[job_id, payload], task_id=job_id, queue=queue, routing_key=queue)
+        app.send_task(RUN_JOB_TASK, args=[job_id, payload], task_id=job_id, **publish_options(queue))
     except (KombuOperationalError, RedisError, OSError) as exc:
         log.warning("job %s recorded but not published (%s); the sweeper will publish it", job_id, exc)
         return False
@@ -145,7 +146,7 @@ def publish_released(job_id: str, queue: str, payload: dict[str, Any]) -> bool:
     """Put a parked job back onto its queue (the parked-job releaser's publish). The job table is told
     when it can be; a database outage must not hold released work back."""
     try:
-        app.send_task(RUN_JOB_TASK, args=[job_id, payload], task_id=job_id, queue=queue, routing_key=queue)
+        app.send_task(RUN_JOB_TASK, args=[job_id, payload], task_id=job_id, **publish_options(queue))
     except (KombuOperationalError, RedisError, OSError) as exc:
         log.warning("parked job %s not released (%s); it stays parked", job_id, exc)
         return False
@@ -156,10 +157,15 @@ def publish_released(job_id: str, queue: str, payload: dict[str, Any]) -> bool:
 
 def _check_backpressure(limit: int) -> None:
     """Refuse new jobs while the LLM queues already hold ``limit`` (QUEUE_MAX_SIZE) jobs in all."""
-    url = get_settings().effective_broker_url
-    if not url.startswith(("redis://", "rediss://")):
-        return  # AMQP queue depths are the broker's to enforce (x-max-length)
-    client = shared_redis(url)
+    if is_amqp():
+        try:
+            depth = amqp_depths()[AMQP_LLM_QUEUE]
+        except Exception:
+            return  # broker unreachable: the outbox takes the job and the sweeper publishes it later
+        if depth >= limit:
+            raise QueueFullError(depth, limit)
+        return
+    client = shared_redis(get_settings().effective_broker_url)
     try:
         pipe = client.pipeline(transaction=False)
         for queue in LLM_QUEUES:

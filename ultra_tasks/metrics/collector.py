@@ -296,8 +296,10 @@ class FleetCollector(Collector):
         depth = GaugeMetricFamily(
             "ultra_queue_depth", "Messages waiting in the Celery queue (all priority steps)", labels=["queue"]
         )
+        from ultra_tasks.broker import is_amqp
+
         broker = self.broker()
-        if broker is not None:
+        if broker is not None or is_amqp():
             for queue, n in queue_depths(broker).items():
                 depth.add_metric([queue], n)
         parked = GaugeMetricFamily(

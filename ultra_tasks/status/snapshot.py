@@ -27,6 +27,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from ultra_tasks import keys
+from ultra_tasks.broker import is_amqp
 from ultra_tasks.clock import utcnow
 from ultra_tasks.config import Settings, get_settings
 from ultra_tasks.db.engine import session_scope
@@ -167,8 +168,17 @@ def _read_redis_unmapped(state: redis.Redis, broker: redis.Redis | None) -> dict
     parked = parked_depths(state)
     queues: dict[str, dict[str, int]] | None = None
     broker_error = None
-    if broker is None:
-        broker_error = "queue depths are read from a Redis broker only (BROKER_URL is not Redis)"
+    if broker is None and is_amqp():
+        try:
+            depths = queue_depths(None)  # RabbitMQ: "llm" (the three levels) and "ops"
+            queues = {
+                q: {"depth": n, "parked": sum(parked.values()) if q == "llm" else 0}
+                for q, n in depths.items()
+            }
+        except DependencyUnavailableError as exc:
+            broker_error = str(exc)
+    elif broker is None:
+        broker_error = "queue depths are read from a Redis or RabbitMQ broker only"
     elif broker is state:
         depths = queue_depths(broker)
         queues = {q: {"depth": n, "parked": parked.get(q, 0)} for q, n in depths.items()}
