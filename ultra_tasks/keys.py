@@ -177,3 +177,9 @@ def job_claim(job_id: str) -> str:
     """String with expiry: the worker process running a job while the database is unreachable (the job
     table's claim cannot be taken then)."""
     return f"{_ns()}:job:claim:{job_id}"
+
+
+def mode_buffer() -> str:
+    """List: component statuses and mode transitions decided while the database was unreachable (JSON),
+    written to SQL by the next evaluation that reaches it."""
+    return f"{_ns()}:mode:buffer"

@@ -9,9 +9,12 @@ from typing import Any
 
 import pytest
 
-from ultra_tasks import JobStatus, submit
+from ultra_tasks import JobStatus, SystemOperationMode, submit
 from ultra_tasks.config import reset_settings
 from ultra_tasks.db.migrate import upgrade_schema
+from ultra_tasks.errors import DependencyUnavailableError
+from ultra_tasks.health.checks import DatabaseHealthCheck
+from ultra_tasks.health.runner import check_and_evaluate
 from ultra_tasks.jobs import records
 from ultra_tasks.jobs.record_buffer import RecordWriter
 
@@ -41,12 +44,31 @@ def test_jobs_complete_while_postgres_is_down_and_their_records_arrive_after_it_
     assert writer.depth() > 0
     with pytest.raises(Exception, match="database"):
         records.get_job(handles[-1].id)
+    # The health checks still move the mode (through Redis; the database being down degrades it), and
+    # listeners hear it
+    mode = SystemOperationMode()  # started while its database is down
+    heard: list[tuple[str, str]] = []
+    mode.add_mode_change_listener(lambda old, new, reasons: heard.append((old, new)))
+    checks = [DatabaseHealthCheck()]
+    assert check_and_evaluate(mode, checks)["mode"] == "DEGRADED"
+    assert mode.current_mode == "DEGRADED"
+    deadline = time.monotonic() + 5
+    while not heard and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert heard == [("NORMAL", "DEGRADED")]
 
     private_postgres.start()
     deadline = time.monotonic() + 60
     while writer.depth() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert writer.depth() == 0
+    # (this process's database breaker, opened during the outage, lets a probe through after its reset)
+    while time.monotonic() < deadline:
+        try:
+            records.count_jobs()
+            break
+        except DependencyUnavailableError:
+            time.sleep(0.5)
     for handle, result in zip(handles, results, strict=True):
         record = handle.record()
         assert record["status"] == JobStatus.SUCCEEDED.value, record
@@ -57,3 +79,13 @@ def test_jobs_complete_while_postgres_is_down_and_their_records_arrive_after_it_
         assert record["worker"]
     # each job called the provider once: no run was repeated because its record was late
     assert fake_provider.stats()["by_model"]["gpt-4.1-mini"] == len(handles)
+
+    # The mode's history is complete too: the change made during the outage is in SQL, with its reason,
+    # and recovery follows the usual hysteresis (two good evaluations)
+    assert check_and_evaluate(mode, checks)["mode"] == "DEGRADED"
+    assert check_and_evaluate(mode, checks)["mode"] == "NORMAL"
+    history = mode.history()
+    assert [(t["from"], t["to"]) for t in history[:2]] == [("DEGRADED", "NORMAL"), ("NORMAL", "DEGRADED")]
+    assert history[1]["reasons"][0]["component"] == "database"
+    assert [c.status for c in mode.component_states()] == ["ok"]
+    mode.close()

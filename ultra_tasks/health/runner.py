@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from ultra_tasks.config import Settings, get_settings
+from ultra_tasks.errors import DependencyUnavailableError
 from ultra_tasks.health.checks import (
     BrokerHealthCheck,
     DatabaseHealthCheck,
@@ -19,6 +20,7 @@ from ultra_tasks.health.checks import (
     WorkersHealthCheck,
 )
 from ultra_tasks.mode.operation_mode import SystemOperationMode
+from ultra_tasks.mode.policy import ComponentState
 
 _probes: dict[str, ProviderProbe] = {}
 
@@ -50,10 +52,23 @@ def check_and_evaluate(mode: SystemOperationMode, checks: list[HealthCheck] | No
     """Run the checks, record each component's status, evaluate the mode; returns a summary."""
     checks = checks if checks is not None else default_checks()
     results = asyncio.run(run_checks(checks))
+    summary = {name: r.status for name, r in results.items()}
+    states = []
     for check in checks:
         status = results[check.name]
         severity = {"ok": "low", "degraded": "medium", "critical": "high"}.get(status.status, "medium")
-        mode.record_component(
-            check.name, status.status, status.message, kind=check.component_type, severity=severity
+        states.append(
+            ComponentState(check.name, check.component_type, status.status, status.message, severity)
         )
-    return {"mode": mode.evaluate(), "checks": {name: r.status for name, r in results.items()}}
+    try:
+        mode.flush_buffered()
+        for state in states:
+            mode.record_component(
+                state.component, state.status, state.reason, kind=state.kind, severity=state.severity
+            )
+        return {"mode": mode.evaluate(), "checks": summary}
+    except DependencyUnavailableError as exc:
+        if exc.dependency != "database":
+            raise
+        # the mode still follows the checks, through Redis; SQL gets the record when it is back
+        return {"mode": mode.evaluate_without_database(states), "checks": summary}

@@ -26,6 +26,7 @@ from ultra_tasks.clock import utcnow
 from ultra_tasks.db.engine import read_session_scope, session_scope
 from ultra_tasks.db.migrate import upgrade_schema
 from ultra_tasks.db.models import ComponentStatus, ModeTransition, OperationModeRecord
+from ultra_tasks.errors import DependencyUnavailableError
 from ultra_tasks.mode.policy import OK, ComponentState, Mode, evaluate, status_for_severity
 from ultra_tasks.mode.webhook import notify_mode_change
 from ultra_tasks.redis_client import REDIS_DOWN as DOWN
@@ -56,7 +57,11 @@ class SystemOperationMode:
         self.mode_change_listeners: list[tuple[Listener, asyncio.AbstractEventLoop | None]] = []
         self._listener_thread: threading.Thread | None = None
         self._stop = threading.Event()
-        upgrade_schema()
+        try:
+            upgrade_schema()
+        except DependencyUnavailableError as exc:
+            # the mode is still read from Redis and decided through it; the schema is checked again later
+            log.warning("operation mode starts without its database: %s", exc)
 
     # --- reading --------------------------------------------------------------------------------------
     @property
@@ -206,6 +211,84 @@ class SystemOperationMode:
                 record.override_mode = record.override_until = None
                 record.better_checks = self.recovery_checks  # an operator's clear applies at once
         return self.evaluate()
+
+    def evaluate_without_database(self, components: list[ComponentState]) -> str:
+        """The database is unreachable: decide from ``components`` (this round's checks) against the Redis
+        mirror, so the fleet still reacts (the database being down is itself a reason to degrade).
+        Worsening applies at once; recovery waits for the database (hysteresis needs its record). A change
+        is mirrored, broadcast and posted as usual, and its transition and the components' statuses are
+        kept in Redis and written to SQL by the next evaluation that reaches the database."""
+        wanted, reasons = evaluate(components)
+        now = utcnow()
+        try:
+            mirrored = self.redis.hget(keys.mode_current(), "mode")
+        except DOWN:
+            return str(wanted.value)  # neither store answers: nothing can be recorded or broadcast
+        current = Mode(str(mirrored)) if mirrored else Mode.NORMAL
+        pending: list[dict[str, Any]] = [
+            {
+                "kind": "component",
+                "component": c.component,
+                "type": c.kind,
+                "status": c.status,
+                "reason": c.reason,
+                "severity": c.severity,
+                "at": now.isoformat(),
+            }
+            for c in components
+        ]
+        if wanted.rank > current.rank:
+            pending.append(
+                {
+                    "kind": "transition",
+                    "from": current.value,
+                    "to": wanted.value,
+                    "reasons": reasons,
+                    "at": now.isoformat(),
+                }
+            )
+            self._mirror(wanted.value, reasons, now)
+            log.warning("operation mode %s -> %s while the database is unreachable", current, wanted)
+            self._publish(current.value, wanted.value, reasons, now)
+            notify_mode_change(current.value, wanted.value, reasons, now)
+            current = wanted
+        with contextlib.suppress(*DOWN):
+            self.redis.rpush(keys.mode_buffer(), *(json.dumps(p) for p in pending))
+        return current.value
+
+    def flush_buffered(self) -> int:
+        """Write what evaluations made while the database was down (statuses, transitions) to SQL, and
+        bring the mode record to the last mode decided meanwhile. Returns the entries written."""
+        upgrade_schema()  # cheap once done; raises while the database is still down
+        try:
+            raw = self.redis.lrange(keys.mode_buffer(), 0, -1)
+        except DOWN:
+            return 0
+        if not raw:
+            return 0
+        entries = [json.loads(r) for r in raw]
+        with session_scope() as s:
+            record = _locked_record(s, utcnow())
+            for e in entries:
+                at = datetime.fromisoformat(e["at"])
+                if e["kind"] == "component":
+                    s.add(
+                        ComponentStatus(
+                            component=e["component"],
+                            kind=e["type"],
+                            status=e["status"],
+                            reason=e["reason"],
+                            severity=e["severity"],
+                            at=at,
+                        )
+                    )
+                else:
+                    s.add(ModeTransition(from_mode=e["from"], to_mode=e["to"], reasons=e["reasons"], at=at))
+                    record.mode, record.changed_at, record.reasons = e["to"], at, e["reasons"]
+                    record.better_checks = 0
+        self.redis.ltrim(keys.mode_buffer(), len(raw), -1)
+        log.warning("wrote %d mode records kept while the database was down", len(entries))
+        return len(entries)
 
     def _mirror(self, mode: str, reasons: list[dict[str, Any]], at: datetime) -> None:
         with contextlib.suppress(*DOWN):
