@@ -354,30 +354,26 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def persistence(self) -> list[str]:
+        """redis-server options for what it keeps on disk: nothing, here."""
+        return ["--save", "", "--appendonly", "no"]
+
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", *self.persistence()],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        client = redis.Redis.from_url(self.url)
-        for _ in range(100):
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
+        deadline = time.monotonic() + 20  # an AOF is replayed before the server answers
+        while True:
             try:
                 client.ping()
                 return
-            except redis.ConnectionError:
+            except (redis.ConnectionError, redis.BusyLoadingError):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("redis-server did not start") from None
                 time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
 
     def stop(self) -> None:
         if self.proc is not None:

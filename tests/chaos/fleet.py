@@ -19,57 +19,22 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import ON_CI, ROOT, _free_port
+from conftest import ON_CI, ROOT, RedisServer
 from sqlalchemy import create_engine, func, select
 
 PRODUCER = Path(__file__).with_name("producer.py")
 
 
-class AofRedis:
+class AofRedis(RedisServer):
     """A redis-server with an append-only file, so a restart keeps what it acknowledged."""
 
     def __init__(self, data_dir: Path) -> None:
-        self.port = _free_port()
+        super().__init__()
         self.dir = data_dir
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.proc: subprocess.Popen[bytes] | None = None
 
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.dir),
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--maxmemory-policy",
-                "noeviction",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                client.ping()
-                return
-            except (redis.ConnectionError, redis.BusyLoadingError):
-                if time.monotonic() > deadline:
-                    raise RuntimeError("redis-server did not start") from None
-                time.sleep(0.05)
+    def persistence(self) -> list[str]:
+        return ["--dir", str(self.dir), "--save", "", "--appendonly", "yes", "--appendfsync", "always"]
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
