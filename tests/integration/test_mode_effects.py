@@ -102,18 +102,20 @@ def test_degraded_answers_repeated_requests_from_the_cache_even_when_not_determi
     llm_worker: Any, fake_provider: Any, mode: SystemOperationMode
 ) -> None:
     prompt = f"creative {time.time()}"
-    first = submit(prompt, model="gpt-4o-mini", temperature=0.9).result(timeout=30)
-    assert first.cached is False
-    # NORMAL does not serve a non-deterministic request from the cache
+    # NORMAL neither keeps nor reads answers to a non-deterministic request
     assert submit(prompt, model="gpt-4o-mini", temperature=0.9).result(timeout=30).cached is False
-    calls = fake_provider.stats()["by_model"]["gpt-4o-mini"]
+    assert submit(prompt, model="gpt-4o-mini", temperature=0.9).result(timeout=30).cached is False
+    assert fake_provider.stats()["by_model"]["gpt-4o-mini"] == 2
 
+    # DEGRADED: the first answer is kept, and a repeat is served from it without a provider call
     mode.set_override("DEGRADED", 120, reason="test")
     time.sleep(MODE_PROPAGATION_S)
+    first = submit(prompt, model="gpt-4o-mini", temperature=0.9).result(timeout=30)
+    assert first.cached is False
     again = submit(prompt, model="gpt-4o-mini", temperature=0.9).result(timeout=30)
     assert again.cached is True and again.text == first.text
-    assert fake_provider.stats()["by_model"]["gpt-4o-mini"] == calls
+    assert fake_provider.stats()["by_model"]["gpt-4o-mini"] == 3
     # a job that opted out of the cache still calls the provider
-    assert (
-        submit(prompt, model="gpt-4o-mini", temperature=0.9, cache=False).result(timeout=30).cached is False
-    )
+    opted_out = submit(prompt, model="gpt-4o-mini", temperature=0.9, cache=False).result(timeout=30)
+    assert opted_out.cached is False
+    assert fake_provider.stats()["by_model"]["gpt-4o-mini"] == 4

@@ -42,6 +42,8 @@ _engines: dict[str, Engine] = {}
 _guards: dict[str, DatabaseGuard] = {}
 _sessionmakers: dict[int, sessionmaker[Session]] = {}
 _lock = threading.Lock()
+#: [settings object, its effective_database_url]
+_default_url: list[Any] = [None, ""]
 
 #: SQLite waits this long for another writer before giving up (seconds).
 SQLITE_BUSY_TIMEOUT_S = 30
@@ -64,7 +66,12 @@ def _on_sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
 def get_engine(url: str | None = None) -> Engine:
     """The engine for ``url`` (default: DATABASE_URL or the embedded SQLite file)."""
     settings = get_settings()
-    url = url or settings.effective_database_url
+    if url is None:
+        # resolving the default URL touches the file system (./var resolved): once per settings object,
+        # since this runs twice per job
+        if _default_url[0] is not settings:
+            _default_url[:] = [settings, settings.effective_database_url]
+        url = str(_default_url[1])
     with _lock:
         engine = _engines.get(url)
         if engine is not None:

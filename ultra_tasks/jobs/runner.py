@@ -209,11 +209,13 @@ def _run(
 
     request = LLMRequest.from_dict(payload)
     # ``readable``: NORMAL reads the cache for deterministic requests only (CACHE_NONDETERMINISTIC aside).
-    # DEGRADED and EMERGENCY prefer the cache (MODE_PREFER_CACHE): any answer stored for this exact request
-    # serves it, which is why answers to other requests are stored too while that setting is on.
+    # DEGRADED and EMERGENCY prefer the cache (MODE_PREFER_CACHE): every answer is kept and any answer
+    # stored for this exact request serves it, so a repeat costs no provider call while the fleet is
+    # short of capacity. (Only then: keeping every answer in NORMAL would cost each job a disk and a
+    # Redis write for answers that are never read.)
     readable = is_cacheable(request, payload, settings)
     keep = settings.cache_enabled and payload.get("cache") is not False
-    keep = keep and (readable or settings.mode_prefer_cache)
+    keep = keep and (readable or admission.prefer_cache)
     cache = job_cache(settings) if keep else None
     fill_lock: FillLock | None = None
     digest = request_digest(request) if cache is not None else ""
