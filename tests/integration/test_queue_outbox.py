@@ -11,6 +11,7 @@ import uuid
 from typing import Any
 
 import pytest
+from conftest import ON_AMQP
 
 from ultra_tasks import JobFailedError, JobStatus, submit
 from ultra_tasks.config import reset_settings
@@ -121,3 +122,24 @@ def test_failed_job_keeps_its_error_and_is_retried_from_the_dead_letter(
         timeout=60,
     )
     assert again.returncode == 2 and "only failed or expired jobs retry" in again.stderr
+
+
+def test_a_published_job_whose_message_the_broker_lost_is_republished_by_the_sweeper(
+    broker_queues: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if ON_AMQP:
+        pytest.skip("RabbitMQ has no window in which a delivered message is in neither place")
+    monkeypatch.setattr(ops_tasks, "LOST_MESSAGE_GRACE_S", 0.0)
+    try:
+        lost = submit("message lost", model="gpt-4o-mini", priority="high")
+        # kombu took the message off the list and Redis went away before it was noted as unacknowledged
+        broker_queues.purge("llm.high")
+        assert ops_tasks.sweep() >= 1
+        assert broker_queues.depth("llm.high") == 1
+        # a job whose message is still waiting is not published again
+        submit("still waiting", model="gpt-4o-mini", priority="high")
+        ops_tasks.sweep()
+        assert broker_queues.depth("llm.high") == 2
+        assert get_job(lost.id).status == "queued"
+    finally:
+        broker_queues.purge("llm.high")

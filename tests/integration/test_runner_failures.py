@@ -5,8 +5,12 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import pytest
+import redis
+
 from ultra_tasks import keys
 from ultra_tasks.config import get_settings
+from ultra_tasks.errors import DependencyUnavailableError
 from ultra_tasks.jobs import records
 from ultra_tasks.jobs.liveness import Heartbeat
 from ultra_tasks.jobs.runner import execute_job
@@ -66,3 +70,25 @@ def test_a_job_held_by_a_worker_process_that_died_is_taken_over_at_once(
     # the new run took the claim over and ran the job (here into the pipeline's bug)
     assert outcome["status"] == "failed"
     assert records.get_job(job_id).worker == "second-worker/2"
+
+
+class RedisVanishingCaller:
+    def call(self, *args: Any) -> Any:
+        raise redis.ConnectionError("Redis went away mid-run")
+
+
+def test_a_run_interrupted_by_redis_going_away_gives_its_claim_back_for_the_retry(
+    database: str, redis_client: Any
+) -> None:
+    job_id = str(uuid.uuid4())
+    payload = build_request(get_settings(), prompt="interrupted", model="gpt-4o").to_dict()
+    records.insert_job(
+        job_id=job_id, priority="default", queue="llm.default", model="gpt-4o", request=payload
+    )
+    records.mark_published(job_id)
+    with pytest.raises(DependencyUnavailableError, match="redis"):
+        execute_job(job_id, payload, worker="w/1", caller=RedisVanishingCaller())  # type: ignore[arg-type]
+    record = records.get_job(job_id)
+    # not failed, not left "running" under a live worker: queued again, and in the outbox (unpublished)
+    # in case the task's retry message could not be sent either
+    assert record.status == "queued" and record.published_at is None and record.error is None

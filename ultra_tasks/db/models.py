@@ -66,6 +66,9 @@ class JobRecord(Base):
     __table_args__ = (
         Index("ix_jobs_status_created", "status", "created_at"),
         Index("ux_jobs_idempotency_key", "idempotency_key", unique=True),
+        # queue statistics read the jobs started or finished in a recent window (jobs/stats.py)
+        Index("ix_jobs_finished_at", "finished_at"),
+        Index("ix_jobs_started_at", "started_at"),
     )
 
 

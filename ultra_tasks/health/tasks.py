@@ -9,6 +9,7 @@ from typing import Any
 from ultra_tasks import keys
 from ultra_tasks.celery_app import app
 from ultra_tasks.config import get_settings
+from ultra_tasks.redis_client import REDIS_DOWN, shared_redis
 from ultra_tasks.resilience.breaker import breaker_redis
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,44 @@ UNPUBLISHED_GRACE_S = 10.0
 RUNNING_GRACE_S = 60.0
 
 
+#: a job published this long ago and never started may have lost its message (seconds)
+LOST_MESSAGE_GRACE_S = 30.0
+
+
+def _lost_messages(waiting: list[tuple[str, str, dict[str, Any]]]) -> list[tuple[str, str, dict[str, Any]]]:
+    """The published, never-started jobs whose message is nowhere on a Redis broker.
+
+    kombu's Redis transport takes a message off its list (BRPOP) and then notes it as unacknowledged in
+    a second command; Redis going away between the two loses the message. A waiting job is taken as lost
+    only when its queue is empty (a job behind a backlog is not judged until the backlog has drained)
+    and no worker holds its message unacknowledged. RabbitMQ has no such window.
+    """
+    from ultra_tasks.broker import is_amqp
+    from ultra_tasks.jobs.stats import broker_keys
+
+    if not waiting or is_amqp():
+        return []
+    client = shared_redis(get_settings().effective_broker_url)
+    try:
+        pipe = client.pipeline(transaction=False)
+        queues = sorted({queue for _, queue, _ in waiting})
+        for queue in queues:
+            for name in broker_keys(queue):
+                pipe.llen(name)
+        pipe.hvals(UNACKED_KEY)
+        *lengths, unacked = pipe.execute()
+    except REDIS_DOWN:
+        return []
+    steps = len(lengths) // len(queues) if queues else 0
+    empty = {q for i, q in enumerate(queues) if not any(lengths[i * steps : (i + 1) * steps])}
+    held = "".join(str(v) for v in unacked)
+    return [job for job in waiting if job[1] in empty and job[0] not in held]
+
+
+#: kombu's Redis transport: the hash of messages delivered and not yet acknowledged
+UNACKED_KEY = "unacked"
+
+
 @app.task(name="ultra.ops.sweep", ignore_result=True)
 def sweep() -> int:
     """Publish jobs the outbox holds (recorded while the broker was down) and jobs whose worker died
@@ -71,6 +110,9 @@ def sweep() -> int:
             verdicts[holder] = bool(holder) and is_dead(client, holder)
         if verdicts[holder] and all(job_id != d[0] for d in due):
             due.append((job_id, queue, payload))
+    for lost in _lost_messages(records.published_waiting(LOST_MESSAGE_GRACE_S)):
+        if all(lost[0] != d[0] for d in due):
+            due.append(lost)
     sent = sum(publish(job_id, queue, payload) for job_id, queue, payload in due)
     if due:
         log.warning("sweeper republished %d of %d jobs", sent, len(due))

@@ -149,6 +149,20 @@ def running_jobs(claimed_before_s: float, limit: int = 1000) -> list[tuple[str, 
     return [(r.id, r.queue, r.request, r.worker or "") for r in rows]
 
 
+def published_waiting(published_before_s: float, limit: int = 1000) -> list[tuple[str, str, dict[str, Any]]]:
+    """(id, queue, request) of jobs published at least ``published_before_s`` seconds ago and never
+    started (still queued)."""
+    cutoff = utcnow() - timedelta(seconds=published_before_s)
+    with transaction() as conn:
+        rows = conn.execute(
+            select(jobs.c.id, jobs.c.queue, jobs.c.request)
+            .where(jobs.c.status == JobStatus.QUEUED.value, jobs.c.published_at < cutoff)
+            .order_by(jobs.c.published_at)
+            .limit(limit)
+        ).all()
+    return [(r.id, r.queue, r.request) for r in rows]
+
+
 def promote_starved(age_s: float, limit: int = 500) -> list[tuple[str, str, dict[str, Any]]]:
     """Move jobs that waited longer than ``age_s`` in llm.low or llm.default one queue up; returns
     (id, new queue, request) to publish there. The message left behind finds the job done and returns its
@@ -267,6 +281,18 @@ def mark_running(job_id: str, worker: str | None, stale_after_s: float = 3600.0)
         holder=current.worker,
         claimed=False,
     )
+
+
+def unclaim(job_id: str, worker: str) -> None:
+    """Give back a claim this worker holds (its run was interrupted by an outage, not by the job):
+    queued again and unpublished, so the sweeper publishes it even if the task's retry message could not
+    be sent (a duplicate of a retry that was sent is harmless)."""
+    with transaction() as conn:
+        conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING.value, jobs.c.worker == worker)
+            .values(status=JobStatus.QUEUED.value, published_at=None, updated_at=utcnow())
+        )
 
 
 def take_over(job_id: str, dead_holder: str, worker: str | None) -> RunStart | None:

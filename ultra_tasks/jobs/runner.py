@@ -136,7 +136,7 @@ def execute_job(
         if record is None or not record.claimed:
             log.info("job %s is running elsewhere; this duplicate delivery does nothing", job_id)
             return {"job_id": job_id, "status": "duplicate"}
-    return _run(job_id, payload, record, queue, worker, caller, effects, settings, writer)
+    return _run_guarded(job_id, payload, record, queue, worker, caller, effects, settings, writer)
 
 
 def _execute_without_database(
@@ -178,11 +178,37 @@ def _execute_without_database(
     writer.buffer("started", job_id, utcnow(), worker=worker)
     try:
         record = records.RunStart(JobStatus.RUNNING, 0)
-        return _run(job_id, payload, record, queue, worker, caller, effects, settings, writer)
+        return _run_guarded(job_id, payload, record, queue, worker, caller, effects, settings, writer)
     finally:
         with contextlib.suppress(*REDIS_DOWN):
             if client.get(claim) == holder:
                 client.delete(claim)
+
+
+def _run_guarded(
+    job_id: str,
+    payload: dict[str, Any],
+    record: records.RunStart | None,
+    queue: str | None,
+    worker: str | None,
+    caller: ResilientCaller | None,
+    effects: ModeEffects | None,
+    settings: Settings,
+    writer: RecordWriter,
+) -> dict[str, Any]:
+    """``_run``, where Redis or the database going away mid-run is not the job's fault: the claim is given
+    back (so the retry, or any other delivery, can take it) and the task retries the run once the
+    dependency answers, rather than the job failing or staying "running" under a live worker."""
+    try:
+        return _run(job_id, payload, record, queue, worker, caller, effects, settings, writer)
+    except (DependencyUnavailableError, *REDIS_DOWN) as exc:
+        log.warning("job %s interrupted by an unavailable dependency (%s); it will run again", job_id, exc)
+        if record is not None and worker is not None:
+            with contextlib.suppress(DependencyUnavailableError):
+                records.unclaim(job_id, worker)
+        if isinstance(exc, DependencyUnavailableError):
+            raise
+        raise DependencyUnavailableError("redis", str(exc)) from exc
 
 
 def _run(
@@ -270,8 +296,8 @@ def _run(
         if record is not None:
             writer.write("failed", job_id, error=error, calls=budget.used)
         return failed_outcome(job_id, error)
-    except DependencyUnavailableError:
-        raise  # the task retries the whole run once the dependency is back
+    except (DependencyUnavailableError, *REDIS_DOWN):
+        raise  # _run_guarded gives the claim back; the task retries the whole run
     except Exception as exc:
         # A bug must not leave the job "running" forever: record it as failed, with what happened.
         log.exception("job %s failed unexpectedly", job_id)
