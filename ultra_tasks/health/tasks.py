@@ -53,12 +53,15 @@ LOST_MESSAGE_GRACE_S = 30.0
 
 
 def _lost_messages(waiting: list[tuple[str, str, dict[str, Any]]]) -> list[tuple[str, str, dict[str, Any]]]:
-    """The published, never-started jobs whose message is nowhere on a Redis broker.
+    """The published, never-started jobs whose message is no longer waiting on a Redis broker.
 
-    kombu's Redis transport takes a message off its list (BRPOP) and then notes it as unacknowledged in
-    a second command; Redis going away between the two loses the message. A waiting job is taken as lost
-    only when its queue is empty (a job behind a backlog is not judged until the backlog has drained)
-    and no worker holds its message unacknowledged. RabbitMQ has no such window.
+    A Redis restart can lose a delivery: kombu's Redis transport takes a message off its list (BRPOP) and
+    notes it as unacknowledged in a second command, and a channel that died keeps its unacknowledged
+    messages until the visibility timeout (an hour) restores them. A waiting job is taken as lost when its
+    queue is empty (a job behind a backlog is not judged until the backlog has drained) and it was
+    published LOST_MESSAGE_GRACE_S ago: with prefetch 1 a worker holds no message it has not started.
+    Republishing one that was not lost is harmless (the second delivery finds the job done or claimed).
+    RabbitMQ has no such window.
     """
     from ultra_tasks.broker import is_amqp
     from ultra_tasks.jobs.stats import broker_keys
@@ -72,18 +75,12 @@ def _lost_messages(waiting: list[tuple[str, str, dict[str, Any]]]) -> list[tuple
         for queue in queues:
             for name in broker_keys(queue):
                 pipe.llen(name)
-        pipe.hvals(UNACKED_KEY)
-        *lengths, unacked = pipe.execute()
+        lengths = pipe.execute()
     except REDIS_DOWN:
         return []
-    steps = len(lengths) // len(queues) if queues else 0
+    steps = len(lengths) // len(queues)
     empty = {q for i, q in enumerate(queues) if not any(lengths[i * steps : (i + 1) * steps])}
-    held = "".join(str(v) for v in unacked)
-    return [job for job in waiting if job[1] in empty and job[0] not in held]
-
-
-#: kombu's Redis transport: the hash of messages delivered and not yet acknowledged
-UNACKED_KEY = "unacked"
+    return [job for job in waiting if job[1] in empty]
 
 
 @app.task(name="ultra.ops.sweep", ignore_result=True)
