@@ -545,13 +545,28 @@ class BrokerQueues:
         depths = queue_depths(None if ON_AMQP else self.client)
         return sum(n for q, n in depths.items() if q != "ops")
 
-    def purge(self, queue: str) -> None:
+    def drop_messages(self, queue: str) -> None:
+        """Drop the queue's messages (as a broker that lost them would); the jobs stay recorded."""
         from ultra_tasks.broker import consumed_queues
         from ultra_tasks.celery_app import app
 
         with app.connection_for_write() as conn:
             for name in consumed_queues([queue]):
                 conn.default_channel.queue_purge(name)
+
+    def purge(self, queue: str) -> None:
+        """Drop the queue's messages and end its waiting jobs (as expired), so no sweep republishes
+        them into a later test."""
+        from sqlalchemy import update
+
+        from ultra_tasks.db.engine import transaction
+        from ultra_tasks.jobs.records import jobs
+
+        self.drop_messages(queue)
+        with transaction() as conn:
+            conn.execute(
+                update(jobs).where(jobs.c.status == "queued", jobs.c.queue == queue).values(status="expired")
+            )
 
 
 @pytest.fixture

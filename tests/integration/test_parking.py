@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,11 +17,12 @@ pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
-def lot(redis_client: Any) -> Parking:
-    redis_client.delete(
-        keys.parked_jobs(), keys.parked_inflight(), *(keys.parked(q) for q in keys.LLM_QUEUES)
-    )
-    return Parking(redis_client)
+def lot(redis_client: Any) -> Iterator[Parking]:
+    # these tests park made-up jobs: no worker's releaser may find them later
+    names = (keys.parked_jobs(), keys.parked_inflight(), *(keys.parked(q) for q in keys.LLM_QUEUES))
+    redis_client.delete(*names)
+    yield Parking(redis_client)
+    redis_client.delete(*names)
 
 
 def test_claim_takes_only_due_jobs_high_queue_first(lot: Parking) -> None:
