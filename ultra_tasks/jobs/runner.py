@@ -15,6 +15,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from ultra_tasks import keys
@@ -136,7 +137,8 @@ def execute_job(
         if record is None or not record.claimed:
             log.info("job %s is running elsewhere; this duplicate delivery does nothing", job_id)
             return {"job_id": job_id, "status": "duplicate"}
-    return _run_guarded(job_id, payload, record, queue, worker, caller, effects, settings, writer)
+    with _claim_back_on_outage(job_id, record, worker):
+        return _run(job_id, payload, record, queue, worker, caller, effects, settings, writer)
 
 
 def _execute_without_database(
@@ -178,29 +180,21 @@ def _execute_without_database(
     writer.buffer("started", job_id, utcnow(), worker=worker)
     try:
         record = records.RunStart(JobStatus.RUNNING, 0)
-        return _run_guarded(job_id, payload, record, queue, worker, caller, effects, settings, writer)
+        with _claim_back_on_outage(job_id, record, worker):
+            return _run(job_id, payload, record, queue, worker, caller, effects, settings, writer)
     finally:
         with contextlib.suppress(*REDIS_DOWN):
             if client.get(claim) == holder:
                 client.delete(claim)
 
 
-def _run_guarded(
-    job_id: str,
-    payload: dict[str, Any],
-    record: records.RunStart | None,
-    queue: str | None,
-    worker: str | None,
-    caller: ResilientCaller | None,
-    effects: ModeEffects | None,
-    settings: Settings,
-    writer: RecordWriter,
-) -> dict[str, Any]:
-    """``_run``, where Redis or the database going away mid-run is not the job's fault: the claim is given
-    back (so the retry, or any other delivery, can take it) and the task retries the run once the
-    dependency answers, rather than the job failing or staying "running" under a live worker."""
+@contextlib.contextmanager
+def _claim_back_on_outage(job_id: str, record: records.RunStart | None, worker: str | None) -> Iterator[None]:
+    """Redis or the database going away mid-run is not the job's fault: the claim is given back (so the
+    retry, or any other delivery, can take it) and the task retries the run once the dependency answers,
+    rather than the job failing or staying "running" under a live worker."""
     try:
-        return _run(job_id, payload, record, queue, worker, caller, effects, settings, writer)
+        yield
     except (DependencyUnavailableError, *REDIS_DOWN) as exc:
         log.warning("job %s interrupted by an unavailable dependency (%s); it will run again", job_id, exc)
         if record is not None and worker is not None:
@@ -297,7 +291,7 @@ def _run(
             writer.write("failed", job_id, error=error, calls=budget.used)
         return failed_outcome(job_id, error)
     except (DependencyUnavailableError, *REDIS_DOWN):
-        raise  # _run_guarded gives the claim back; the task retries the whole run
+        raise  # _claim_back_on_outage gives the claim back; the task retries the whole run
     except Exception as exc:
         # A bug must not leave the job "running" forever: record it as failed, with what happened.
         log.exception("job %s failed unexpectedly", job_id)
