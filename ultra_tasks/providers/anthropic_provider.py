@@ -7,20 +7,24 @@ from typing import Any
 
 import anthropic
 
-from ultra_tasks.providers.base import LLMRequest, LLMResponse, Provider, Usage, connection_limits
+from ultra_tasks.providers.base import LLMRequest, LLMResponse, Provider, Usage
+from ultra_tasks.providers.clients import ClientShards
 from ultra_tasks.providers.sdk_errors import map_sdk_error
 
 PASSTHROUGH_PARAMS = ("top_p", "top_k")
 
 
 class AnthropicProvider(Provider):
-    def __init__(self, name: str, *, api_key: str, base_url: str | None, max_connections: int = 100) -> None:
+    def __init__(self, name: str, *, api_key: str, base_url: str | None, threads: int = 8) -> None:
         self.name = name
-        self._client = anthropic.Anthropic(
-            api_key=api_key,
-            base_url=base_url,
-            max_retries=0,
-            http_client=anthropic.DefaultHttpxClient(limits=connection_limits(max_connections)),
+        self._clients = ClientShards(
+            lambda http: anthropic.Anthropic(
+                api_key=api_key,
+                base_url=base_url,
+                max_retries=0,
+                http_client=anthropic.DefaultHttpxClient(**http),
+            ),
+            threads,
         )
 
     def complete(self, request: LLMRequest, *, timeout: float) -> LLMResponse:
@@ -48,7 +52,7 @@ class AnthropicProvider(Provider):
             kwargs["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
         started = time.perf_counter()
         try:
-            message = self._client.messages.create(timeout=timeout, **kwargs)
+            message = self._clients.get().messages.create(timeout=timeout, **kwargs)
         except anthropic.AnthropicError as exc:
             raise map_sdk_error(exc, provider=self.name, model=request.model, sdk=anthropic) from exc
         latency_ms = (time.perf_counter() - started) * 1000
@@ -66,4 +70,4 @@ class AnthropicProvider(Provider):
         )
 
     def close(self) -> None:
-        self._client.close()
+        self._clients.close()

@@ -77,21 +77,6 @@ class LLMResponse:
     finish_reason: str | None
 
 
-def connection_limits(concurrency: int) -> Any:
-    """HTTP pool limits for one provider client shared by ``concurrency`` worker threads.
-
-    The SDKs keep at most 100 idle connections; a worker with more threads would close and reopen
-    connections on every burst, so keep one alive per thread.
-    """
-    try:
-        import httpx2 as httpx  # the transport of current SDK releases
-    except ImportError:  # pragma: no cover - older SDK releases are built on httpx
-        import httpx  # type: ignore[no-redef]
-
-    size = max(100, concurrency)
-    return httpx.Limits(max_connections=max(1000, size), max_keepalive_connections=size)
-
-
 class Provider(ABC):
     """A source of completions. Implementations raise only ``ultra_tasks.errors.ProviderError``s."""
 

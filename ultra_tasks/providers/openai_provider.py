@@ -8,7 +8,8 @@ from typing import Any
 import openai
 
 from ultra_tasks.errors import ContentPolicyError, ServiceUnavailableException
-from ultra_tasks.providers.base import LLMRequest, LLMResponse, Provider, Usage, connection_limits
+from ultra_tasks.providers.base import LLMRequest, LLMResponse, Provider, Usage
+from ultra_tasks.providers.clients import ClientShards
 from ultra_tasks.providers.sdk_errors import map_sdk_error
 
 #: request parameters OpenAI accepts beside messages/max_tokens/temperature
@@ -16,14 +17,17 @@ PASSTHROUGH_PARAMS = ("top_p", "stop", "seed", "presence_penalty", "frequency_pe
 
 
 class OpenAIProvider(Provider):
-    def __init__(self, name: str, *, api_key: str, base_url: str | None, max_connections: int = 100) -> None:
+    def __init__(self, name: str, *, api_key: str, base_url: str | None, threads: int = 8) -> None:
         self.name = name
         # max_retries=0: our own retry layer owns retries, so attempts are counted once and budgeted.
-        self._client = openai.OpenAI(
-            api_key=api_key,
-            base_url=base_url,
-            max_retries=0,
-            http_client=openai.DefaultHttpxClient(limits=connection_limits(max_connections)),
+        self._clients = ClientShards(
+            lambda http: openai.OpenAI(
+                api_key=api_key,
+                base_url=base_url,
+                max_retries=0,
+                http_client=openai.DefaultHttpxClient(**http),
+            ),
+            threads,
         )
 
     def complete(self, request: LLMRequest, *, timeout: float) -> LLMResponse:
@@ -39,7 +43,7 @@ class OpenAIProvider(Provider):
                 kwargs[key] = request.params[key]
         started = time.perf_counter()
         try:
-            completion = self._client.chat.completions.create(timeout=timeout, **kwargs)
+            completion = self._clients.get().chat.completions.create(timeout=timeout, **kwargs)
         except openai.OpenAIError as exc:
             raise map_sdk_error(exc, provider=self.name, model=request.model, sdk=openai) from exc
         latency_ms = (time.perf_counter() - started) * 1000
@@ -68,4 +72,4 @@ class OpenAIProvider(Provider):
         )
 
     def close(self) -> None:
-        self._client.close()
+        self._clients.close()

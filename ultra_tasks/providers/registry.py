@@ -88,12 +88,10 @@ def _build(config: ProviderConfig, pool: int) -> Provider:
     if config.name == ANTHROPIC:
         from ultra_tasks.providers.anthropic_provider import AnthropicProvider
 
-        return AnthropicProvider(
-            config.name, api_key=config.api_key, base_url=config.base_url, max_connections=pool
-        )
+        return AnthropicProvider(config.name, api_key=config.api_key, base_url=config.base_url, threads=pool)
     from ultra_tasks.providers.openai_provider import OpenAIProvider
 
-    return OpenAIProvider(config.name, api_key=config.api_key, base_url=config.base_url, max_connections=pool)
+    return OpenAIProvider(config.name, api_key=config.api_key, base_url=config.base_url, threads=pool)
 
 
 class ProviderRegistry:
