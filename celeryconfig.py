@@ -31,9 +31,12 @@ event_serializer = "json"
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
-# A job interrupted by a lost broker connection is redelivered by the broker anyway; cancelling it at once
-# avoids running it twice in parallel.
-worker_cancel_long_running_tasks_on_connection_loss = True
+# A job running when the broker connection drops finishes; its ack is lost, the broker redelivers it, and
+# the redelivery finds the job claimed or done (runs are idempotent by job id), so it never runs twice in
+# parallel. Cancelling it instead cannot work on our threads pools: Celery then calls the pool's kill_job,
+# which the threads pool lacks, and the consumer died with "Unrecoverable error: NotImplementedError"
+# while the process lived on (caught by tests/chaos: a Redis restart left 95 of 150 jobs queued).
+worker_cancel_long_running_tasks_on_connection_loss = False
 broker_connection_retry_on_startup = True
 task_time_limit = _s.job_time_limit
 task_soft_time_limit = _s.effective_soft_time_limit

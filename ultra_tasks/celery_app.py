@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 from typing import Any
 
@@ -28,6 +29,11 @@ def _prepare_worker(sender: Any = None, **_: Any) -> None:
     from ultra_tasks.providers.registry import default_registry
 
     upgrade_schema()
+    # The SDKs cost about 2.5 s of CPU to import. Imported by the first job instead, every job the pool
+    # took meanwhile waited on the import lock already claimed (at 200 threads, a whole first wave).
+    for sdk_provider in ("ultra_tasks.providers.openai_provider", "ultra_tasks.providers.anthropic_provider"):
+        importlib.import_module(sdk_provider)
+
     # one line per HTTP request to a provider is noise at INFO; errors still surface through our logs
     for noisy in ("httpx", "httpx2", "httpcore", "httpcore2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

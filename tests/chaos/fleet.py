@@ -138,12 +138,32 @@ class Fleet:
         finally:
             engine.dispose()
 
+    def statuses(self) -> dict[str, list[str]]:
+        """Job ids by status, every job not yet succeeded listed (what a timed-out wait shows)."""
+        from ultra_tasks.jobs.records import jobs
+
+        engine = create_engine(self.db_url)
+        try:
+            with engine.connect() as conn:
+                rows = conn.execute(
+                    select(jobs.c.id, jobs.c.status, jobs.c.published_at, jobs.c.worker)
+                ).all()
+        finally:
+            engine.dispose()
+        out: dict[str, list[str]] = {}
+        for job_id, status, published_at, worker in rows:
+            out.setdefault(status, []).append(
+                "" if status == "succeeded" else f"{job_id} published {published_at} worker {worker}"
+            )
+        return out
+
     def wait_until(self, predicate: Any, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while not predicate():
             if time.monotonic() > deadline:
                 logs = "\n".join(f"--- {n}\n{self.log(n)[-2500:]}" for n, _ in self.procs)
-                raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{logs}")
+                jobs = {s: (len(ids), [i for i in ids if i][:5]) for s, ids in self.statuses().items()}
+                raise AssertionError(f"timed out after {timeout}s waiting for {what}\njobs: {jobs}\n{logs}")
             time.sleep(0.25)
 
     def stop_all(self) -> None:

@@ -58,6 +58,9 @@ class ClientShards(Generic[C]):
     threads say, share them the same way)."""
 
     def __init__(self, build: Callable[[dict[str, Any]], C], threads: int) -> None:
+        # built now, with the provider: later it would cost its first call 40 ms, spent after that call
+        # was granted its rate-limit slot
+        shared_tls_context()
         self._build = build
         self._count = max(1, math.ceil(threads / THREADS_PER_CLIENT))
         self._clients: list[C | None] = [None] * self._count

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import time
 from typing import Any
 
@@ -11,6 +12,10 @@ from ultra_tasks.errors import ContentPolicyError, ServiceUnavailableException
 from ultra_tasks.providers.base import LLMRequest, LLMResponse, Provider, Usage
 from ultra_tasks.providers.clients import ClientShards
 from ultra_tasks.providers.sdk_errors import map_sdk_error
+
+# The SDK imports its chat resource on a process's first ``client.chat`` (about 35 ms, so that first call
+# reached the provider well after the rate-limit slot it was granted); imported with the provider instead.
+importlib.import_module("openai.resources.chat.chat")
 
 #: request parameters OpenAI accepts beside messages/max_tokens/temperature
 PASSTHROUGH_PARAMS = ("top_p", "stop", "seed", "presence_penalty", "frequency_penalty")

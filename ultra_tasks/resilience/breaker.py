@@ -405,6 +405,12 @@ class CircuitBreaker:
 
         return wrapper  # type: ignore[return-value]
 
+    @property
+    def probing(self) -> bool:
+        """True inside ``with breaker:`` when this call is one of the half-open state's probes."""
+        stack = self._tokens.get()
+        return bool(stack) and stack[-1].lease is not None
+
     def __enter__(self) -> CircuitBreaker:
         self._tokens.set((*self._tokens.get(), self._before()))
         return self

@@ -24,6 +24,7 @@ from ultra_tasks.errors import (
     CircuitOpenException,
     ContentPolicyError,
     ContextWindowExceededError,
+    ErrorKind,
     NoProviderAvailableError,
     PermanentProviderError,
     ProviderError,
@@ -146,8 +147,10 @@ class ResilientCaller:
                 raise _BudgetSpent()
             timeout = self.timeouts.timeout(entry.provider, entry.model)
             started = time.perf_counter()
+            probe = False
             try:
                 with breaker:
+                    probe = breaker.probing
                     response = provider.complete(request, timeout=timeout)
             except CircuitOpenException:
                 budget.refund()
@@ -156,6 +159,15 @@ class ResilientCaller:
                 attempts.append({**exc.to_dict(), "entry": str(entry), "timeout_s": round(timeout, 3)})
                 if isinstance(exc, ProviderTimeoutError):
                     self.timeouts.record(entry.provider, entry.model, timeout)
+                if probe and exc.kind is ErrorKind.TRANSIENT:
+                    # The breaker chose this call to test a provider it holds to be down, and the failure
+                    # opened it again. It reports on the provider, not on the job: no attempt is charged
+                    # (probes are few fleet-wide), and the entry is unavailable now, as for any open
+                    # breaker, so the job moves on or parks at once. Before, the job slept its retry
+                    # backoff holding a worker thread only to be refused, and a long outage failed the
+                    # jobs that had carried its probes once their budget ran out.
+                    budget.refund()
+                    raise CircuitOpenException(breaker.name, breaker.reset_timeout) from exc
                 raise
             self.timeouts.record(entry.provider, entry.model, time.perf_counter() - started)
             return response
