@@ -119,15 +119,6 @@ def test_broker_stopped_while_producers_submit_accepted_jobs_run_after_it_return
 
 
 @pytest.mark.usefixtures("closed_provider_breakers")
-@pytest.mark.xfail(
-    reason=(
-        "known regression, not yet pinned down: on a fresh install (2026-11-29) the worker takes its next "
-        "deliveries only every ~2 s while every job parks, so the 30 jobs are never all parked within 60 s; "
-        "the code of the last landing fails the same way on the same packages (celery 5.6.1-5.6.3, redis-py "
-        "6.4/8.1), so it comes from the dependency set"
-    ),
-    strict=False,
-)
 def test_every_provider_down_parks_jobs_holding_no_worker_then_all_succeed(
     worker_factory: Any, fake_provider: Any, redis_client: Any
 ) -> None:
