@@ -272,3 +272,34 @@ def test_default_chain_maps_between_provider_tiers() -> None:
         "anthropic:claude-3-5-haiku-latest",
         "openai:gpt-4o-mini",
     ]
+
+
+def test_a_failed_half_open_probe_costs_the_job_no_attempt_and_parks_it_without_a_backoff(
+    fake_provider: Any,
+) -> None:
+    settings = load_settings()
+    sleeps: list[float] = []
+    breaker = CircuitBreaker(f"probe-{uuid.uuid4().hex[:6]}", failure_threshold=1, reset_timeout=0.3)
+    registry = ProviderRegistry(settings)
+    caller = ResilientCaller(
+        registry, settings, breaker_redis(), sleep=sleeps.append, breaker_factory=lambda name: breaker
+    )
+    fake_provider.add_fault("status", status=503)
+    request = LLMRequest("gpt-4o", (ChatMessage("user", "probe"),), 32)
+    try:
+        # the first failure opens the breaker (threshold 1); the retry finds it open and the job parks
+        first = AttemptBudget(5)
+        with pytest.raises(NoProviderAvailableError):
+            caller.call(request, [OPENAI], first)
+        assert first.used == 1
+        time.sleep(0.4)  # past the reset timeout: the next call is the half-open probe
+        calls_before, sleeps_before = fake_provider.stats()["total"], len(sleeps)
+        probe = AttemptBudget(5)
+        with pytest.raises(NoProviderAvailableError):
+            caller.call(request, [OPENAI], probe)
+        assert fake_provider.stats()["total"] == calls_before + 1  # the probe reached the provider
+        assert probe.used == 0  # it tested the provider for the breaker: the job is charged nothing
+        assert len(sleeps) == sleeps_before  # and parks at once instead of sleeping a retry backoff
+        assert breaker.state == CircuitBreaker.OPEN
+    finally:
+        registry.close()
