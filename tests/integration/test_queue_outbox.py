@@ -53,6 +53,25 @@ def test_same_idempotency_key_returns_the_first_job_and_enqueues_once(broker_que
         broker_queues.purge("llm.low")
 
 
+def test_a_job_message_names_the_job_in_its_headers_not_its_request(broker_queues: Any) -> None:
+    from ultra_tasks.broker import consumed_queues
+    from ultra_tasks.celery_app import app
+
+    secret = f"private-{uuid.uuid4().hex}"
+    try:
+        handle = submit(f"summarize {secret}", model="gpt-4o", priority="low", metadata={"ref": secret})
+        with app.connection_for_read() as conn:
+            messages = [conn.default_channel.basic_get(q, no_ack=True) for q in consumed_queues(["llm.low"])]
+        [message] = [m for m in messages if m is not None]
+        # Celery would put a repr of the arguments (the request) into the headers Flower and logs show
+        assert message.headers["argsrepr"] == f"[{handle.id!r}, <request>]"
+        assert secret not in str(message.headers)
+        body = message.body.decode() if isinstance(message.body, bytes) else str(message.body)
+        assert secret in body  # the request itself travels in the body, for the worker
+    finally:
+        broker_queues.purge("llm.low")
+
+
 PRODUCER = """
 import sys
 from ultra_tasks import submit
