@@ -1,19 +1,25 @@
 """A workaround for one upstream regression, applied when the Celery app is imported.
 
 celery 5.7.0 / kombu 5.7.0: when a worker loses its Redis broker connection, the consumer first collects
-the connection, then closes it. Closing a Redis channel restores its unacknowledged deliveries, which
-needs the connection that was just collected: ``_connparams`` raises ``AttributeError`` ('NoneType' object
-has no attribute 'hostname'), which ``ignore_errors`` does not ignore, and the consumer dies with
-"Unrecoverable error" while the process, its threads and its liveness key live on: the worker never takes
-another job (tests/chaos: a Redis restart left most jobs queued).
+the connection, then closes it. From then on, anything a channel of the old connection still does that
+needs a Redis client (restoring its unacknowledged deliveries on close, acknowledging a task that
+finished meanwhile) fails in ``_connparams`` with ``AttributeError`` ('NoneType' object has no attribute
+'hostname' / 'client'). That is not a connection error, so neither ``ignore_errors`` nor ``ack_log_error``
+absorbs it, and the consumer dies with "Unrecoverable error" while the process, its threads and its
+liveness key live on: the worker never takes another job (tests/chaos: after a Redis restart, or a broker
+outage, most jobs stayed queued).
 
 Older releases (5.6.x) reconnect, but their threads pool acknowledges a finished task only when the event
 loop next wakes, up to seconds later: with the prefetch window full, a worker took 11 jobs/s instead of
-175 (scripts/bench_throughput.py). So 5.7 is required, and this patch lets the consumer reconnect.
+175 (scripts/bench_throughput.py). So 5.7 is required, and this module turns the collected connection
+into what it is, a connection error, which Celery already handles:
 
-What the patch gives up: the deliveries that channel held are not put back at once. They stay in kombu's
-unacked set, from which any consumer restores them after the visibility timeout, and the sweeper
-republishes a published job that never started once its queue drains (jobs/queue.py), so none is lost.
+- a channel whose connection was collected raises ``redis.ConnectionError`` when it needs a client, so a
+  late ack is logged as not acknowledged (the broker redelivers it; the rerun finds the job done);
+- restoring that channel's unacknowledged deliveries on close is skipped with a warning, so the close
+  completes. Those deliveries stay in kombu's unacked set, from which a consumer restores them after the
+  visibility timeout, and the sweeper republishes a published job that never started once its queue
+  drains (jobs/queue.py): none is lost.
 """
 
 from __future__ import annotations
@@ -26,24 +32,35 @@ log = logging.getLogger(__name__)
 
 
 def tolerate_collected_connection_on_restore() -> None:
+    import redis
     from kombu.transport import redis as kombu_redis
 
-    restore = kombu_redis.QoS.restore_unacked
-    if getattr(restore, "_ultra_tolerant", False):
+    connparams = kombu_redis.Channel._connparams
+    if getattr(connparams, "_ultra_tolerant", False):
         return
+
+    @functools.wraps(connparams)
+    def _connparams(self: Any, *args: Any, **kwargs: Any) -> Any:
+        transport = self.connection
+        if transport is None or transport.client is None:
+            raise redis.exceptions.ConnectionError("the broker connection of this channel was closed")
+        return connparams(self, *args, **kwargs)
+
+    restore = kombu_redis.QoS.restore_unacked
 
     @functools.wraps(restore)
     def restore_unacked(self: Any, client: Any = None) -> Any:
         try:
             return restore(self, client)
-        except AttributeError as exc:  # the channel's connection was collected (see the module docstring)
+        except redis.exceptions.ConnectionError as exc:
             log.warning(
-                "%d unacknowledged deliveries not restored at once (broker connection already "
-                "collected: %s); they return after the visibility timeout or with the sweeper",
+                "%d unacknowledged deliveries not restored at once (%s); they return after the "
+                "visibility timeout or with the sweeper",
                 len(self._delivered),
                 exc,
             )
             return None
 
-    restore_unacked._ultra_tolerant = True  # type: ignore[attr-defined]
+    _connparams._ultra_tolerant = True  # type: ignore[attr-defined]
+    setattr(kombu_redis.Channel, "_connparams", _connparams)  # noqa: B010 - patching a method
     setattr(kombu_redis.QoS, "restore_unacked", restore_unacked)  # noqa: B010 - patching a method
