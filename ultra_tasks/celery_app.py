@@ -10,14 +10,14 @@ import celery.app.trace
 from celery import Celery
 from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 
-from ultra_tasks.celery_compat import tolerate_collected_connection_on_restore
+from ultra_tasks.celery_compat import tolerate_collected_broker_connection
 
 log = logging.getLogger(__name__)
 
 # Job results hold prompts' answers: log that a task succeeded and how long it took, not what it returned.
 celery.app.trace.LOG_SUCCESS = "Task %(name)s[%(id)s] succeeded in %(runtime)ss"
 
-tolerate_collected_connection_on_restore()
+tolerate_collected_broker_connection()
 
 app = Celery(
     "ultra_tasks", include=["ultra_tasks.jobs.tasks", "ultra_tasks.jobs.queue", "ultra_tasks.health.tasks"]

@@ -31,7 +31,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
-def tolerate_collected_connection_on_restore() -> None:
+def tolerate_collected_broker_connection() -> None:
     import redis
     from kombu.transport import redis as kombu_redis
 
