@@ -166,6 +166,45 @@ def test_breaker_closes_again_once_the_database_is_back(
     assert stats["transitions"]["half-open->closed"] == 1
 
 
+def test_a_connect_that_fails_once_is_retried_counted_and_the_transaction_goes_through(
+    private_postgres: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first connect of a transaction runs without retry machinery (a fast path); its transient failure
+    # must still be retried as the first of DATABASE_RETRY_ATTEMPTS and counted.
+    _configure(monkeypatch, DATABASE_URL=private_postgres.url, DATABASE_RETRY_ATTEMPTS="3")
+    connects = _count_connects(db.get_engine())
+    refused = [1]
+
+    def refuse_once(*_: Any) -> None:
+        if refused[0]:
+            refused[0] = 0
+            raise psycopg2.OperationalError("could not connect to server: Connection refused (injected)")
+
+    event.listen(db.get_engine(), "do_connect", refuse_once)
+    with db.transaction() as conn:
+        assert conn.execute(text("SELECT 1")).scalar_one() == 1
+    assert connects[0] == 2
+    stats = db.database_stats()["databases"][0]
+    assert stats["retries"] == 1 and stats["state"] == "closed"
+
+
+def test_a_connect_that_keeps_failing_stops_after_the_configured_attempts(
+    private_postgres: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _configure(
+        monkeypatch,
+        DATABASE_URL=private_postgres.url,
+        DATABASE_RETRY_ATTEMPTS="2",
+        DATABASE_BREAKER_FAILURE_THRESHOLD="50",
+    )
+    connects = _count_connects(db.get_engine())
+    private_postgres.stop()
+    with pytest.raises(DependencyUnavailableError), db.transaction() as conn:
+        conn.execute(text("SELECT 1"))
+    assert connects[0] == 2
+    assert db.database_stats()["databases"][0]["retries"] == 1
+
+
 def test_a_connection_killed_between_calls_is_replaced_transparently(
     private_postgres: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -111,3 +111,39 @@ def test_worker_logs_say_a_job_succeeded_without_its_prompt_or_answer(llm_worker
     log = llm_worker.log()
     assert f"ultra.run_job[{handle.id}] succeeded" in log
     assert secret not in log
+
+
+def test_the_succeeded_event_flower_shows_carries_no_answer(llm_worker: Any) -> None:
+    # Flower switches task events on and shows each task-succeeded event's "result": a repr Celery builds
+    # of the return value. A job's return value is the model's answer, which stays in the job table.
+    import threading
+
+    from ultra_tasks.celery_app import app
+
+    secret = f"private-{uuid.uuid4().hex}"
+    events: list[dict[str, Any]] = []
+    seen = threading.Event()
+    app.control.enable_events(destination=[llm_worker.name])
+    try:
+        with app.connection_for_read() as conn:
+
+            def on_event(event: dict[str, Any]) -> None:
+                events.append(event)
+                if event.get("type") == "task-succeeded":
+                    seen.set()
+
+            receiver = app.events.Receiver(conn, handlers={"*": on_event})
+            listener = threading.Thread(
+                target=lambda: receiver.capture(limit=None, timeout=None, wakeup=True), daemon=True
+            )
+            listener.start()
+            time.sleep(0.5)  # the receiver's fanout queue is bound before the job runs
+            handle = submit(f"summarize {secret}", model="gpt-4o-mini")
+            assert secret in handle.result(timeout=30).text
+            assert seen.wait(10), f"no task-succeeded event; saw {[e.get('type') for e in events]}"
+            receiver.should_stop = True
+    finally:
+        app.control.disable_events(destination=[llm_worker.name])
+    succeeded = [e for e in events if e.get("type") == "task-succeeded" and e.get("uuid") == handle.id]
+    assert succeeded, "the job's own task-succeeded event"
+    assert all(secret not in json.dumps(e) for e in events)

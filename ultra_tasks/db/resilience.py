@@ -13,6 +13,7 @@ fast (no connect attempt, no connect timeout) until a single probe after
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections import Counter
@@ -186,24 +187,43 @@ class DatabaseGuard:
 _COUNTS = ("checkouts", "connect_failures", "rejected", "retries", "replica_fallbacks")
 
 
-def retrying(settings: Settings, guard: DatabaseGuard, *, whole_transaction: bool) -> Retrying:
-    """A few quick attempts with full-jitter exponential backoff, bounded in count and in total time."""
+def retrying(
+    settings: Settings,
+    guard: DatabaseGuard,
+    *,
+    whole_transaction: bool,
+    first_failure: BaseException | None = None,
+) -> Retrying:
+    """A few quick attempts with full-jitter exponential backoff, bounded in count and in total time.
+
+    ``first_failure``: the caller already made the first attempt itself and it failed transiently (the
+    connect fast path, engine._open); it is logged and counted as attempt 1, the first backoff is slept
+    here, and the Retrying returned makes the remaining attempts."""
 
     def before_sleep(state: RetryCallState) -> None:
-        guard._count("retries")
         exc = state.outcome.exception() if state.outcome else None
-        log.info(
-            "transient database error on %s (attempt %d), retrying: %s",
-            guard.url,
-            state.attempt_number,
-            first_line(exc) if exc else "?",
-        )
+        _note_retry(guard, state.attempt_number + offset, exc)
 
+    offset = 0
+    if first_failure is not None:
+        _note_retry(guard, 1, first_failure)
+        time.sleep(random.uniform(0, RETRY_INITIAL_WAIT_S))  # the first full-jitter wait
+        offset = 1
     return Retrying(
-        stop=stop_after_attempt(settings.database_retry_attempts)
+        stop=stop_after_attempt(max(1, settings.database_retry_attempts - offset))
         | stop_after_delay(settings.database_retry_max_time),
-        wait=wait_random_exponential(multiplier=RETRY_INITIAL_WAIT_S, max=RETRY_MAX_WAIT_S),
+        wait=wait_random_exponential(multiplier=RETRY_INITIAL_WAIT_S * 2**offset, max=RETRY_MAX_WAIT_S),
         retry=retry_if_exception(lambda e: is_transient(e, whole_transaction=whole_transaction)),
         before_sleep=before_sleep,
         reraise=True,
+    )
+
+
+def _note_retry(guard: DatabaseGuard, attempt: int, exc: BaseException | None) -> None:
+    guard._count("retries")
+    log.info(
+        "transient database error on %s (attempt %d), retrying: %s",
+        guard.url,
+        attempt,
+        first_line(exc) if exc else "?",
     )

@@ -30,7 +30,11 @@ DB_MAX_RETRIES = 30
 PARK_FALLBACK_MAX_S = 60.0
 
 
-@app.task(name="ultra.run_job", bind=True, max_retries=None)
+# resultrepr_maxsize: Celery builds a repr of every result (up to 1 KiB by default) for its success log
+# line and the task-succeeded event that Flower shows. A job's result is the model's answer: it belongs
+# in the job table and the result backend, not in the event stream or logs (celery_app.py drops it from
+# the log line), and walking it cost ~50 us of each job's worker CPU.
+@app.task(name="ultra.run_job", bind=True, max_retries=None, resultrepr_maxsize=1)
 def run_job(self: Task, job_id: str, payload: dict[str, Any]) -> dict[str, Any]:
     """Run one LLM job. ``payload`` is the validated request (JSON), never a callable."""
     queue = (self.request.delivery_info or {}).get("routing_key")
