@@ -208,6 +208,23 @@ def busy_rates(n: int, concurrency: int, latency_s: float, tmp: Path) -> tuple[f
     return span, finished_in_window / (window_to - window_from)
 
 
+def sdk_call_cpu_ms(n: int) -> float:
+    """CPU per provider call through the official SDK against the zero-latency fake provider, alone in
+    this process (one thread, warm): the least any job that calls a provider adds to a no-op task."""
+    from ultra_tasks.providers.base import LLMRequest
+    from ultra_tasks.providers.registry import default_registry, provider_for_model
+
+    payload = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "bench"}], "max_tokens": 16}
+    request = LLMRequest.from_dict(payload)
+    provider = default_registry().get(provider_for_model(request.model))
+    for _ in range(50):
+        provider.complete(request, timeout=10)
+    started = time.thread_time()
+    for _ in range(n):
+        provider.complete(request, timeout=10)
+    return (time.thread_time() - started) / n * 1000
+
+
 def _median(values: list[float]) -> float:
     return sorted(values)[len(values) // 2]
 
@@ -279,6 +296,13 @@ def main() -> None:
             print(f"      bare Celery no-op task : {noop_ms:8.2f} ms")
             print(f"      full job path          : {job_ms:8.2f} ms")
             print(f"      full / no-op           : {job_ms / noop_ms:8.2f}x")
+            # In a worker drain both sides keep the worker's GIL core busy, so their rates go about as the
+            # inverse of their worker CPU per job. Any job that calls a provider pays the no-op's Celery costs
+            # plus at least one SDK call: a job costing only that would reach about this ratio.
+            sdk_ms = sdk_call_cpu_ms(500)
+            bound = noop_ms / (noop_ms + sdk_ms)
+            print(f"      one SDK call, alone    : {sdk_ms:8.2f} ms  (this process, one thread, warm)")
+            print(f"      no-op + SDK call only  : {bound:8.3f}  ratio (no-op / (no-op + SDK call))")
 
         # (b) one LLM worker, many threads, slow provider: jobs queued first, then the worker drains them
         control.add_fault("latency", ms=args.latency_ms)
