@@ -109,9 +109,20 @@ def parked(queue: str) -> str:
     return f"{_ns()}:parked:{queue}"
 
 
+#: what a job can be parked for; each has a set per queue (``parked_for``). jobs/parking.py says what each
+#: means and what releases it.
+PARK_CAUSES = ("provider", "mode", "slot")
+
+
+def parked_for(queue: str, cause: str) -> str:
+    """Sorted set: the jobs of ``parked(queue)`` parked for ``cause`` (one of PARK_CAUSES), with the
+    same scores: what a wake for that cause releases before they are due."""
+    return f"{_ns()}:parked:{queue}:{cause}"
+
+
 def parked_jobs() -> str:
-    """Hash: job id → JSON {"queue", "payload", "reason", "parked_at"} of every parked job, so a job can be
-    released with no SQL read (the database may be the thing that is down)."""
+    """Hash: job id → JSON {"queue", "payload", "reason", "cause", "parked_at"} of every parked job, so a
+    job can be released with no SQL read (the database may be the thing that is down)."""
     return f"{_ns()}:parked:jobs"
 
 
@@ -119,6 +130,12 @@ def parked_inflight() -> str:
     """Sorted set: parked jobs being released, scored by when the releaser's lease lapses (a job whose
     releaser died goes back to its parked set then)."""
     return f"{_ns()}:parked:inflight"
+
+
+def parking_keys() -> list[str]:
+    """Every key that holds parked jobs (not the wake channel): what clearing them all must delete."""
+    per_queue = [k for q in LLM_QUEUES for k in (parked(q), *(parked_for(q, c) for c in PARK_CAUSES))]
+    return [parked_jobs(), parked_inflight(), *per_queue]
 
 
 def parked_wake() -> str:

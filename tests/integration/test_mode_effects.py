@@ -3,6 +3,7 @@ producers; recovery releases parked work at once; DEGRADED slows llm.low and pre
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -21,9 +22,7 @@ MODE_PROPAGATION_S = 1.3
 
 @pytest.fixture
 def mode(redis_client: Any, database: str) -> Iterator[SystemOperationMode]:
-    redis_client.delete(
-        keys.parked_jobs(), keys.parked_inflight(), *(keys.parked(q) for q in keys.LLM_QUEUES)
-    )
+    redis_client.delete(*keys.parking_keys())
     m = SystemOperationMode()
     m.clear_override()
     yield m
@@ -103,6 +102,30 @@ def test_degraded_slows_low_jobs_to_the_configured_rate_and_leaves_others_alone(
     )
     # each low job ran once on its reserved slot, not parked again and again
     assert [j.attempts for j in low_jobs] == [1] * 6, figures
+
+
+def test_a_flapping_breaker_in_degraded_does_not_let_slotted_low_jobs_run_ahead_of_their_slots(
+    worker_factory: Any, mode: SystemOperationMode, redis_client: Any
+) -> None:
+    interval = 2.0
+    worker_factory(concurrency=4, env={"MODE_DEGRADED_LOW_RATE": str(60.0 / interval)})
+    mode.set_override("DEGRADED", 120, reason="test")
+    time.sleep(MODE_PROPAGATION_S)
+
+    low = [submit(f"slotted {i}", model="gpt-4o-mini", priority="low") for i in range(4)]
+    _wait_for(lambda: sum(Parking(redis_client).depths().values()) >= 2, 20, "low jobs parked on slots")
+    assert {json.loads(v)["cause"] for v in redis_client.hvals(keys.parked_jobs())} == {"slot"}
+    # a breaker closes again and again while they wait: that is no reason for them to run sooner
+    for _ in range(3):
+        event = {"name": "openai:gpt-4o-mini", "from": "half-open", "to": "closed"}
+        redis_client.publish(keys.breaker_events(), json.dumps(event))
+        time.sleep(0.3)
+    for handle in low:
+        handle.result(timeout=60)
+    jobs = [records.get_job(h.id) for h in low]
+    first_claim = min(j.started_at.timestamp() for j in jobs)
+    ends = sorted(round(j.finished_at.timestamp() - first_claim, 2) for j in jobs)
+    assert ends[-1] >= 3 * interval * 0.9, f"low ends {ends} s after the first low claim"
 
 
 def test_degraded_answers_repeated_requests_from_the_cache_even_when_not_deterministic(

@@ -11,7 +11,15 @@ import pytest
 
 from ultra_tasks import keys
 from ultra_tasks.jobs import parking
-from ultra_tasks.jobs.parking import Parking, Releaser, _wakes
+from ultra_tasks.jobs.parking import (
+    ALL,
+    CAUSE_MODE,
+    CAUSE_PROVIDER,
+    CAUSE_SLOT,
+    Parking,
+    Releaser,
+    released_by,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -19,10 +27,9 @@ pytestmark = pytest.mark.timeout(60)
 @pytest.fixture
 def lot(redis_client: Any) -> Iterator[Parking]:
     # these tests park made-up jobs: no worker's releaser may find them later
-    names = (keys.parked_jobs(), keys.parked_inflight(), *(keys.parked(q) for q in keys.LLM_QUEUES))
-    redis_client.delete(*names)
+    redis_client.delete(*keys.parking_keys())
     yield Parking(redis_client)
-    redis_client.delete(*names)
+    redis_client.delete(*keys.parking_keys())
 
 
 def test_claim_takes_only_due_jobs_high_queue_first(lot: Parking) -> None:
@@ -98,19 +105,83 @@ def test_parking_refuses_a_queue_that_is_not_an_llm_queue(lot: Parking) -> None:
 
 
 @pytest.mark.parametrize(
-    ("channel", "event", "wakes"),
+    ("channel", "event", "releases"),
     [
-        (keys.breaker_events, {"name": "openai", "from": "half-open", "to": "closed"}, True),
-        (keys.breaker_events, {"name": "openai", "from": "open", "to": "half-open"}, True),
-        (keys.breaker_events, {"name": "openai", "from": "closed", "to": "open"}, False),
-        (keys.mode_events, {"from": "EMERGENCY", "to": "DEGRADED"}, True),
-        (keys.mode_events, {"from": "DEGRADED", "to": "NORMAL"}, True),
-        (keys.mode_events, {"from": "NORMAL", "to": "EMERGENCY"}, False),
-        (keys.parked_wake, {"reason": "operator"}, True),
+        (keys.breaker_events, {"name": "openai", "from": "half-open", "to": "closed"}, (CAUSE_PROVIDER,)),
+        (keys.breaker_events, {"name": "openai", "from": "open", "to": "half-open"}, (CAUSE_PROVIDER,)),
+        (keys.breaker_events, {"name": "openai", "from": "open", "to": "disabled"}, (CAUSE_PROVIDER,)),
+        (keys.breaker_events, {"name": "openai", "from": "closed", "to": "open"}, ()),
+        (keys.mode_events, {"from": "EMERGENCY", "to": "DEGRADED"}, (CAUSE_MODE,)),
+        (keys.mode_events, {"from": "EMERGENCY", "to": "NORMAL"}, (CAUSE_MODE, CAUSE_SLOT)),
+        (keys.mode_events, {"from": "DEGRADED", "to": "NORMAL"}, (CAUSE_MODE, CAUSE_SLOT)),
+        (keys.mode_events, {"from": "NORMAL", "to": "EMERGENCY"}, ()),
+        (keys.mode_events, {"from": "DEGRADED", "to": "EMERGENCY"}, ()),
+        (keys.parked_wake, {"reason": "operator"}, ALL),
     ],
 )
-def test_what_wakes_releasers(channel: Any, event: dict[str, Any], wakes: bool) -> None:
-    assert _wakes({"channel": channel(), "data": json.dumps(event)}) is wakes
+def test_what_each_event_releases(channel: Any, event: dict[str, Any], releases: tuple[str, ...]) -> None:
+    assert released_by({"channel": channel(), "data": json.dumps(event)}) == releases
+
+
+def _park_one_of_each_cause(lot: Parking) -> None:
+    later = time.time() + 3600
+    lot.park("no-provider", "llm.default", {}, later, "breaker open", CAUSE_PROVIDER)
+    lot.park("held", "llm.low", {}, later, "EMERGENCY", CAUSE_MODE)
+    lot.park("slotted", "llm.low", {"_slot_reserved": True}, later, "DEGRADED", CAUSE_SLOT)
+
+
+def test_a_breaker_event_releases_only_the_jobs_no_provider_could_take(lot: Parking) -> None:
+    _park_one_of_each_cause(lot)
+    assert [j.job_id for j in lot.claim(causes=(CAUSE_PROVIDER,))] == ["no-provider"]
+    # the mode's jobs stay parked, with their due times: neither held-back nor slotted work runs early
+    assert lot.depths() == {"llm.high": 0, "llm.default": 0, "llm.low": 2}
+    assert lot.claim(causes=(CAUSE_PROVIDER,)) == []
+
+
+def test_emergency_easing_to_degraded_releases_held_jobs_but_slotted_ones_keep_their_slots(
+    lot: Parking,
+) -> None:
+    _park_one_of_each_cause(lot)
+    assert [j.job_id for j in lot.claim(causes=released_by(_mode_event("EMERGENCY", "DEGRADED")))] == ["held"]
+    assert lot.due_at("slotted") is not None and lot.due_at("no-provider") is not None
+    # back to NORMAL: the slotted job goes too
+    assert [j.job_id for j in lot.claim(causes=released_by(_mode_event("DEGRADED", "NORMAL")))] == ["slotted"]
+    assert lot.depths() == {"llm.high": 0, "llm.default": 1, "llm.low": 0}
+
+
+def _mode_event(before: str, after: str) -> dict[str, Any]:
+    return {"channel": keys.mode_events(), "data": json.dumps({"from": before, "to": after})}
+
+
+def test_a_job_parked_again_for_another_cause_is_released_only_by_the_new_one(lot: Parking) -> None:
+    lot.park("j", "llm.low", {}, time.time() + 3600, "breaker open", CAUSE_PROVIDER)
+    lot.park("j", "llm.low", {}, time.time() + 3600, "EMERGENCY", CAUSE_MODE)
+    assert lot.claim(causes=(CAUSE_PROVIDER,)) == []
+    assert [j.job_id for j in lot.claim(causes=(CAUSE_MODE,))] == ["j"]
+
+
+def test_a_due_release_and_a_lapsed_lease_keep_a_job_in_its_cause_set(
+    lot: Parking, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(parking, "RELEASE_LEASE_S", 0.3)
+    lot.park("held", "llm.default", {}, time.time() - 1, "EMERGENCY", CAUSE_MODE)
+    assert [j.job_id for j in lot.claim()] == ["held"]  # due: claimed, then its releaser dies
+    assert lot.claim(causes=(CAUSE_MODE,)) == []  # claimed jobs are in no set meanwhile
+    time.sleep(0.4)
+    # the lapsed lease puts it back where it was: in its queue's set and in its cause's
+    assert [j.job_id for j in lot.claim(causes=(CAUSE_MODE,))] == ["held"]
+
+
+def test_a_claim_fills_its_batch_across_queues(lot: Parking) -> None:
+    for i in range(3):
+        lot.park(f"d{i}", "llm.default", {}, time.time() - 1, "quota", CAUSE_PROVIDER)
+        lot.park(f"l{i}", "llm.low", {}, time.time() - 1, "quota", CAUSE_PROVIDER)
+    assert [j.job_id for j in lot.claim(limit=4)] == ["d0", "d1", "d2", "l0"]
+
+
+def test_parking_refuses_a_cause_it_does_not_know(lot: Parking) -> None:
+    with pytest.raises(ValueError, match="'outage'"):
+        lot.park("x", "llm.low", {}, time.time(), "no", "outage")
 
 
 def test_a_releaser_releases_due_jobs_and_everything_on_a_wake(lot: Parking, redis_client: Any) -> None:
@@ -130,6 +201,28 @@ def test_a_releaser_releases_due_jobs_and_everything_on_a_wake(lot: Parking, red
         while "later" not in published and time.monotonic() < deadline:
             time.sleep(0.05)
         assert published == ["soon", "later"]
+    finally:
+        releaser.stop()
+        releaser.join(5)
+
+
+def test_a_releaser_hearing_a_breaker_close_releases_only_the_jobs_waiting_for_a_provider(
+    lot: Parking, redis_client: Any
+) -> None:
+    published: list[str] = []
+    releaser = Releaser(redis_client, lambda job_id, q, p: published.append(job_id) or True, poll_s=0.2)
+    releaser.start()
+    try:
+        _park_one_of_each_cause(lot)
+        time.sleep(0.3)  # the releaser is subscribed by now
+        event = {"name": "openai:gpt-4o-mini", "from": "half-open", "to": "closed"}
+        redis_client.publish(keys.breaker_events(), json.dumps(event))
+        deadline = time.monotonic() + 5
+        while "no-provider" not in published and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # anything else it would release goes in the same pass
+        assert published == ["no-provider"]
+        assert lot.depths() == {"llm.high": 0, "llm.default": 0, "llm.low": 2}
     finally:
         releaser.stop()
         releaser.join(5)

@@ -14,8 +14,15 @@ is down); and an ``inflight`` sorted set of releases under way. Releasing is at 
 3. ``done`` removes it from ``inflight``, and drops its envelope unless it was parked again meanwhile.
 
 A job released twice runs once: execution is idempotent by job id. Every LLM worker runs a releaser
-thread (:class:`Releaser`); any number may run at once. A breaker that closes or half-opens, or a mode
-that improves, wakes them to release every parked job at once rather than at its due time.
+thread (:class:`Releaser`); any number may run at once.
+
+Each job is parked for a *cause*, and a set per queue and cause (``parked_for``) indexes it, so an event
+releases before their due time only the jobs it concerns: a breaker that closes, half-opens or is disabled
+releases the jobs that no provider could take; a mode that improves releases the jobs it held back; a job
+waiting for the start slot it reserved (DEGRADED) is released early only when the mode is NORMAL again.
+(Before, every such event released every parked job: a flapping breaker in EMERGENCY sent the held-back
+backlog through the workers to be parked again each time, and in DEGRADED it let slotted ``llm.low``
+jobs run on their reservations at once, past the mode's rate.)
 """
 
 from __future__ import annotations
@@ -42,45 +49,85 @@ RELEASE_LEASE_S = 30.0
 #: most jobs one claim takes off the parked sets
 CLAIM_BATCH = 200
 
-# KEYS: inflight, envelopes, parked:<q>... ; ARGV: now, lease, limit, release_all (1/0), queues...
+#: why a job is parked, which decides what releases it before it is due (keys.PARK_CAUSES, in this order):
+#: - provider: no entry of its chain could be called (breaker open, rate limit, quota): a breaker event
+#:   releases it;
+#: - mode: held back by the operation mode (EMERGENCY runs only some queues): a mode that improves
+#:   releases it;
+#: - slot: waiting for the start slot it reserved (DEGRADED slows llm.low): released early only by the
+#:   mode returning to NORMAL, since a released slotted job runs without asking again.
+CAUSES = keys.PARK_CAUSES
+CAUSE_PROVIDER, CAUSE_MODE, CAUSE_SLOT = CAUSES
+#: what an operator's wake (``Parking.wake``) releases: every parked job, whatever its cause
+ALL = ("*",)
+
+# KEYS: inflight, envelopes, then per queue its parked set and its sets per cause (in ARGV's cause order)
+# ARGV: now, lease, limit, what ('' due jobs, '*' every job, else causes joined by ','), number of causes,
+#       causes..., queues...
 CLAIM_LUA = r"""
 local now = tonumber(ARGV[1])
 local lease = tonumber(ARGV[2])
 local limit = tonumber(ARGV[3])
-local all = ARGV[4] == '1'
-local sets = {}
-for i = 5, #ARGV do sets[ARGV[i]] = KEYS[i - 2] end
+local what = ARGV[4]
+local nc = tonumber(ARGV[5])
+local cause_index = {}
+for j = 1, nc do cause_index[ARGV[5 + j]] = j end
+local queues = {}
+local base = {}
+for i = 6 + nc, #ARGV do
+  table.insert(queues, ARGV[i])
+  base[ARGV[i]] = 2 + (#queues - 1) * (1 + nc)
+end
 -- releases whose releaser died: back where they came from, due now
 local lapsed = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, limit)
 for _, id in ipairs(lapsed) do
   redis.call('ZREM', KEYS[1], id)
   local env = redis.call('HGET', KEYS[2], id)
   if env then
-    local q = cjson.decode(env)['queue']
-    if sets[q] then redis.call('ZADD', sets[q], ARGV[1], id) end
+    local e = cjson.decode(env)
+    local b = base[e['queue']]
+    if b then
+      redis.call('ZADD', KEYS[b + 1], ARGV[1], id)
+      local j = cause_index[e['cause'] or '']
+      if j then redis.call('ZADD', KEYS[b + 1 + j], ARGV[1], id) end
+    end
   end
 end
-local out = {}
+-- where to look: the parked sets (0) for due jobs or every job, else the sets of the causes asked for
+local sources = {}
+if what == '' or what == '*' then
+  sources = {0}
+else
+  for c in string.gmatch(what, '[^,]+') do
+    if cause_index[c] then table.insert(sources, cause_index[c]) end
+  end
+end
 -- ARGV[1] as given: tostring() of a Lua number keeps 14 digits and could round 'now' below a score
-local upto = all and '+inf' or ARGV[1]
-for i = 5, #ARGV do
-  local q = ARGV[i]
-  if #out >= limit then break end
-  local ids = redis.call('ZRANGEBYSCORE', sets[q], '-inf', upto, 'LIMIT', 0, limit - #out)
-  for _, id in ipairs(ids) do
-    redis.call('ZREM', sets[q], id)
-    local env = redis.call('HGET', KEYS[2], id)
-    if env then
-      redis.call('ZADD', KEYS[1], now + lease, id)
-      table.insert(out, id)
-      table.insert(out, env)
+local upto = what == '' and ARGV[1] or '+inf'
+local out = {}
+local taken = 0
+for _, q in ipairs(queues) do
+  local b = base[q]
+  for _, j in ipairs(sources) do
+    if taken >= limit then break end
+    local ids = redis.call('ZRANGEBYSCORE', KEYS[b + 1 + j], '-inf', upto, 'LIMIT', 0, limit - taken)
+    for _, id in ipairs(ids) do
+      redis.call('ZREM', KEYS[b + 1], id)
+      for k = 1, nc do redis.call('ZREM', KEYS[b + 1 + k], id) end
+      local env = redis.call('HGET', KEYS[2], id)
+      if env then
+        redis.call('ZADD', KEYS[1], now + lease, id)
+        table.insert(out, id)
+        table.insert(out, env)
+        taken = taken + 1
+      end
     end
   end
 end
 return out
 """
 
-# KEYS: inflight, envelopes, parked:<q>... ; ARGV: id
+# KEYS: as CLAIM_LUA's ; ARGV: id
 DONE_LUA = r"""
 redis.call('ZREM', KEYS[1], ARGV[1])
 for i = 3, #KEYS do
@@ -110,28 +157,53 @@ class Parking:
         self._done = client.register_script(DONE_LUA)
 
     def _keys(self) -> list[str]:
-        return [keys.parked_inflight(), keys.parked_jobs(), *(keys.parked(q) for q in self.queues)]
+        per_queue = [[keys.parked(q), *(keys.parked_for(q, c) for c in CAUSES)] for q in self.queues]
+        return [keys.parked_inflight(), keys.parked_jobs(), *(k for ks in per_queue for k in ks)]
 
-    def park(self, job_id: str, queue: str, payload: dict[str, Any], due_at: float, reason: str) -> None:
-        """Park ``job_id`` off ``queue`` until ``due_at`` (epoch seconds). Raises when Redis is down (the
-        caller then leaves the job where it is: in the broker)."""
+    def park(
+        self,
+        job_id: str,
+        queue: str,
+        payload: dict[str, Any],
+        due_at: float,
+        reason: str,
+        cause: str = CAUSE_PROVIDER,
+    ) -> None:
+        """Park ``job_id`` off ``queue`` until ``due_at`` (epoch seconds), for ``cause`` (one of CAUSES:
+        what may release it sooner). Raises when Redis is down (the caller then leaves the job where it
+        is: in the broker)."""
         if queue not in self.queues:
             raise ValueError(f"cannot park a job of queue {queue!r}; parked queues: {self.queues}")
+        if cause not in CAUSES:
+            raise ValueError(f"cannot park a job for cause {cause!r}; causes: {CAUSES}")
         envelope = json.dumps(
-            {"queue": queue, "payload": payload, "reason": reason[:500], "parked_at": time.time()},
+            {
+                "queue": queue,
+                "payload": payload,
+                "reason": reason[:500],
+                "cause": cause,
+                "parked_at": time.time(),
+            },
             separators=(",", ":"),
         )
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(keys.parked_jobs(), job_id, envelope)
         pipe.zadd(keys.parked(queue), {job_id: due_at})
+        for other in CAUSES:  # parked again for another cause: only the new one may release it
+            if other != cause:
+                pipe.zrem(keys.parked_for(queue, other), job_id)
+        pipe.zadd(keys.parked_for(queue, cause), {job_id: due_at})
         pipe.execute()
 
-    def claim(self, *, release_all: bool = False, limit: int = CLAIM_BATCH) -> list[ParkedJob]:
-        """Take due jobs (every parked job with ``release_all``) for release, highest queue first."""
-        now = time.time()
+    def claim(
+        self, *, release_all: bool = False, causes: tuple[str, ...] = (), limit: int = CLAIM_BATCH
+    ) -> list[ParkedJob]:
+        """Take for release, highest queue first: the jobs that are due; with ``causes``, every job
+        parked for one of them instead; with ``release_all`` (or ``causes`` ALL), every parked job."""
+        what = "*" if release_all or causes == ALL else ",".join(causes)
         raw = self._claim(
             keys=self._keys(),
-            args=[now, RELEASE_LEASE_S, limit, "1" if release_all else "0", *self.queues],
+            args=[time.time(), RELEASE_LEASE_S, limit, what, len(CAUSES), *CAUSES, *self.queues],
         )
         jobs: list[ParkedJob] = []
         for job_id, envelope in zip(raw[0::2], raw[1::2], strict=True):
@@ -165,17 +237,21 @@ class Parking:
         return None
 
     def wake(self, reason: str) -> None:
-        """Ask every releaser to release all parked jobs now."""
+        """Ask every releaser to release all parked jobs now, whatever they wait for."""
         self.client.publish(keys.parked_wake(), json.dumps({"reason": reason}))
 
     def release(
-        self, publish: Callable[[str, str, dict[str, Any]], bool], *, release_all: bool = False
+        self,
+        publish: Callable[[str, str, dict[str, Any]], bool],
+        *,
+        release_all: bool = False,
+        causes: tuple[str, ...] = (),
     ) -> int:
-        """Claim due jobs and publish each onto its queue; returns how many were published. A job whose
-        publish fails stays claimed and returns to its set when its lease lapses."""
+        """Claim jobs as ``claim`` does and publish each onto its queue; returns how many were published.
+        A job whose publish fails stays claimed and returns to its set when its lease lapses."""
         released = 0
         while True:
-            batch = self.claim(release_all=release_all)
+            batch = self.claim(release_all=release_all, causes=causes)
             for job in batch:
                 if publish(job.job_id, job.queue, job.payload):
                     self.done(job.job_id)
@@ -195,8 +271,8 @@ def _text(value: Any) -> str:
 
 
 class Releaser(threading.Thread):
-    """Releases due parked jobs every ``poll_s`` seconds, and all of them at once when a breaker closes or
-    half-opens or the operation mode improves (heard on pub/sub)."""
+    """Releases due parked jobs every ``poll_s`` seconds, and at once the jobs an event concerns (heard on
+    pub/sub; see ``released_by``)."""
 
     def __init__(
         self,
@@ -222,11 +298,15 @@ class Releaser(threading.Thread):
                 next_poll = 0.0
                 while not self._stop_event.is_set():
                     message = pubsub.get_message(timeout=min(self.poll_s, 0.5))
-                    release_all = message is not None and _wakes(message)
-                    if release_all or time.monotonic() >= next_poll:
-                        released = self.parking.release(self.publish, release_all=release_all)
+                    causes = released_by(message) if message is not None else ()
+                    if causes:
+                        released = self.parking.release(self.publish, causes=causes)
                         if released:
-                            log.info("released %d parked jobs%s", released, " (wake)" if release_all else "")
+                            log.info("released %d parked jobs (woken for: %s)", released, ", ".join(causes))
+                    if time.monotonic() >= next_poll:
+                        released = self.parking.release(self.publish)
+                        if released:
+                            log.info("released %d parked jobs (due)", released)
                         next_poll = time.monotonic() + self.poll_s
             except REDIS_DOWN as exc:
                 log.warning("parked-job releaser: Redis unreachable (%s); retrying", exc)
@@ -239,20 +319,22 @@ class Releaser(threading.Thread):
                     pubsub.close()
 
 
-_BETTER = {("EMERGENCY", "DEGRADED"), ("EMERGENCY", "NORMAL"), ("DEGRADED", "NORMAL")}
-
-
-def _wakes(message: dict[str, Any]) -> bool:
-    """Does this event mean parked work may run now?"""
+def released_by(message: dict[str, Any]) -> tuple[str, ...]:
+    """The causes whose parked jobs this pub/sub event releases now (ALL: every parked job; (): none)."""
     channel = _text(message.get("channel"))
     try:
         event = json.loads(message.get("data") or "{}")
     except (TypeError, ValueError):
-        return False
+        return ()
     if channel == keys.parked_wake():
-        return True
+        return ALL
     if channel == keys.breaker_events():
-        return event.get("to") in ("closed", "half-open", "disabled")
+        return (CAUSE_PROVIDER,) if event.get("to") in ("closed", "half-open", "disabled") else ()
     if channel == keys.mode_events():
-        return (event.get("from"), event.get("to")) in _BETTER
-    return False
+        before, after = event.get("from"), event.get("to")
+        if after == "NORMAL" and before in ("DEGRADED", "EMERGENCY"):
+            return (CAUSE_MODE, CAUSE_SLOT)
+        if (before, after) == ("EMERGENCY", "DEGRADED"):
+            # DEGRADED still slows llm.low: slotted jobs keep their slots, held-back ones go and reserve one
+            return (CAUSE_MODE,)
+    return ()

@@ -27,6 +27,7 @@ from ultra_tasks.errors import DependencyUnavailableError, NoProviderAvailableEr
 from ultra_tasks.jobs import records
 from ultra_tasks.jobs.liveness import is_dead
 from ultra_tasks.jobs.models import JobResult, JobStatus
+from ultra_tasks.jobs.parking import CAUSE_MODE, CAUSE_PROVIDER, CAUSE_SLOT
 from ultra_tasks.jobs.record_buffer import RecordWriter
 from ultra_tasks.keys import QUEUE_DEFAULT
 from ultra_tasks.mode.effects import ModeEffects
@@ -78,7 +79,7 @@ def failed_outcome(job_id: str, error: dict[str, Any]) -> dict[str, Any]:
 
 
 def parked_outcome(
-    job_id: str, queue: str, wait_s: float, reason: str, *, slot_reserved: bool = False
+    job_id: str, queue: str, wait_s: float, reason: str, cause: str, *, slot_reserved: bool = False
 ) -> dict[str, Any]:
     return {
         "job_id": job_id,
@@ -86,6 +87,7 @@ def parked_outcome(
         "queue": queue,
         "retry_after": wait_s,
         "reason": reason,
+        "cause": cause,
         "slot_reserved": slot_reserved,
     }
 
@@ -257,8 +259,17 @@ def _run(
 
     if not admission.run:
         log.info("job %s parked for %.1fs: %s", job_id, admission.wait_s, admission.reason)
+        cause = CAUSE_SLOT if admission.slot_reserved else CAUSE_MODE
         return _park(
-            writer, job_id, record, queue, admission.wait_s, admission.reason, 0, admission.slot_reserved
+            writer,
+            job_id,
+            record,
+            queue,
+            admission.wait_s,
+            admission.reason,
+            0,
+            cause,
+            slot_reserved=admission.slot_reserved,
         )
 
     caller = caller or resilient_caller(settings=settings)
@@ -279,7 +290,7 @@ def _run(
             cache.put_sync(digest, answer, CACHE_NAMESPACE)
     except NoProviderAvailableError as exc:
         log.info("job %s parked: %s", job_id, exc)
-        return _park(writer, job_id, record, queue, exc.retry_after, str(exc), budget.used, False)
+        return _park(writer, job_id, record, queue, exc.retry_after, str(exc), budget.used, CAUSE_PROVIDER)
     except ChainFailed as exc:
         error = {
             **exc.error.to_dict(),
@@ -329,12 +340,14 @@ def _park(
     wait_s: float,
     reason: str,
     calls: int,
-    slot_reserved: bool,
+    cause: str,
+    *,
+    slot_reserved: bool = False,
 ) -> dict[str, Any]:
     """Record the job as parked (the task then parks it in Redis) and say so."""
     if record is not None:
         writer.write("parked", job_id, wait_s=wait_s, reason=reason, calls=calls)
-    return parked_outcome(job_id, queue, wait_s, reason, slot_reserved=slot_reserved)
+    return parked_outcome(job_id, queue, wait_s, reason, cause, slot_reserved=slot_reserved)
 
 
 def _result(

@@ -14,7 +14,7 @@ from ultra_tasks.config import get_settings
 from ultra_tasks.errors import DependencyUnavailableError
 from ultra_tasks.jobs.liveness import identity
 from ultra_tasks.jobs.models import JobStatus
-from ultra_tasks.jobs.parking import Parking, park_delay
+from ultra_tasks.jobs.parking import CAUSE_PROVIDER, Parking, park_delay
 from ultra_tasks.jobs.runner import execute_job
 from ultra_tasks.mode.effects import SLOT_FLAG
 from ultra_tasks.redis_client import REDIS_DOWN, shared_redis
@@ -63,7 +63,14 @@ def _park(task: Task, job_id: str, payload: dict[str, Any], outcome: dict[str, A
     if outcome.get("slot_reserved"):
         payload[SLOT_FLAG] = True
     try:
-        Parking(shared_redis()).park(job_id, outcome["queue"], payload, time.time() + wait, outcome["reason"])
+        Parking(shared_redis()).park(
+            job_id,
+            outcome["queue"],
+            payload,
+            time.time() + wait,
+            outcome["reason"],
+            outcome.get("cause") or CAUSE_PROVIDER,
+        )
     except REDIS_DOWN as exc:
         log.warning("job %s cannot be parked (Redis: %s); it waits as a retry instead", job_id, exc)
         raise task.retry(countdown=min(PARK_FALLBACK_MAX_S, wait)) from exc
