@@ -122,6 +122,8 @@ class Settings(BaseSettings):
     database_replica_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
     database_pool_size: int = Field(10, ge=1)
     database_max_overflow: int = Field(40, ge=0)
+    #: seconds a caller waits for a pooled connection when all are busy, before DatabasePoolExhaustedError
+    database_pool_timeout: float = Field(30.0, gt=0)
     #: seconds to open a database connection before giving up (PostgreSQL connect_timeout; libpq min 2)
     database_connect_timeout: int = Field(5, ge=1)
     #: milliseconds a statement may run before PostgreSQL cancels it (0: no limit; not applied to SQLite)

@@ -9,6 +9,7 @@ Third-party errors (redis, SQLAlchemy, the provider SDKs) are mapped to these at
     │   └── UnknownModelError           no provider serves the model
     ├── DependencyUnavailableError      Redis, the broker or the database cannot be reached
     │   └── DatabaseTimeoutError        a statement outran DATABASE_STATEMENT_TIMEOUT_MS (a TimeoutException)
+    │       └── DatabasePoolExhaustedError  no pooled connection came free within DATABASE_POOL_TIMEOUT
     ├── QueueFullError                  QUEUE_MAX_SIZE jobs are already waiting; nothing was recorded
     ├── JobError
     │   ├── JobNotFoundError            no job with that id
@@ -120,6 +121,13 @@ class DatabaseTimeoutError(DependencyUnavailableError, TimeoutException):
 
     def __init__(self, message: str) -> None:
         super().__init__("database", message)
+
+
+class DatabasePoolExhaustedError(DatabaseTimeoutError):
+    """Every connection of this process's pool stayed busy for DATABASE_POOL_TIMEOUT seconds: the process
+    asks more of the database at once than DATABASE_POOL_SIZE + DATABASE_MAX_OVERFLOW allow, or the
+    database answers slowly. Not an outage (the database breaker does not count it), but handled as one:
+    a job retries later instead of failing."""
 
 
 class JobTimeoutError(JobError, TimeoutException):

@@ -18,7 +18,7 @@ from ultra_tasks.config import reset_settings
 from ultra_tasks.db import engine as db
 from ultra_tasks.db.migrate import upgrade_schema
 from ultra_tasks.db.models import JobRecord, ModeTransition
-from ultra_tasks.errors import DatabaseTimeoutError, DependencyUnavailableError
+from ultra_tasks.errors import DatabasePoolExhaustedError, DatabaseTimeoutError, DependencyUnavailableError
 from ultra_tasks.jobs import records
 
 pytestmark = [pytest.mark.timeout(90)]
@@ -203,6 +203,32 @@ def test_a_connect_that_keeps_failing_stops_after_the_configured_attempts(
         conn.execute(text("SELECT 1"))
     assert connects[0] == 2
     assert db.database_stats()["databases"][0]["retries"] == 1
+
+
+def test_an_exhausted_pool_fails_with_our_error_naming_its_settings_and_trips_no_breaker(
+    private_postgres: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _configure(
+        monkeypatch,
+        DATABASE_URL=private_postgres.url,
+        DATABASE_POOL_SIZE="1",
+        DATABASE_MAX_OVERFLOW="0",
+        DATABASE_POOL_TIMEOUT="0.5",
+        DATABASE_BREAKER_FAILURE_THRESHOLD="1",
+    )
+    with db.transaction() as held:  # the pool's only connection stays busy
+        held.execute(text("SELECT 1"))
+        started = time.monotonic()
+        with pytest.raises(DatabasePoolExhaustedError) as caught, db.transaction() as conn:
+            conn.execute(text("SELECT 1"))
+        assert 0.4 < time.monotonic() - started < 10
+    message = str(caught.value)
+    assert "DATABASE_POOL_SIZE + DATABASE_MAX_OVERFLOW" in message and "0.5 s" in message
+    assert isinstance(caught.value, DependencyUnavailableError)  # jobs retry it as they do an outage
+    # a busy pool is not a database outage: the breaker (threshold 1) stayed closed, and the next call works
+    assert db.database_stats()["databases"][0]["state"] == "closed"
+    with db.transaction() as conn:
+        assert conn.execute(text("SELECT 1")).scalar_one() == 1
 
 
 def test_a_connection_killed_between_calls_is_replaced_transparently(

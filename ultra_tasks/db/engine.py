@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ultra_tasks.config import get_settings, redact_url
@@ -39,7 +40,7 @@ from ultra_tasks.db.resilience import (
     map_error,
     retrying,
 )
-from ultra_tasks.errors import DatabaseTimeoutError, DependencyUnavailableError
+from ultra_tasks.errors import DatabasePoolExhaustedError, DatabaseTimeoutError, DependencyUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ def get_engine(url: str | None = None) -> Engine:
                 connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
                 pool_size=settings.database_pool_size,
                 max_overflow=settings.database_max_overflow,
+                pool_timeout=settings.database_pool_timeout,
             )
             event.listen(engine, "connect", _on_sqlite_connect)
         else:
@@ -107,7 +109,7 @@ def get_engine(url: str | None = None) -> Engine:
                 pool_pre_ping=True,
                 pool_size=settings.database_pool_size,
                 max_overflow=settings.database_max_overflow,
-                pool_timeout=30,
+                pool_timeout=settings.database_pool_timeout,
                 connect_args=connect_args,
             )
         _engines[url] = engine
@@ -153,6 +155,18 @@ def _guarded(engine: Engine, opener: Callable[[], T]) -> T:
     except DBAPIError as exc:
         guard.record(decision, failure=is_outage(exc), reason=first_line(exc))
         raise
+    except PoolTimeoutError as exc:
+        # A pool whose connections all stayed busy says this process asks too much at once, not that the
+        # database is down: the breaker does not count it. Mapped here, the one place connections are
+        # opened, so every caller gets our error (a job retries later) instead of SQLAlchemy's.
+        guard.record(decision, failure=False)
+        settings = get_settings()
+        raise DatabasePoolExhaustedError(
+            f"{redact_url(engine.url.render_as_string(hide_password=False))}: no pooled connection came "
+            f"free in {settings.database_pool_timeout:g} s; all {settings.database_pool_size} + "
+            f"{settings.database_max_overflow} were busy (DATABASE_POOL_SIZE + DATABASE_MAX_OVERFLOW, "
+            "DATABASE_POOL_TIMEOUT)"
+        ) from exc
     except BaseException:
         guard.record(decision, failure=False)
         raise
