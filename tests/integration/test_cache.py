@@ -196,6 +196,36 @@ def test_namespace_invalidation_reaches_another_processes_memory_level(
     assert _out(holder) == {"dropped": True}
 
 
+def test_invalidations_reach_the_disk_level_of_another_host(tmp_path: Path) -> None:
+    # two hosts: each with its own disk directory, sharing the Redis level
+    here, there = (
+        DistributedCache(disk_cache_dir=tmp_path / host, redis_url=os.environ["REDIS_URL"])
+        for host in ("here", "there")
+    )
+    try:
+        ns = _ns()
+        for cache in (here, there):
+            cache.put_sync("a", {"v": 1}, namespace=ns)
+            cache.put_sync("b", {"v": 2}, namespace=ns)
+        time.sleep(0.3)  # both listeners are subscribed
+        here.invalidate_sync("a", namespace=ns)
+        _wait_until(lambda: there.disk is not None and there.disk.get(f"{ns}:a")[0] is MISS)
+        assert there.get_sync("b", namespace=ns) == {"v": 2}  # one key: the rest stays
+        here.invalidate_namespace_sync(ns)
+        _wait_until(lambda: there.disk is not None and there.disk.get(f"{ns}:b")[0] is MISS)
+        assert there.get_sync("b", namespace=ns) is None
+    finally:
+        here.close()
+        there.close()
+
+
+def _wait_until(predicate: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "the invalidation did not arrive"
+        time.sleep(0.05)
+
+
 def test_stats_report_size_utilization_invalidations_and_read_time_per_level(caches: Any) -> None:
     ns = _ns()
     cache = caches(memory=4)

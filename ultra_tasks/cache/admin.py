@@ -3,7 +3,8 @@
 Per-process counters (hits, misses) live in each process (``DistributedCache.stats()``); what can be seen
 from outside is the Redis level (keys and memory per namespace, the whole fleet) and the disk level of this
 host. Clearing removes the Redis level's entries, this host's disk entries, and broadcasts an invalidation
-that every running process applies to its memory level.
+that every running process applies to its memory level and its host's disk level. A host with no process
+running then misses it: its disk entries last until their TTL.
 """
 
 from __future__ import annotations

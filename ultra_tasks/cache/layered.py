@@ -2,7 +2,8 @@
 
 Values are JSON. An entry that cannot be decoded on any level is a miss and is removed. A level that fails
 (Redis unreachable, disk unwritable or full) is skipped for a while and counted; the caller still gets an
-answer from the other levels. Invalidations reach every process's memory level through a Redis channel.
+answer from the other levels. Invalidations reach every listening process's memory level, and its host's
+disk level, through a Redis channel.
 """
 
 from __future__ import annotations
@@ -196,6 +197,14 @@ class DistributedCache:
         else:
             self.memory.delete(f"{namespace}:{key}")
         self.memory.stats.count("invalidations")
+        # The sender cleared its own host's disk level; this process may be on another host, whose disk
+        # level would otherwise keep serving (and promoting back up) what was invalidated until its TTL.
+        # On the sender's host this deletes nothing more: diskcache makes that safe from any process.
+        if self.disk is not None:
+            if key is None:
+                self.disk.delete_prefix(f"{namespace}:")
+            else:
+                self.disk.delete(f"{namespace}:{key}")
 
     def _listen(self) -> None:
         """Apply other processes' invalidations to this memory level; survive Redis going away."""
