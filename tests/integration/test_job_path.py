@@ -147,3 +147,22 @@ def test_the_succeeded_event_flower_shows_carries_no_answer(llm_worker: Any) -> 
     succeeded = [e for e in events if e.get("type") == "task-succeeded" and e.get("uuid") == handle.id]
     assert succeeded, "the job's own task-succeeded event"
     assert all(secret not in json.dumps(e) for e in events)
+
+
+def test_a_worker_imports_the_provider_sdks_at_start_not_in_its_first_jobs() -> None:
+    # Imported by the first job instead, the SDKs (about a second of CPU) held every job the pool had taken
+    # meanwhile on the import lock: at 200 threads, a whole first wave. worker_init imports them.
+    probe = (
+        "import sys\n"
+        "from ultra_tasks.celery_app import _prepare_worker\n"
+        "import ultra_tasks.jobs.tasks\n"
+        "before = sorted(m for m in ('openai', 'anthropic') if m in sys.modules)\n"
+        "_prepare_worker()\n"
+        "after = sorted(m for m in ('openai', 'anthropic') if m in sys.modules)\n"
+        "print(before, after)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, env=os.environ.copy()
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[] ['anthropic', 'openai']"
