@@ -33,7 +33,7 @@ def _prepare_worker(sender: Any = None, **_: Any) -> None:
     from ultra_tasks.providers.registry import default_registry
 
     upgrade_schema()
-    # The SDKs cost about 2.5 s of CPU to import. Imported by the first job instead, every job the pool
+    # The SDKs cost 1 to 2.5 s of CPU to import. Imported by the first job instead, every job the pool
     # took meanwhile waited on the import lock already claimed (at 200 threads, a whole first wave).
     for sdk_provider in ("ultra_tasks.providers.openai_provider", "ultra_tasks.providers.anthropic_provider"):
         importlib.import_module(sdk_provider)

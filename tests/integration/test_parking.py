@@ -46,9 +46,9 @@ def test_claim_takes_only_due_jobs_high_queue_first(lot: Parking) -> None:
     assert lot.claim() == []  # claimed jobs are not handed out twice while their lease holds
 
 
-def test_release_all_takes_jobs_before_they_are_due(lot: Parking) -> None:
+def test_releasing_all_takes_jobs_before_they_are_due(lot: Parking) -> None:
     lot.park("a", "llm.default", {}, time.time() + 3600, "EMERGENCY")
-    assert [j.job_id for j in lot.claim(release_all=True)] == ["a"]
+    assert [j.job_id for j in lot.claim(causes=ALL)] == ["a"]
 
 
 def test_done_forgets_the_job_but_not_a_newer_parking_of_it(lot: Parking, redis_client: Any) -> None:
@@ -59,7 +59,7 @@ def test_done_forgets_the_job_but_not_a_newer_parking_of_it(lot: Parking, redis_
     lot.done("j")
     assert lot.due_at("j") is not None
     assert json.loads(redis_client.hget(keys.parked_jobs(), "j"))["reason"] == "second"
-    lot.claim(release_all=True)
+    lot.claim(causes=ALL)
     lot.done("j")
     assert redis_client.hget(keys.parked_jobs(), "j") is None
     assert redis_client.zcard(keys.parked_inflight()) == 0

@@ -195,12 +195,10 @@ class Parking:
         pipe.zadd(keys.parked_for(queue, cause), {job_id: due_at})
         pipe.execute()
 
-    def claim(
-        self, *, release_all: bool = False, causes: tuple[str, ...] = (), limit: int = CLAIM_BATCH
-    ) -> list[ParkedJob]:
+    def claim(self, *, causes: tuple[str, ...] = (), limit: int = CLAIM_BATCH) -> list[ParkedJob]:
         """Take for release, highest queue first: the jobs that are due; with ``causes``, every job
-        parked for one of them instead; with ``release_all`` (or ``causes`` ALL), every parked job."""
-        what = "*" if release_all or causes == ALL else ",".join(causes)
+        parked for one of them instead (ALL: every parked job)."""
+        what = ",".join(causes)  # ALL joins to '*'
         raw = self._claim(
             keys=self._keys(),
             args=[time.time(), RELEASE_LEASE_S, limit, what, len(CAUSES), *CAUSES, *self.queues],
@@ -244,14 +242,13 @@ class Parking:
         self,
         publish: Callable[[str, str, dict[str, Any]], bool],
         *,
-        release_all: bool = False,
         causes: tuple[str, ...] = (),
     ) -> int:
         """Claim jobs as ``claim`` does and publish each onto its queue; returns how many were published.
         A job whose publish fails stays claimed and returns to its set when its lease lapses."""
         released = 0
         while True:
-            batch = self.claim(release_all=release_all, causes=causes)
+            batch = self.claim(causes=causes)
             for job in batch:
                 if publish(job.job_id, job.queue, job.payload):
                     self.done(job.job_id)
