@@ -208,7 +208,13 @@ def test_every_provider_failing_makes_beat_declare_emergency_which_parks_low_job
         # each listener, in this process and in another, heard every change once, in order
         time.sleep(0.5)
         changes = [(t["from"], t["to"]) for t in reversed(mode.history()[: len(mode.history()) - settled])]
-        assert changes[0] == ("NORMAL", "EMERGENCY") and changes[-1][1] == "NORMAL"
+        # NORMAL went to EMERGENCY, at most through DEGRADED: a provider probe's answer is reused for its
+        # minimum interval, so one evaluation can see one provider failing and the other not yet (seen
+        # once on CI), then back to NORMAL
+        targets = [to for _, to in changes]
+        assert changes[0][0] == "NORMAL" and "EMERGENCY" in targets, changes
+        assert set(targets[: targets.index("EMERGENCY")]) <= {"DEGRADED"}, changes
+        assert targets[-1] == "NORMAL", changes
         assert heard[heard_before:] == changes
         other = [tuple(json.loads(line)) for line in events_file.read_text().splitlines()]
         assert other[other_before:] == changes
