@@ -59,10 +59,12 @@ _threads: list[Any] = []
 
 @worker_ready.connect
 def _start_worker_threads(sender: Any = None, **_: Any) -> None:
-    # Every worker says it is alive (so jobs it held are taken over at once if it dies), releases parked
-    # jobs that are due (any number may: each job is claimed by one releaser) and applies job-record
-    # writes buffered while the database was down (one flusher at a time, under a lock).
+    # Every worker renews the leases of the jobs it runs (so a job whose worker died runs elsewhere once
+    # its lease lapses, and never while it lives), releases parked jobs that are due (any number may:
+    # each job is claimed by one releaser) and applies job-record writes buffered while the database was
+    # down (one flusher at a time, under a lock).
     from ultra_tasks.config import get_settings
+    from ultra_tasks.jobs.lease import process_leases
     from ultra_tasks.jobs.liveness import Heartbeat, identity
     from ultra_tasks.jobs.parking import Releaser
     from ultra_tasks.jobs.record_buffer import BufferFlusher
@@ -71,7 +73,9 @@ def _start_worker_threads(sender: Any = None, **_: Any) -> None:
 
     settings = get_settings()
     client = shared_redis(settings.redis_url)
-    heartbeat = Heartbeat(client, identity(getattr(sender, "hostname", None)))
+    heartbeat = Heartbeat(
+        client, identity(getattr(sender, "hostname", None)), process_leases(settings, client)
+    )
     heartbeat.beat()
     _threads.extend(
         [heartbeat, Releaser(client, publish_released, settings.park_release_poll), BufferFlusher(client)]

@@ -15,6 +15,7 @@ Third-party errors (redis, SQLAlchemy, the provider SDKs) are mapped to these at
     │   ├── JobNotFoundError            no job with that id
     │   ├── JobFailedError              the job ended failed; carries its error record
     │   ├── JobExpiredError             the job's deadline passed before it ran
+    │   ├── LeaseLostError              a run no longer holds its job's lease: it stops, calling nothing
     │   └── JobTimeoutError             result() waited longer than asked (also a TimeoutException)
     ├── TimeoutException (TimeoutError) seed name: something took longer than allowed
     ├── CircuitOpenException            seed name: a breaker refused the call
@@ -27,7 +28,8 @@ Third-party errors (redis, SQLAlchemy, the provider SDKs) are mapped to these at
             ├── ProviderBadRequestError 400, 404, 422
             │   ├── ContextWindowExceededError  input too large for this model (a larger one may take it)
             │   └── ContentPolicyError          refused by this provider's content policy
-            └── ProviderAuthError       401, 403
+            ├── ProviderAuthError       401, 403
+            └── ProviderNotConfiguredError  no API key and no USE_FAKE_PROVIDER: names the variable to set
     NoProviderAvailableError            every entry of a job's fallback chain is unavailable for now
 """
 
@@ -109,6 +111,15 @@ class JobFailedError(JobError):
 class JobExpiredError(JobError):
     def __init__(self, job_id: str) -> None:
         super().__init__(job_id, f"job {job_id} expired before it ran")
+
+
+class LeaseLostError(JobError):
+    """The run's lease on its job lapsed or was taken by a newer run (jobs/lease.py): it must neither call
+    a provider nor write an outcome."""
+
+    def __init__(self, job_id: str, token: int) -> None:
+        super().__init__(job_id, f"job {job_id}: this run's lease (token {token}) is no longer held")
+        self.token = token
 
 
 class TimeoutException(UltraTasksError, TimeoutError):
@@ -215,6 +226,22 @@ class ProviderBadRequestError(PermanentProviderError):
 
 class ProviderAuthError(PermanentProviderError):
     pass
+
+
+class ProviderNotConfiguredError(PermanentProviderError):
+    """The provider has no API key (or base URL) and the local fake provider was not chosen
+    (USE_FAKE_PROVIDER): nothing is sent anywhere. ``variable`` names what to set. A fallback chain skips
+    such a provider; a job with nothing else to try fails at once."""
+
+    def __init__(
+        self, provider: str, variable: str, *, model: str | None = None, fake_allowed: bool = True
+    ) -> None:
+        hint = " (or USE_FAKE_PROVIDER=1 for the local fake provider)" if fake_allowed else ""
+        super().__init__(f"not configured: {variable} is not set{hint}", provider=provider, model=model)
+        self.variable = variable
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "missing": self.variable}
 
 
 class ContextWindowExceededError(ProviderBadRequestError):

@@ -185,15 +185,21 @@ def record_buffer_inflight() -> str:
     return f"{_ns()}:db:buffer:inflight"
 
 
+def record_buffer_seq() -> str:
+    """Counter: the sequence number of the next buffered job-record write (entries say their order)."""
+    return f"{_ns()}:db:buffer:seq"
+
+
 def record_buffer_lock() -> str:
     """Lock: held by the one process flushing the write buffer."""
     return f"{_ns()}:db:buffer:lock"
 
 
-def job_claim(job_id: str) -> str:
-    """String with expiry: the worker process running a job while the database is unreachable (the job
-    table's claim cannot be taken then)."""
-    return f"{_ns()}:job:claim:{job_id}"
+def job_lease(job_id: str) -> str:
+    """Hash: the lease of the run holding a job (owner, fencing token, expiry in Redis time ms) and the
+    provider calls made for the job so far, across runs. Expires a day after its last write, an hour
+    after the job's final outcome; ``ultra jobs retry`` deletes it (jobs/lease.py)."""
+    return f"{_ns()}:job:lease:{job_id}"
 
 
 def mode_buffer() -> str:

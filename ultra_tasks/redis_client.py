@@ -10,11 +10,34 @@ from __future__ import annotations
 import threading
 
 import redis
+from redis._parsers.base import BaseParser
 
 from ultra_tasks.config import get_settings
 
-#: errors that mean Redis cannot be reached (a script or command error is a bug, and is raised)
-REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+
+class RedisMisconfError(redis.ResponseError):
+    """``MISCONF``: Redis refuses writes because it cannot persist (a full disk under RDB or AOF)."""
+
+
+# redis-py maps OOM, READONLY, LOADING and MASTERDOWN replies to classes of their own but leaves MISCONF a
+# plain ResponseError; registering it lets ``except REDIS_DOWN`` catch it like the others.
+BaseParser.EXCEPTION_CLASSES.setdefault("MISCONF", RedisMisconfError)
+
+#: errors that mean Redis cannot serve the project now, whatever the command: unreachable, or answering
+#: but refusing work (out of memory under noeviction, a read-only replica after a failover, loading its
+#: data set, unable to persist). Every component's "Redis is down" policy applies to all of them; a script
+#: or command error (WRONGTYPE, NOSCRIPT, a syntax error) is a bug, and is raised.
+REDIS_DOWN: tuple[type[Exception], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.MasterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,
+    RedisMisconfError,
+)
 #: seconds to connect or to wait for an answer
 SOCKET_TIMEOUT_S = 0.5
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, Index, Integer, String, TypeDecorator
+from sqlalchemy import JSON, BigInteger, DateTime, Float, Index, Integer, String, TypeDecorator
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -62,6 +62,11 @@ class JobRecord(Base):
     parked_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     #: why the job is in its status, for producers (e.g. why it is parked)
     status_reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    #: fencing token of the run that holds (or last held) the job: it only grows, and a write of a run's
+    #: outcome applies only while the row's token is not newer than the run's (jobs/lease.py)
+    lease_token: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    #: the holder renews its lease while it runs; past this (and a grace) the sweeper republishes the job
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     __table_args__ = (
         Index("ix_jobs_status_created", "status", "created_at"),
@@ -69,6 +74,7 @@ class JobRecord(Base):
         # queue statistics read the jobs started or finished in a recent window (jobs/stats.py)
         Index("ix_jobs_finished_at", "finished_at"),
         Index("ix_jobs_started_at", "started_at"),
+        Index("ix_jobs_status_lease_expires", "status", "lease_expires_at"),
     )
 
 

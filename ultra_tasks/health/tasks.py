@@ -44,8 +44,8 @@ def health_check() -> dict[str, Any] | None:
 
 #: a job recorded this long ago without being published is sent by the sweeper (seconds)
 UNPUBLISHED_GRACE_S = 10.0
-#: beyond its time limit by this much, a "running" job's worker is taken as dead (seconds)
-RUNNING_GRACE_S = 60.0
+#: a running job whose lease lapsed this long ago has no live run (its worker died): it is republished
+LEASE_GRACE_S = 5.0
 
 
 #: a job published this long ago and never started may have lost its message (seconds)
@@ -85,11 +85,10 @@ def _lost_messages(waiting: list[tuple[str, str, dict[str, Any]]]) -> list[tuple
 
 @app.task(name="ultra.ops.sweep", ignore_result=True)
 def sweep() -> int:
-    """Publish jobs the outbox holds (recorded while the broker was down) and jobs whose worker died
-    mid-run, and move jobs waiting past QUEUE_STARVATION_AGE one queue up. Idempotent: a job that runs
-    twice returns its recorded outcome the second time."""
+    """Publish jobs the outbox holds (recorded while the broker was down) and jobs whose run's lease
+    lapsed (their worker died), and move jobs waiting past QUEUE_STARVATION_AGE one queue up.
+    Idempotent: a second delivery finds the job leased, or final with its outcome."""
     from ultra_tasks.jobs import records
-    from ultra_tasks.jobs.liveness import ALIVE_TTL_S, is_dead
     from ultra_tasks.jobs.record_buffer import RecordWriter
     from ultra_tasks.jobs.submit import publish
 
@@ -97,16 +96,10 @@ def sweep() -> int:
     client = breaker_redis()
     # writes buffered while the database was down go first: the sweeps below read the table
     RecordWriter(client).flush()
-    due = records.jobs_to_republish(UNPUBLISHED_GRACE_S, settings.job_time_limit + RUNNING_GRACE_S)
-    # Jobs held by a worker process that died (its liveness key expired): at once, rather than after the
-    # broker's visibility timeout (an hour by default) or the stale-claim grace. The run that gets the
-    # message takes the claim over (runner.py).
-    verdicts: dict[str, bool] = {}
-    for job_id, queue, payload, holder in records.running_jobs(ALIVE_TTL_S):
-        if holder not in verdicts:
-            verdicts[holder] = bool(holder) and is_dead(client, holder)
-        if verdicts[holder] and all(job_id != d[0] for d in due):
-            due.append((job_id, queue, payload))
+    # Running jobs whose lease nobody renews (their worker died) go out again at once, rather than after
+    # the broker's visibility timeout (an hour by default); the run that gets the message takes the lapsed
+    # lease over and continues the job's attempt budget (jobs/lease.py).
+    due = records.jobs_to_republish(UNPUBLISHED_GRACE_S, LEASE_GRACE_S)
     for lost in _lost_messages(records.published_waiting(LOST_MESSAGE_GRACE_S)):
         if all(lost[0] != d[0] for d in due):
             due.append(lost)

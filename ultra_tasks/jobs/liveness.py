@@ -1,11 +1,14 @@
-"""Which worker processes are alive, so a job claimed by one that died is taken over at once.
+"""A worker process's heartbeat: it renews the leases of the jobs the process runs, and says it is alive.
 
-A run claims its job in the table under the worker's identity (node name and pid: a worker restarted
-under the same node name is a different process). Each worker process keeps a key with a short expiry
-in Redis; when a redelivered job finds its claim held by an identity whose key has expired, the holder
-was killed (kill -9, OOM, lost machine) and the claim is taken over, instead of waiting for the claim to
-go stale (JOB_TIME_LIMIT + 60 s). When Redis cannot say, the holder is taken to be alive: a late run is
-better than a double one.
+A run holds its job under a lease (jobs/lease.py) that lapses unless renewed; this thread renews every
+lease of its process each third of JOB_LEASE_TTL, however long the runs take, so a job is run elsewhere
+only when the process holding it stopped renewing (killed, frozen, cut off). The alive key is for
+operators (``ultra status``, Flower lists Celery's own view); nothing decides a takeover from it.
+
+The heartbeat survives every error: a Redis that refuses writes (out of memory, read-only after a
+failover, unable to persist) or a database that is down is logged once per outage and counted, and the
+next beat tries again. A process whose leases go unrenewed for half their lifetime takes no new job
+(``Leases.accepting``) rather than start runs it could not hold.
 """
 
 from __future__ import annotations
@@ -14,16 +17,25 @@ import contextlib
 import logging
 import os
 import threading
+from collections.abc import Callable
 
 import redis
+from prometheus_client import Counter
 
 from ultra_tasks import keys
+from ultra_tasks.jobs.lease import Leases
 from ultra_tasks.redis_client import REDIS_DOWN
 
 log = logging.getLogger(__name__)
 
-#: seconds a worker's key outlives its last refresh; refreshed every third of it
+#: seconds a worker's alive key outlives its last refresh
 ALIVE_TTL_S = 15
+
+HEARTBEAT_FAILURES = Counter(
+    "ultra_worker_heartbeat_failures_total",
+    "Heartbeats of this worker process that could not renew its leases or alive key, by error type",
+    ["error"],
+)
 
 
 def identity(hostname: str | None) -> str:
@@ -31,30 +43,50 @@ def identity(hostname: str | None) -> str:
     return f"{hostname or 'unknown'}/{os.getpid()}"
 
 
-def is_dead(client: redis.Redis, holder: str) -> bool:
-    """True only if Redis says ``holder`` has no live key."""
-    try:
-        return not client.exists(keys.worker_alive(holder))
-    except REDIS_DOWN:
-        return False
-
-
 class Heartbeat(threading.Thread):
-    def __init__(self, client: redis.Redis, holder: str, ttl_s: int = ALIVE_TTL_S) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        holder: str,
+        leases: Leases | None = None,
+        *,
+        interval_s: float | None = None,
+        alive: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(name="worker-heartbeat", daemon=True)
-        self.client, self.holder, self.ttl_s = client, holder, ttl_s
+        self.client, self.holder, self.leases = client, holder, leases
+        self.interval_s = interval_s or (leases.ttl_s / 3 if leases is not None else ALIVE_TTL_S / 3)
+        self._alive = alive or self._write_alive
         self._stop_event = threading.Event()
+        #: the error of the outage in progress (logged once), None while beats succeed
+        self.failing: str | None = None
+
+    def _write_alive(self) -> None:
+        self.client.set(keys.worker_alive(self.holder), "1", ex=ALIVE_TTL_S)
 
     def beat(self) -> None:
+        """Renew this process's leases and its alive key; never raises."""
         try:
-            self.client.set(keys.worker_alive(self.holder), "1", ex=self.ttl_s)
-        except REDIS_DOWN as exc:
-            log.warning("worker heartbeat not written (Redis: %s)", exc)
+            if self.leases is not None:
+                self.leases.renew_all()
+            self._alive()
+        except Exception as exc:  # the heartbeat must outlive any error
+            self._failed(exc)
+            return
+        if self.failing is not None:
+            log.warning("worker heartbeat recovered (it had failed with %s)", self.failing)
+            self.failing = None
+
+    def _failed(self, exc: Exception) -> None:
+        HEARTBEAT_FAILURES.labels(type(exc).__name__).inc()
+        if self.failing is None:
+            log.warning("worker heartbeat failed (%s: %s); it keeps trying", type(exc).__name__, exc)
+        self.failing = type(exc).__name__
 
     def run(self) -> None:
         while not self._stop_event.is_set():
             self.beat()
-            self._stop_event.wait(self.ttl_s / 3)
+            self._stop_event.wait(self.interval_s)
 
     def stop(self) -> None:
         """A clean shutdown says so at once (its unfinished jobs are redelivered)."""

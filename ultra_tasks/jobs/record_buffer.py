@@ -3,14 +3,18 @@ order when the database answers again.
 
 Workers keep running jobs while PostgreSQL is down (the message carries the request; the mode is read from
 Redis); what they would have written to the job table goes to one Redis list (``keys.record_buffer()``)
-as JSON ``{"op", "job_id", "args", "at"}``, with the time it happened, so the recorded timings are the
-real ones. A flusher (a thread in every worker, and the sweeper on beat) moves entries out one at a time
-under a lock, so they are applied once and in order; an entry whose write fails because the database
-went away again goes back to the head of the list.
+as JSON ``{"op", "job_id", "args", "at", "seq"}``, with the time it happened, so the recorded timings are
+the real ones. A flusher (a thread in every worker, and the sweeper on beat) moves entries out one at a
+time under a lock it renews; an entry whose write fails because the database went away again goes back
+to the head of the list.
 
-Each buffered write is safe to apply late: ``started`` only takes a job that is still waiting, and the
-outcomes (succeeded, failed, parked, expired) are the last word on a run. With Redis down as well there
-is nowhere to keep the write: it raises ``DependencyUnavailableError`` and the task retries the run.
+Every write is idempotent, so order and repetition cannot corrupt a row: each carries its run's fencing
+token (a write applies only while the row has seen no newer run: jobs/lease.py) and the job's calls as an
+absolute count. A flusher whose lock lapsed mid-flush and a second flusher that took over may both apply
+an entry; the row ends the same. A write the database refuses for a reason other than an outage (a value
+too long for its column, a constraint) is not dropped: an outcome is recorded as failed with what
+happened, so no job is left "running" to be swept and re-run. With Redis down as well there is nowhere to
+keep the write: it raises ``DependencyUnavailableError`` and the task retries the run.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 import redis
+from sqlalchemy.exc import SQLAlchemyError
 
 from ultra_tasks import keys
 from ultra_tasks.clock import utcnow
@@ -33,10 +39,11 @@ from ultra_tasks.redis_client import REDIS_DOWN
 
 log = logging.getLogger(__name__)
 
-#: seconds one flusher holds the flush lock (it renews it while it works)
+#: seconds one flusher holds the flush lock; it renews it every FLUSH_RENEW_S while it works
 FLUSH_LOCK_S = 30
+FLUSH_RENEW_S = FLUSH_LOCK_S / 3
 
-_APPLY: dict[str, Callable[..., None]] = {
+_APPLY: dict[str, Callable[..., bool | None]] = {
     "started": records.mark_started,
     "succeeded": records.mark_succeeded,
     "failed": records.mark_failed,
@@ -44,6 +51,37 @@ _APPLY: dict[str, Callable[..., None]] = {
     "expired": records.mark_expired,
     "released": lambda job_id, at=None: records.mark_released(job_id),
 }
+#: writes that end a run: one the database refuses becomes a failed outcome
+_OUTCOMES = ("succeeded", "failed", "parked", "expired")
+
+# KEYS[1] lock; ARGV: token, ttl s. Extends the lock only for its holder: 1, else 0.
+_RENEW_LOCK_LUA = r"""
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+
+def apply(op: str, job_id: str, at: datetime, args: dict[str, Any]) -> bool | None:
+    """Apply one write now. ``DependencyUnavailableError`` if the database is unreachable; any other
+    refusal of an outcome write records the job failed instead (``internal``: the outcome could not be
+    recorded), so the job ends rather than being swept and run again."""
+    try:
+        return _APPLY[op](job_id, at=at, **args)
+    except DependencyUnavailableError:
+        raise
+    except (SQLAlchemyError, TypeError, ValueError) as exc:
+        if op not in _OUTCOMES:
+            raise
+        log.exception("job %s: the %s write was refused; recording the job failed instead", job_id, op)
+        error = {
+            "type": type(exc).__name__,
+            "kind": "internal",
+            "message": f"the job's {op} outcome could not be recorded: {str(exc)[:1000]}",
+        }
+        fenced = {k: v for k, v in args.items() if k in ("token", "attempts")}
+        return records.mark_failed(job_id, error, at=at, **fenced)
 
 
 class RecordWriter:
@@ -51,21 +89,23 @@ class RecordWriter:
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
+        self._renew_lock = client.register_script(_RENEW_LOCK_LUA)
 
-    def write(self, op: str, job_id: str, **args: Any) -> bool:
-        """Apply ``op`` now; True if applied, False if buffered (the database is unreachable)."""
+    def write(self, op: str, job_id: str, **args: Any) -> bool | None:
+        """Apply ``op`` now and return what the write returned (False: the row refused it, a newer run
+        holds the job); None if buffered (the database is unreachable)."""
         at = args.pop("at", None) or utcnow()
         try:
-            _APPLY[op](job_id, at=at, **args)
-            return True
+            return apply(op, job_id, at, args)
         except DependencyUnavailableError as exc:
             self.buffer(op, job_id, at, **args)
             log.warning("job %s: %s kept in the write buffer (%s)", job_id, op, exc)
-            return False
+            return None
 
     def buffer(self, op: str, job_id: str, at: datetime, **args: Any) -> None:
-        entry = json.dumps({"op": op, "job_id": job_id, "args": args, "at": at.isoformat()})
         try:
+            seq = int(self.client.incr(keys.record_buffer_seq()))
+            entry = json.dumps({"op": op, "job_id": job_id, "args": args, "at": at.isoformat(), "seq": seq})
             self.client.rpush(keys.record_buffer(), entry)
         except REDIS_DOWN as exc:
             raise DependencyUnavailableError("redis", f"job record write buffer: {exc}") from exc
@@ -75,28 +115,33 @@ class RecordWriter:
 
     def flush(self, limit: int = 10_000) -> int:
         """Apply buffered writes in order; returns how many were applied. Stops at the first write the
-        database refuses (it is still down) and leaves that one first in line."""
+        database refuses (it is still down) and leaves that one first in line, and stops when its lock was
+        lost (another flusher goes on from where this one was)."""
         token = uuid.uuid4().hex
         lock = keys.record_buffer_lock()
         if not self.client.set(lock, token, nx=True, ex=FLUSH_LOCK_S):
             return 0  # another flusher is at it
         applied = 0
+        renewed = time.monotonic()
         try:
             # an entry a flusher took and then died holding goes back to the head of the line
             while self.client.lmove(keys.record_buffer_inflight(), keys.record_buffer(), "RIGHT", "LEFT"):
                 pass
             while applied < limit:
+                if time.monotonic() - renewed >= FLUSH_RENEW_S:
+                    if not self._renew_lock(keys=[lock], args=[token, FLUSH_LOCK_S]):
+                        log.warning("record buffer flush lock lost; another flusher goes on")
+                        break
+                    renewed = time.monotonic()
                 moved = self.client.lmove(
                     keys.record_buffer(), keys.record_buffer_inflight(), "LEFT", "RIGHT"
                 )
                 if moved is None:
                     break
                 raw = str(moved)
-                entry = json.loads(raw)
                 try:
-                    _APPLY[entry["op"]](
-                        entry["job_id"], at=datetime.fromisoformat(entry["at"]), **entry["args"]
-                    )
+                    entry = json.loads(raw)
+                    apply(entry["op"], entry["job_id"], datetime.fromisoformat(entry["at"]), entry["args"])
                 except DependencyUnavailableError:
                     self.client.lmove(keys.record_buffer_inflight(), keys.record_buffer(), "RIGHT", "LEFT")
                     break
@@ -105,14 +150,18 @@ class RecordWriter:
                     log.exception("dropping unappliable buffered write %s", raw[:500])
                 self.client.lrem(keys.record_buffer_inflight(), 1, raw)
                 applied += 1
-                if applied % 200 == 0:
-                    self.client.expire(lock, FLUSH_LOCK_S)
         finally:
-            if self.client.get(lock) == token:
-                self.client.delete(lock)
+            self._release(lock, token)
         if applied:
             log.warning("applied %d job-record writes buffered while the database was down", applied)
         return applied
+
+    def _release(self, lock: str, token: str) -> None:
+        try:
+            if self.client.get(lock) == token:
+                self.client.delete(lock)
+        except REDIS_DOWN:
+            pass  # it expires by itself
 
 
 class BufferFlusher(threading.Thread):

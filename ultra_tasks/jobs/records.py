@@ -46,31 +46,65 @@ _INSERT = insert(jobs).values(
     idempotency_key=bindparam("idempotency_key"),
 )
 _PUBLISHED = update(jobs).where(jobs.c.id == bindparam("job_id")).values(published_at=bindparam("now"))
-#: only a queued or parked job, or one "running" with no sign of life since ``stale_before``
+#: claimable: queued or parked, or running under a lease that lapsed (or, for a row from before leases, with
+#: no sign of life since ``stale_before``), or running under this owner's own lease when the owner knows
+#: no run of its own holds it (``own``: a run of this process ended without giving the lease back)
+_CLAIMABLE = jobs.c.status.in_((JobStatus.QUEUED.value, JobStatus.PARKED.value)) | (
+    (jobs.c.status == JobStatus.RUNNING.value)
+    & (
+        (jobs.c.lease_expires_at < bindparam("now"))
+        | (jobs.c.worker == bindparam("own"))
+        | (jobs.c.lease_expires_at.is_(None) & (jobs.c.updated_at < bindparam("stale_before")))
+    )
+)
+_CLAIM_VALUES = {
+    "status": JobStatus.RUNNING.value,
+    "started_at": func.coalesce(jobs.c.started_at, bindparam("now")),
+    "worker": bindparam("worker"),
+    "updated_at": bindparam("now"),
+    "lease_expires_at": bindparam("lease_expires_at"),
+    "parked_until": None,
+    "status_reason": None,
+}
+#: the claim of a run whose token Redis issued: it must be newer than any the row has seen
 _CLAIM = (
     update(jobs)
     .where(
         jobs.c.id == bindparam("job_id"),
-        (jobs.c.status == JobStatus.QUEUED.value)
-        | (jobs.c.status == JobStatus.PARKED.value)
-        | ((jobs.c.status == JobStatus.RUNNING.value) & (jobs.c.updated_at < bindparam("stale_before"))),
+        _CLAIMABLE,
+        jobs.c.lease_token.is_(None) | (jobs.c.lease_token < bindparam("token")),
     )
-    .values(
-        status=JobStatus.RUNNING.value,
-        started_at=func.coalesce(jobs.c.started_at, bindparam("now")),
-        worker=bindparam("worker"),
-        updated_at=bindparam("now"),
-        parked_until=None,
-        status_reason=None,
-    )
-    .returning(jobs.c.attempts, jobs.c.expires_at, jobs.c.queue)
+    .values(**_CLAIM_VALUES, lease_token=bindparam("token"))
+    .returning(jobs.c.attempts, jobs.c.expires_at, jobs.c.queue, jobs.c.lease_token)
 )
+#: the claim of a run while Redis is down: the database issues the token (the clock's microseconds, or one
+#: past the row's token when that is newer), so tokens keep growing whichever store issued them
+_CLAIM_SQL_ONLY = (
+    update(jobs)
+    .where(jobs.c.id == bindparam("job_id"), _CLAIMABLE)
+    .values(
+        **_CLAIM_VALUES,
+        lease_token=case(
+            (jobs.c.lease_token.is_(None) | (jobs.c.lease_token < bindparam("token")), bindparam("token")),
+            else_=jobs.c.lease_token + 1,
+        ),
+    )
+    .returning(jobs.c.attempts, jobs.c.expires_at, jobs.c.queue, jobs.c.lease_token)
+)
+#: a write of a run's outcome applies while the row has seen no newer run (its token is not greater), and
+#: installs the run's token: a run that held its lease only in Redis (the database was down) is recorded
+#: when its buffered writes arrive, and a run whose lease was taken over writes nothing
+_FENCE = jobs.c.lease_token.is_(None) | (jobs.c.lease_token <= bindparam("token"))
+#: ``attempts`` is written as the run's absolute count (never added to), so a write applied twice counts once
+#: a final row changes only by a write of the run that made it final (the same write applied twice)
+_NOT_FINAL_OR_SAME_RUN = jobs.c.status.not_in(FINAL) | (jobs.c.lease_token == bindparam("token"))
+_ATTEMPTS = case((jobs.c.attempts < bindparam("attempts"), bindparam("attempts")), else_=jobs.c.attempts)
 _SUCCEEDED = (
     update(jobs)
-    .where(jobs.c.id == bindparam("job_id"))
+    .where(jobs.c.id == bindparam("job_id"), _FENCE, _NOT_FINAL_OR_SAME_RUN)
     .values(
         status=JobStatus.SUCCEEDED.value,
-        attempts=jobs.c.attempts + bindparam("calls"),
+        attempts=_ATTEMPTS,
         result=bindparam("result"),
         error=None,
         provider=bindparam("provider"),
@@ -78,21 +112,28 @@ _SUCCEEDED = (
         latency_ms=bindparam("latency_ms"),
         finished_at=bindparam("now"),
         updated_at=bindparam("now"),
+        lease_token=bindparam("token"),
+        lease_expires_at=None,
     )
 )
 _FAILED = (
     update(jobs)
-    .where(jobs.c.id == bindparam("job_id"))
+    .where(jobs.c.id == bindparam("job_id"), _FENCE, _NOT_FINAL_OR_SAME_RUN)
     .values(
         status=JobStatus.FAILED.value,
-        attempts=jobs.c.attempts + bindparam("calls"),
+        attempts=_ATTEMPTS,
         error=bindparam("error"),
         provider=bindparam("provider"),
         model_used=bindparam("model_used"),
         finished_at=bindparam("now"),
         updated_at=bindparam("now"),
+        lease_token=bindparam("token"),
+        lease_expires_at=None,
     )
 )
+#: column sizes of values that come from outside (a provider's reply names its model)
+_PROVIDER_CHARS = 64
+_MODEL_CHARS = 128
 
 
 @dataclass(frozen=True)
@@ -110,6 +151,10 @@ class RunStart:
     holder: str | None = None
     #: False when another run holds the job (a duplicate message): this one must not run it
     claimed: bool = True
+    #: the fencing token the claim installed (its lease's)
+    token: int | None = None
+    #: seconds the holder's lease still runs when this run could not claim the job
+    held_for_s: float = 0.0
 
 
 def insert_job(
@@ -161,22 +206,36 @@ def mark_published(job_id: str) -> None:
         conn.execute(_PUBLISHED, {"job_id": job_id, "now": utcnow()})
 
 
-def mark_expired(job_id: str, at: datetime | None = None) -> None:
+def mark_expired(job_id: str, at: datetime | None = None, token: int | None = None) -> bool:
+    """The job's deadline passed before it ran; False if a newer run holds the job (nothing written)."""
     now = at or utcnow()
     with transaction() as conn:
-        conn.execute(
+        result = conn.execute(
             update(jobs)
-            .where(jobs.c.id == job_id)
-            .values(status=JobStatus.EXPIRED.value, finished_at=now, updated_at=now)
+            .where(jobs.c.id == job_id, _FENCE, _NOT_FINAL_OR_SAME_RUN)
+            .values(
+                status=JobStatus.EXPIRED.value,
+                finished_at=now,
+                updated_at=now,
+                lease_token=bindparam("token"),
+                lease_expires_at=None,
+            ),
+            {"token": token},
         )
+    return result.rowcount > 0
 
 
 def jobs_to_republish(
-    unpublished_for_s: float, running_for_s: float, limit: int = 500, parked_overdue_s: float = 300.0
+    unpublished_for_s: float,
+    lease_lapsed_for_s: float,
+    limit: int = 500,
+    parked_overdue_s: float = 300.0,
+    legacy_running_for_s: float = 3600.0,
 ) -> list[tuple[str, str, dict[str, Any]]]:
-    """(id, queue, request) of jobs recorded but never published, running far past their time limit
-    (their worker died), or parked and overdue by ``parked_overdue_s`` (their entry in Redis was lost):
-    the sweeper publishes them again; a second run is harmless (idempotent)."""
+    """(id, queue, request) of jobs recorded but never published, running under a lease that lapsed
+    ``lease_lapsed_for_s`` ago (nobody renews it: its worker died), or parked and overdue by
+    ``parked_overdue_s`` (their entry in Redis was lost): the sweeper publishes them again; a second
+    delivery is harmless (the lease lets one run at a time, and a final job returns its outcome)."""
     now = utcnow()
     overdue = (jobs.c.status == JobStatus.PARKED.value) & (
         jobs.c.parked_until < now - timedelta(seconds=parked_overdue_s)
@@ -187,7 +246,11 @@ def jobs_to_republish(
         & (jobs.c.created_at < now - timedelta(seconds=unpublished_for_s))
     )
     stuck = (jobs.c.status == JobStatus.RUNNING.value) & (
-        jobs.c.updated_at < now - timedelta(seconds=running_for_s)
+        (jobs.c.lease_expires_at < now - timedelta(seconds=lease_lapsed_for_s))
+        | (
+            jobs.c.lease_expires_at.is_(None)
+            & (jobs.c.updated_at < now - timedelta(seconds=legacy_running_for_s))
+        )
     )
     with transaction() as conn:
         rows = conn.execute(
@@ -197,19 +260,6 @@ def jobs_to_republish(
             .limit(limit)
         ).all()
     return [(r.id, r.queue, r.request) for r in rows]
-
-
-def running_jobs(claimed_before_s: float, limit: int = 1000) -> list[tuple[str, str, dict[str, Any], str]]:
-    """(id, queue, request, holder) of jobs running since at least ``claimed_before_s`` seconds."""
-    cutoff = utcnow() - timedelta(seconds=claimed_before_s)
-    with transaction() as conn:
-        rows = conn.execute(
-            select(jobs.c.id, jobs.c.queue, jobs.c.request, jobs.c.worker)
-            .where(jobs.c.status == JobStatus.RUNNING.value, jobs.c.updated_at < cutoff)
-            .order_by(jobs.c.updated_at)
-            .limit(limit)
-        ).all()
-    return [(r.id, r.queue, r.request, r.worker or "") for r in rows]
 
 
 def published_waiting(published_before_s: float, limit: int = 1000) -> list[tuple[str, str, dict[str, Any]]]:
@@ -277,6 +327,7 @@ def reset_for_retry(job_id: str) -> tuple[str, dict[str, Any]] | None:
                 started_at=None,
                 finished_at=None,
                 expires_at=None,
+                lease_expires_at=None,
                 updated_at=now,
             )
             .returning(jobs.c.queue, jobs.c.request)
@@ -297,35 +348,61 @@ def get_job(job_id: str) -> JobRecord:
     return record
 
 
-def mark_running(job_id: str, worker: str | None, stale_after_s: float = 3600.0) -> RunStart | None:
-    """Claim the job for a run. ``attempts`` counts provider calls so far (the budget spans runs).
+def _aware(value: datetime | None) -> datetime | None:
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
-    Only a queued or parked job, or one "running" with no sign of life for ``stale_after_s`` (its worker
-    died), can be claimed, so a duplicate message (redelivery, a sweep, the starvation guard) never runs a
-    job twice at once. Otherwise the job is returned as it is: final (its outcome is reused) or RUNNING
-    elsewhere (``claimed`` False). None if it was never recorded.
+
+def claim(
+    job_id: str,
+    worker: str,
+    *,
+    token: int | None,
+    lease_expires_at: datetime,
+    own_takeover: bool = False,
+    stale_after_s: float = 3600.0,
+) -> RunStart | None:
+    """Claim the job for a run under a lease (jobs/lease.py). ``token``: the one Redis issued; None when
+    Redis is down (the database issues one). ``attempts`` counts provider calls so far (the budget spans
+    runs).
+
+    Only a queued or parked job, or one running under a lapsed lease, can be claimed, so a duplicate
+    message (redelivery, a sweep, the starvation guard) never runs a job twice at once. Otherwise the job
+    is returned as it is: final (its outcome is reused) or held by another run (``claimed`` False). None
+    if it was never recorded.
     """
     now = utcnow()
     params = {
         "job_id": job_id,
         "now": now,
         "worker": worker,
+        "own": worker if own_takeover else "",
         "stale_before": now - timedelta(seconds=stale_after_s),
+        "lease_expires_at": lease_expires_at,
+        "token": token if token is not None else int(now.timestamp() * 1_000_000),
     }
     with transaction() as conn:
-        row = conn.execute(_CLAIM, params).first()
+        row = conn.execute(_CLAIM if token is not None else _CLAIM_SQL_ONLY, params).first()
         if row is not None:
-            expires = row.expires_at
-            if expires is not None and expires.tzinfo is None:
-                expires = expires.replace(tzinfo=UTC)
-            return RunStart(JobStatus.RUNNING, int(row.attempts), expires_at=expires, queue=row.queue)
-        current = conn.execute(
-            select(jobs.c.status, jobs.c.attempts, jobs.c.result, jobs.c.error, jobs.c.worker).where(
-                jobs.c.id == job_id
+            return RunStart(
+                JobStatus.RUNNING,
+                int(row.attempts),
+                expires_at=_aware(row.expires_at),
+                queue=row.queue,
+                token=int(row.lease_token),
             )
+        current = conn.execute(
+            select(
+                jobs.c.status,
+                jobs.c.attempts,
+                jobs.c.result,
+                jobs.c.error,
+                jobs.c.worker,
+                jobs.c.lease_expires_at,
+            ).where(jobs.c.id == job_id)
         ).first()
     if current is None:
         return None
+    lease_end = _aware(current.lease_expires_at)
     return RunStart(
         JobStatus(current.status),
         int(current.attempts),
@@ -333,50 +410,89 @@ def mark_running(job_id: str, worker: str | None, stale_after_s: float = 3600.0)
         current.error,
         holder=current.worker,
         claimed=False,
+        held_for_s=max(0.0, (lease_end - now).total_seconds()) if lease_end is not None else 0.0,
     )
 
 
-def unclaim(job_id: str, worker: str) -> None:
-    """Give back a claim this worker holds (its run was interrupted by an outage, not by the job):
-    queued again and unpublished, so the sweeper publishes it even if the task's retry message could not
-    be sent (a duplicate of a retry that was sent is harmless)."""
-    with transaction() as conn:
-        conn.execute(
-            update(jobs)
-            .where(jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING.value, jobs.c.worker == worker)
-            .values(status=JobStatus.QUEUED.value, published_at=None, updated_at=utcnow())
-        )
-
-
-def take_over(job_id: str, dead_holder: str, worker: str | None) -> RunStart | None:
-    """Claim a running job from a holder known to be dead; None if it is no longer held by it."""
-    now = utcnow()
+def count_call(job_id: str, token: int) -> int | None:
+    """Record one provider call about to go out under the lease ``token`` (the path while Redis is down);
+    the job's calls so far, or None if the lease is no longer this run's."""
     with transaction() as conn:
         row = conn.execute(
             update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.lease_token == token, jobs.c.status == JobStatus.RUNNING.value)
+            .values(attempts=jobs.c.attempts + 1)
+            .returning(jobs.c.attempts)
+        ).first()
+    return int(row.attempts) if row is not None else None
+
+
+_RENEW = (
+    update(jobs)
+    .where(
+        jobs.c.id == bindparam("job_id"),
+        _FENCE,
+        jobs.c.status.in_((JobStatus.QUEUED.value, JobStatus.PARKED.value, JobStatus.RUNNING.value)),
+    )
+    .values(
+        status=JobStatus.RUNNING.value,
+        worker=bindparam("worker"),
+        lease_token=bindparam("token"),
+        lease_expires_at=bindparam("lease_expires_at"),
+        attempts=_ATTEMPTS,
+    )
+)
+
+
+def renew_leases(leases: list[tuple[str, str, int, int]], lease_expires_at: datetime) -> set[str]:
+    """Extend the leases (job id, worker, token, calls so far) of one process's runs in one transaction,
+    writing each lease (and its calls) into a row that has not seen a newer run: a run that started while
+    the database was down is recorded running as soon as it is back. Returns the ids whose lease the
+    table refused: a newer run holds them, or they are final."""
+    refused: set[str] = set()
+    with transaction() as conn:
+        for job_id, worker, token, attempts in leases:
+            params = {
+                "job_id": job_id,
+                "worker": worker,
+                "token": token,
+                "attempts": attempts,
+                "lease_expires_at": lease_expires_at,
+            }
+            if conn.execute(_RENEW, params).rowcount == 0:
+                refused.add(job_id)
+    return refused
+
+
+def unclaim(job_id: str, token: int) -> bool:
+    """Give back a claim this run holds (its run was interrupted by an outage, not by the job): queued
+    again and unpublished, so the sweeper publishes it even if the task's retry message could not be sent
+    (a duplicate of a retry that was sent is harmless)."""
+    with transaction() as conn:
+        result = conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING.value, jobs.c.lease_token == token)
+            .values(
+                status=JobStatus.QUEUED.value, published_at=None, lease_expires_at=None, updated_at=utcnow()
+            )
+        )
+    return result.rowcount > 0
+
+
+def mark_started(
+    job_id: str, worker: str | None, at: datetime, token: int | None = None, lease_ttl_s: float = 30.0
+) -> bool:
+    """A run that started while the database was down, recorded afterwards (from the write buffer): only
+    a job still waiting, or running under an older run's lease, takes it; a finished one keeps its
+    outcome, and a newer run's claim stands."""
+    with transaction() as conn:
+        result = conn.execute(
+            update(jobs)
             .where(
                 jobs.c.id == job_id,
-                jobs.c.status == JobStatus.RUNNING.value,
-                jobs.c.worker == dead_holder,
+                jobs.c.status.in_((JobStatus.QUEUED.value, JobStatus.PARKED.value, JobStatus.RUNNING.value)),
+                jobs.c.lease_token.is_(None) | (jobs.c.lease_token < bindparam("token")),
             )
-            .values(worker=worker, updated_at=now)
-            .returning(jobs.c.attempts, jobs.c.expires_at, jobs.c.queue)
-        ).first()
-    if row is None:
-        return None
-    expires = row.expires_at
-    if expires is not None and expires.tzinfo is None:
-        expires = expires.replace(tzinfo=UTC)
-    return RunStart(JobStatus.RUNNING, int(row.attempts), expires_at=expires, queue=row.queue)
-
-
-def mark_started(job_id: str, worker: str | None, at: datetime) -> None:
-    """A run that started while the database was down, recorded afterwards (from the write buffer):
-    only a job still waiting takes it; one that already finished keeps its outcome."""
-    with transaction() as conn:
-        conn.execute(
-            update(jobs)
-            .where(jobs.c.id == job_id, jobs.c.status.in_((JobStatus.QUEUED.value, JobStatus.PARKED.value)))
             .values(
                 status=JobStatus.RUNNING.value,
                 started_at=func.coalesce(jobs.c.started_at, at),
@@ -384,26 +500,46 @@ def mark_started(job_id: str, worker: str | None, at: datetime) -> None:
                 updated_at=at,
                 parked_until=None,
                 status_reason=None,
-            )
+                lease_token=bindparam("token"),
+                lease_expires_at=at + timedelta(seconds=lease_ttl_s),
+            ),
+            {"token": token if token is not None else int(at.timestamp() * 1_000_000)},
         )
+    return result.rowcount > 0
 
 
-def mark_parked(job_id: str, wait_s: float, reason: str, calls: int = 0, at: datetime | None = None) -> None:
-    """The job cannot run now: parked for ``wait_s`` (or until what it waits for recovers), with why,
-    keeping the count of provider calls this run made."""
+def mark_parked(
+    job_id: str,
+    wait_s: float,
+    reason: str,
+    calls: int = 0,
+    at: datetime | None = None,
+    token: int | None = None,
+    attempts: int | None = None,
+) -> bool:
+    """The job cannot run now: parked for ``wait_s`` (or until what it waits for recovers), with why.
+    ``attempts``: the job's provider calls so far (absolute); ``calls`` (added) is for callers without a
+    lease. False if the run no longer holds the job."""
     now = at or utcnow()
+    values: dict[str, Any] = {
+        "status": JobStatus.PARKED.value,
+        "parked_until": now + timedelta(seconds=max(0.0, wait_s)),
+        "status_reason": reason[:500],
+        "updated_at": now,
+        "lease_expires_at": None,
+    }
+    params: dict[str, Any] = {}
+    if attempts is not None:
+        values["attempts"], params["attempts"] = _ATTEMPTS, attempts
+    else:
+        values["attempts"] = jobs.c.attempts + calls
+    where = [jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING.value]
+    if token is not None:
+        where.append(jobs.c.lease_token == bindparam("token"))
+        params["token"] = token
     with transaction() as conn:
-        conn.execute(
-            update(jobs)
-            .where(jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING.value)
-            .values(
-                status=JobStatus.PARKED.value,
-                attempts=jobs.c.attempts + calls,
-                parked_until=now + timedelta(seconds=max(0.0, wait_s)),
-                status_reason=reason[:500],
-                updated_at=now,
-            )
-        )
+        result = conn.execute(update(jobs).where(*where).values(**values), params)
+    return result.rowcount > 0
 
 
 def mark_released(job_id: str) -> None:
@@ -417,31 +553,53 @@ def mark_released(job_id: str) -> None:
         )
 
 
-def mark_succeeded(job_id: str, result: dict[str, Any], calls: int = 0, at: datetime | None = None) -> None:
+def _bounded(value: Any, chars: int) -> str | None:
+    return str(value)[:chars] if value is not None else None
+
+
+def mark_succeeded(
+    job_id: str,
+    result: dict[str, Any],
+    calls: int = 0,
+    at: datetime | None = None,
+    token: int | None = None,
+    attempts: int | None = None,
+) -> bool:
+    """The run's answer; False if a newer run holds the job or it is final under another run."""
     params = {
         "job_id": job_id,
-        "calls": calls,
+        "attempts": attempts if attempts is not None else calls,
         "result": result,
-        "provider": result.get("provider"),
-        "model_used": result.get("model"),
+        "provider": _bounded(result.get("provider"), _PROVIDER_CHARS),
+        "model_used": _bounded(result.get("model"), _MODEL_CHARS),
         "latency_ms": result.get("latency_ms"),
         "now": at or utcnow(),
+        "token": token,
     }
     with transaction() as conn:
-        conn.execute(_SUCCEEDED, params)
+        return conn.execute(_SUCCEEDED, params).rowcount > 0
 
 
-def mark_failed(job_id: str, error: dict[str, Any], calls: int = 0, at: datetime | None = None) -> None:
+def mark_failed(
+    job_id: str,
+    error: dict[str, Any],
+    calls: int = 0,
+    at: datetime | None = None,
+    token: int | None = None,
+    attempts: int | None = None,
+) -> bool:
+    """The run's failure; False if a newer run holds the job or it is final under another run."""
     params = {
         "job_id": job_id,
-        "calls": calls,
+        "attempts": attempts if attempts is not None else calls,
         "error": error,
-        "provider": error.get("provider"),
-        "model_used": error.get("model"),
+        "provider": _bounded(error.get("provider"), _PROVIDER_CHARS),
+        "model_used": _bounded(error.get("model"), _MODEL_CHARS),
         "now": at or utcnow(),
+        "token": token,
     }
     with transaction() as conn:
-        conn.execute(_FAILED, params)
+        return conn.execute(_FAILED, params).rowcount > 0
 
 
 def count_jobs(status: JobStatus | None = None) -> int:

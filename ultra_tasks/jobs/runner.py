@@ -15,17 +15,16 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
-from ultra_tasks import keys
 from ultra_tasks.cache.llm import NAMESPACE as CACHE_NAMESPACE
 from ultra_tasks.cache.llm import FillLock, is_cacheable, job_cache, request_digest
 from ultra_tasks.clock import utcnow
 from ultra_tasks.config import Settings, get_settings
-from ultra_tasks.errors import DependencyUnavailableError, NoProviderAvailableError
+from ultra_tasks.errors import DependencyUnavailableError, LeaseLostError, NoProviderAvailableError
 from ultra_tasks.jobs import records
-from ultra_tasks.jobs.liveness import is_dead
+from ultra_tasks.jobs.lease import Finished, Held, Lease, Leases, process_leases
+from ultra_tasks.jobs.liveness import identity
 from ultra_tasks.jobs.models import JobResult, JobStatus
 from ultra_tasks.jobs.parking import CAUSE_MODE, CAUSE_PROVIDER, CAUSE_SLOT
 from ultra_tasks.jobs.record_buffer import RecordWriter
@@ -92,6 +91,29 @@ def parked_outcome(
     }
 
 
+class LeasedBudget(AttemptBudget):
+    """The job's attempt budget, where taking an attempt also counts the call in the run's lease: a call
+    goes out only while the lease holds, and a run that takes the job over continues its budget."""
+
+    def __init__(self, total: int, leases: Leases, lease: Lease) -> None:
+        super().__init__(total)
+        self.leases, self.lease = leases, lease
+
+    def take(self) -> bool:
+        if not super().take():
+            return False
+        try:
+            self.leases.begin_call(self.lease)
+        except BaseException:
+            super().refund()
+            raise
+        return True
+
+    def refund(self) -> None:
+        super().refund()
+        self.leases.refund_call(self.lease)
+
+
 def execute_job(
     job_id: str,
     payload: dict[str, Any],
@@ -101,132 +123,110 @@ def execute_job(
     caller: ResilientCaller | None = None,
     effects: ModeEffects | None = None,
     settings: Settings | None = None,
+    leases: Leases | None = None,
 ) -> dict[str, Any]:
-    """Run the job and return its outcome: a JobResult dict, a failed outcome, or a parked one.
+    """Run the job under a lease and return its outcome: a JobResult dict, a failed, parked or expired
+    outcome, ``duplicate`` (another run holds the job; ``retry_after``: when its lease would lapse) or
+    ``lost`` (this run's lease was taken over mid-run: it stopped without calling or writing).
 
-    ``queue`` is the queue the message came from (it decides what the operation mode allows).
-    With the database unreachable the job still runs (see ``_claim_without_database``)."""
+    ``queue`` is the queue the message came from (it decides what the operation mode allows). With the
+    database unreachable the job still runs on its Redis lease, its writes buffered (record_buffer.py)."""
     settings = settings or get_settings()
-    writer = RecordWriter(shared_redis(settings.redis_url))
-    try:
-        record = records.mark_running(job_id, worker, stale_after_s=settings.job_time_limit + 60)
-    except DependencyUnavailableError as exc:
-        return _execute_without_database(
-            job_id,
-            payload,
-            exc,
-            queue=queue,
-            worker=worker,
-            caller=caller,
-            effects=effects,
-            settings=settings,
+    client = shared_redis(settings.redis_url)
+    leases = leases or process_leases(settings, client)
+    owner = worker or identity(None)
+    if not leases.accepting():
+        raise DependencyUnavailableError(
+            "redis", "this worker cannot renew its job leases; it takes no new job until it can"
         )
-    if record is None:
+    got = leases.acquire(job_id, owner)
+    if isinstance(got, Held):
+        log.info("job %s is held by %s; this duplicate delivery does nothing", job_id, got.holder)
+        return {"job_id": job_id, "status": "duplicate", "retry_after": got.remaining_s}
+    if isinstance(got, Finished):
+        return _recorded_outcome(job_id, got.start)
+    lease, start = got.lease, got.start
+    if not lease.recorded:
         log.warning("job %s is not in the job table; running it unrecorded", job_id)
-    elif record.status is JobStatus.SUCCEEDED and record.result:
+    writer = RecordWriter(client)
+    final = False
+    try:
+        if start is None and lease.recorded:
+            earlier = _backend_outcome(job_id)
+            if earlier is not None:
+                final = True
+                return earlier
+            log.warning("job %s runs while the job table is unreachable; its records are buffered", job_id)
+            writer.buffer(
+                "started", job_id, utcnow(), worker=owner, token=lease.token, lease_ttl_s=leases.ttl_s
+            )
+        outcome = _run(job_id, payload, lease, leases, start, queue, caller, effects, settings, writer)
+        final = outcome.get("status") in FINAL_STATUSES
+        return outcome
+    except LeaseLostError as exc:
+        log.warning("job %s: %s; it stopped without calling or writing", job_id, exc)
+        return {"job_id": job_id, "status": "lost"}
+    except (DependencyUnavailableError, *REDIS_DOWN) as exc:
+        # Redis or the database going away mid-run is not the job's fault: the claim is given back (so the
+        # retry, or any other delivery, can take it) and the task retries the run once the dependency
+        # answers, rather than the job failing or staying "running" under a live worker.
+        log.warning("job %s interrupted by an unavailable dependency (%s); it will run again", job_id, exc)
+        if lease.recorded:
+            with contextlib.suppress(DependencyUnavailableError):
+                records.unclaim(job_id, lease.token)
+        if isinstance(exc, DependencyUnavailableError):
+            raise
+        raise DependencyUnavailableError("redis", str(exc)) from exc
+    finally:
+        leases.release(lease, final=final)
+
+
+FINAL_STATUSES = (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value, JobStatus.EXPIRED.value)
+
+
+def _recorded_outcome(job_id: str, start: records.RunStart) -> dict[str, Any]:
+    if start.status is JobStatus.SUCCEEDED and start.result:
         log.info("job %s already succeeded; returning the recorded result", job_id)
-        return record.result
-    elif record.status is JobStatus.FAILED:
-        return failed_outcome(job_id, record.error or {})
-    elif record.status is JobStatus.EXPIRED:
-        return {"job_id": job_id, "status": JobStatus.EXPIRED.value}
-    elif not record.claimed:
-        dead = record.holder if record.status is JobStatus.RUNNING else None
-        if dead and dead != worker and is_dead(shared_redis(settings.redis_url), dead):
-            record = records.take_over(job_id, dead, worker)
-            if record is not None:
-                log.warning("job %s was held by %s, which died; taking it over", job_id, dead)
-        if record is None or not record.claimed:
-            log.info("job %s is running elsewhere; this duplicate delivery does nothing", job_id)
-            return {"job_id": job_id, "status": "duplicate"}
-    with _claim_back_on_outage(job_id, record, worker):
-        return _run(job_id, payload, record, queue, worker, caller, effects, settings, writer)
+        return start.result
+    if start.status is JobStatus.FAILED:
+        return failed_outcome(job_id, start.error or {})
+    return {"job_id": job_id, "status": JobStatus.EXPIRED.value}
 
 
-def _execute_without_database(
-    job_id: str,
-    payload: dict[str, Any],
-    cause: DependencyUnavailableError,
-    *,
-    queue: str | None,
-    worker: str | None,
-    caller: ResilientCaller | None,
-    effects: ModeEffects | None,
-    settings: Settings,
-) -> dict[str, Any]:
-    """Run a job while the job table is unreachable: the message carries the request, a Redis key stands
-    in for the table's claim (so a duplicate message still does nothing), the result backend tells
-    whether an earlier run finished, and every record write goes to the write buffer. What cannot be
-    known meanwhile is the job's earlier provider calls: its attempt budget starts afresh."""
+def _backend_outcome(job_id: str) -> dict[str, Any] | None:
+    """A run that finished earlier, from the result backend (while the job table cannot say)."""
     from celery.result import AsyncResult
 
     from ultra_tasks.celery_app import app
 
-    client = shared_redis(settings.redis_url)
-    writer = RecordWriter(client)
-    try:
-        earlier = AsyncResult(job_id, app=app)
-        if earlier.successful() and isinstance(earlier.result, dict):
-            return dict(earlier.result)
-        claim = keys.job_claim(job_id)
-        holder = worker or "unknown"
-        if not client.set(claim, holder, nx=True, ex=settings.job_time_limit + 60):
-            current = client.get(claim)
-            if current != holder and not (current and is_dead(client, str(current))):
-                log.info("job %s is running elsewhere; this duplicate delivery does nothing", job_id)
-                return {"job_id": job_id, "status": "duplicate"}
-            client.set(claim, holder, ex=settings.job_time_limit + 60)
-    except REDIS_DOWN as exc:
-        raise DependencyUnavailableError("redis", f"{exc} (and {cause})") from exc
-    log.warning("job %s runs while the job table is unreachable; its records are buffered", job_id)
-    writer.buffer("started", job_id, utcnow(), worker=worker)
-    try:
-        record = records.RunStart(JobStatus.RUNNING, 0)
-        with _claim_back_on_outage(job_id, record, worker):
-            return _run(job_id, payload, record, queue, worker, caller, effects, settings, writer)
-    finally:
-        with contextlib.suppress(*REDIS_DOWN):
-            if client.get(claim) == holder:
-                client.delete(claim)
-
-
-@contextlib.contextmanager
-def _claim_back_on_outage(job_id: str, record: records.RunStart | None, worker: str | None) -> Iterator[None]:
-    """Redis or the database going away mid-run is not the job's fault: the claim is given back (so the
-    retry, or any other delivery, can take it) and the task retries the run once the dependency answers,
-    rather than the job failing or staying "running" under a live worker."""
-    try:
-        yield
-    except (DependencyUnavailableError, *REDIS_DOWN) as exc:
-        log.warning("job %s interrupted by an unavailable dependency (%s); it will run again", job_id, exc)
-        if record is not None and worker is not None:
-            with contextlib.suppress(DependencyUnavailableError):
-                records.unclaim(job_id, worker)
-        if isinstance(exc, DependencyUnavailableError):
-            raise
-        raise DependencyUnavailableError("redis", str(exc)) from exc
+    earlier = AsyncResult(job_id, app=app)
+    if earlier.successful() and isinstance(earlier.result, dict):
+        return dict(earlier.result)
+    return None
 
 
 def _run(
     job_id: str,
     payload: dict[str, Any],
-    record: records.RunStart | None,
+    lease: Lease,
+    leases: Leases,
+    start: records.RunStart | None,
     queue: str | None,
-    worker: str | None,
     caller: ResilientCaller | None,
     effects: ModeEffects | None,
     settings: Settings,
     writer: RecordWriter,
 ) -> dict[str, Any]:
-    """The run itself, once the job is claimed (``record`` None: the job was never recorded)."""
-    calls_before = record.attempts if record is not None else 0
-    if record is not None and record.expires_at is not None and utcnow() >= record.expires_at:
+    """The run itself, once the job is leased (``start`` None: no row, or the database is down)."""
+    record = _Record(writer, job_id, lease)
+    calls_before = lease.calls
+    if start is not None and start.expires_at is not None and utcnow() >= start.expires_at:
         log.info("job %s expired before it ran", job_id)
-        writer.write("expired", job_id)
+        record.write("expired")
         return {"job_id": job_id, "status": JobStatus.EXPIRED.value}
 
     # the job's own queue is authoritative (the starvation guard moves jobs up); else the message's
-    queue = (record.queue if record is not None else None) or queue or QUEUE_DEFAULT
+    queue = (start.queue if start is not None else None) or queue or QUEUE_DEFAULT
     admission = (effects or mode_effects(settings)).admit(queue, payload)
 
     request = LLMRequest.from_dict(payload)
@@ -253,27 +253,24 @@ def _run(
         if hit is not None:
             served_ms = (time.perf_counter() - started) * 1000
             result = _result(job_id, hit, calls=calls_before, latency_ms=served_ms, cached=True)
-            if record is not None:
-                writer.write("succeeded", job_id, result=result)
+            record.write("succeeded", result=result)
             return result
 
     if not admission.run:
         log.info("job %s parked for %.1fs: %s", job_id, admission.wait_s, admission.reason)
         cause = CAUSE_SLOT if admission.slot_reserved else CAUSE_MODE
         return _park(
-            writer,
-            job_id,
             record,
+            job_id,
             queue,
             admission.wait_s,
             admission.reason,
-            0,
             cause,
             slot_reserved=admission.slot_reserved,
         )
 
     caller = caller or resilient_caller(settings=settings)
-    budget = AttemptBudget(max(0, settings.effective_attempt_budget - calls_before))
+    budget = LeasedBudget(max(0, settings.effective_attempt_budget - calls_before), leases, lease)
     try:
         chain = chain_for(
             request, settings, override=payload.get("chain"), fallback=payload.get("fallback", True)
@@ -290,7 +287,7 @@ def _run(
             cache.put_sync(digest, answer, CACHE_NAMESPACE)
     except NoProviderAvailableError as exc:
         log.info("job %s parked: %s", job_id, exc)
-        return _park(writer, job_id, record, queue, exc.retry_after, str(exc), budget.used, CAUSE_PROVIDER)
+        return _park(record, job_id, queue, exc.retry_after, str(exc), CAUSE_PROVIDER)
     except ChainFailed as exc:
         error = {
             **exc.error.to_dict(),
@@ -298,11 +295,10 @@ def _run(
             "provider_calls": calls_before + budget.used,
         }
         log.warning("job %s failed: %s", job_id, exc.error)
-        if record is not None:
-            writer.write("failed", job_id, error=error, calls=budget.used)
+        record.write("failed", error=error)
         return failed_outcome(job_id, error)
-    except (DependencyUnavailableError, *REDIS_DOWN):
-        raise  # _claim_back_on_outage gives the claim back; the task retries the whole run
+    except (DependencyUnavailableError, LeaseLostError, *REDIS_DOWN):
+        raise  # execute_job gives the claim back (or stops, its lease lost); the task retries the run
     except Exception as exc:
         # A bug must not leave the job "running" forever: record it as failed, with what happened.
         log.exception("job %s failed unexpectedly", job_id)
@@ -312,8 +308,7 @@ def _run(
             "message": str(exc)[:2000],
             "provider_calls": calls_before + budget.used,
         }
-        if record is not None:
-            writer.write("failed", job_id, error=error, calls=budget.used)
+        record.write("failed", error=error)
         return failed_outcome(job_id, error)
     finally:
         if fill_lock is not None:
@@ -327,26 +322,41 @@ def _run(
         fallback_used=outcome.fallback_used,
         attempt_errors=outcome.attempts,
     )
-    if record is not None:
-        writer.write("succeeded", job_id, result=result, calls=budget.used)
+    record.write("succeeded", result=result)
     return result
 
 
+class _Record:
+    """The run's writes to its job's row, each fenced by its lease's token and carrying the job's calls
+    as an absolute count (idempotent, in whatever order the buffer applies them)."""
+
+    def __init__(self, writer: RecordWriter, job_id: str, lease: Lease) -> None:
+        self.writer, self.job_id, self.lease = writer, job_id, lease
+
+    def write(self, op: str, **args: Any) -> None:
+        if not self.lease.recorded:
+            return
+        self.lease.check()
+        if op != "expired":
+            args["attempts"] = self.lease.calls
+        applied = self.writer.write(op, self.job_id, token=self.lease.token, **args)
+        if applied is False:  # the row has seen a newer run: this one's outcome is not the job's
+            self.lease.lost = True
+            self.lease.check()
+
+
 def _park(
-    writer: RecordWriter,
+    record: _Record,
     job_id: str,
-    record: records.RunStart | None,
     queue: str,
     wait_s: float,
     reason: str,
-    calls: int,
     cause: str,
     *,
     slot_reserved: bool = False,
 ) -> dict[str, Any]:
     """Record the job as parked (the task then parks it in Redis) and say so."""
-    if record is not None:
-        writer.write("parked", job_id, wait_s=wait_s, reason=reason, calls=calls)
+    record.write("parked", wait_s=wait_s, reason=reason)
     return parked_outcome(job_id, queue, wait_s, reason, cause, slot_reserved=slot_reserved)
 
 

@@ -302,6 +302,13 @@ class JobHandle:
 
     def retry(self) -> JobHandle:
         """Resubmit a failed or expired job (a dead letter) with a fresh attempt budget."""
+        from ultra_tasks.jobs.lease import forget_job_lease
+
+        status = self.status()
+        if not status.is_final or status is JobStatus.SUCCEEDED:
+            raise JobError(self.id, f"job {self.id} is {status.value}: only failed or expired jobs retry")
+        # the lease record counts the job's provider calls across runs: the fresh budget starts at zero
+        forget_job_lease(shared_redis(), self.id)
         reset = records.reset_for_retry(self.id)
         if reset is None:
             raise JobError(

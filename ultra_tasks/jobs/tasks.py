@@ -45,7 +45,12 @@ def run_job(self: Task, job_id: str, payload: dict[str, Any]) -> dict[str, Any]:
             raise
         delay = min(DB_RETRY_MAX_S, DB_RETRY_BASE_S * 2 ** min(self.request.retries, 10))
         raise self.retry(exc=exc, countdown=delay) from exc
-    if outcome.get("status") == "duplicate":
+    if outcome.get("status") == "duplicate" and 0 < self.request.retries < DB_MAX_RETRIES:
+        # A retry of a run that an outage interrupted, finding the job still leased: the interrupted run
+        # could not give its lease back (Redis or the database was down). Dropped, the job would wait for
+        # the sweeper; instead it looks again once that lease has lapsed.
+        raise self.retry(countdown=float(outcome.get("retry_after") or 0) + 1.0)
+    if outcome.get("status") in ("duplicate", "lost"):
         raise Ignore()  # acknowledged, and no result stored over the real run's
     if outcome.get("status") == JobStatus.PARKED.value:
         _park(self, job_id, payload, outcome)
