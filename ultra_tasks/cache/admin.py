@@ -86,10 +86,10 @@ def disk_level_stats(directory: Path) -> dict[str, Any]:
     """Entries per namespace and bytes of this host's disk level (nothing is created if it is absent)."""
     if not directory.is_dir():
         return {"directory": str(directory), "exists": False, "namespaces": {}, "entries": 0, "bytes": 0}
-    import diskcache
+    from ultra_tasks.cache.disk import open_disk_cache
 
     namespaces: dict[str, int] = {}
-    with diskcache.Cache(str(directory)) as cache:
+    with open_disk_cache(directory) as cache:  # never unpickles a key someone else wrote
         for key in cache.iterkeys():
             if isinstance(key, str) and ":" in key:
                 namespace = key.split(":", 1)[0]

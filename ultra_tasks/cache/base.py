@@ -22,13 +22,29 @@ class CorruptEntry(ValueError):
     """A stored entry that cannot be decoded: treated as a miss and removed."""
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a value we write")
+
+
+#: strict JSON: what ``encode`` writes, nothing else
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
 def decode(raw: str | bytes) -> tuple[Any, float | None]:
-    """(value, expires_at) from the stored form; CorruptEntry if it is not ours or not JSON."""
+    """(value, expires_at) from the stored form; CorruptEntry if it is not JSON or not our envelope
+    (an object of exactly ``v`` and ``e``, ``e`` a number or null). Only JSON is ever parsed here."""
+    if not isinstance(raw, (str, bytes)):
+        raise CorruptEntry(f"stored as {type(raw).__name__}, not JSON text")
     try:
-        data = json.loads(raw)
-        return data["v"], data["e"]
-    except (ValueError, TypeError, KeyError) as exc:
+        data = _DECODER.decode(raw.decode() if isinstance(raw, bytes) else raw)
+    except ValueError as exc:  # also UnicodeDecodeError, and NaN/Infinity (never written: allow_nan=False)
         raise CorruptEntry(str(exc)) from None
+    if not isinstance(data, dict) or data.keys() != {"v", "e"}:
+        raise CorruptEntry("not a cache envelope")
+    expires = data["e"]
+    if expires is not None and (isinstance(expires, bool) or not isinstance(expires, (int, float))):
+        raise CorruptEntry(f"expiry {expires!r} is not a number")
+    return data["v"], expires
 
 
 def remaining_ttl(expires_at: float | None) -> float | None:

@@ -1,4 +1,5 @@
-"""Level 1: an in-process LRU with TTL. Holds the encoded JSON, so callers can never mutate a cached value."""
+"""Level 1: an in-process LRU with TTL. Holds the encoded JSON text (never objects or pickles), so callers
+can never mutate a cached value."""
 
 from __future__ import annotations
 
@@ -33,8 +34,10 @@ class MemoryCache:
             return MISS
         try:
             value = decode(raw)[0]
-        except CorruptEntry:  # pragma: no cover - we only store what we encoded
+        except CorruptEntry:  # only what we encoded or decoded from a lower level gets here
+            self.stats.count("corrupt")
             self.delete(key)
+            self.stats.read(False, time.perf_counter() - started)
             return MISS
         self.stats.read(True, time.perf_counter() - started)
         return value
