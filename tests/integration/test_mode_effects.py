@@ -149,3 +149,47 @@ def test_degraded_answers_repeated_requests_from_the_cache_even_when_not_determi
     opted_out = submit(prompt, model="gpt-4o-mini", temperature=0.9, cache=False).result(timeout=30)
     assert opted_out.cached is False
     assert fake_provider.stats()["by_model"]["gpt-4o-mini"] == 4
+
+
+def _low_admissions(redis_client: Any, count: int) -> list[Any]:
+    from ultra_tasks.config import get_settings
+    from ultra_tasks.mode.effects import ModeEffects
+
+    effects = ModeEffects(get_settings(), redis_client)  # a worker that reads the mode afresh
+    return [effects.admit("llm.low", {}) for _ in range(count)]
+
+
+def test_a_new_degraded_episode_starts_with_an_empty_llm_low_schedule(
+    mode: SystemOperationMode, redis_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ultra_tasks.config import reset_settings
+
+    monkeypatch.setenv("MODE_DEGRADED_LOW_RATE", "1")  # one llm.low start a minute
+    reset_settings()
+    # Given a DEGRADED episode that left three minutes of llm.low starts reserved
+    mode.set_override("DEGRADED", 120, reason="first episode")
+    first = _low_admissions(redis_client, 4)
+    assert first[0].run and [round(a.wait_s / 60) for a in first[1:]] == [1, 2, 3]
+    # When the mode recovers and degrades again
+    mode.set_override("NORMAL", 120, reason="recovered")
+    mode.set_override("DEGRADED", 120, reason="second episode")
+    # Then the new episode's first llm.low job starts at once, not behind the old backlog
+    assert _low_admissions(redis_client, 1)[0].run
+
+
+def test_no_degraded_start_slot_is_reserved_further_ahead_than_park_max_wait(
+    mode: SystemOperationMode, redis_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ultra_tasks.config import reset_settings
+
+    monkeypatch.setenv("MODE_DEGRADED_LOW_RATE", "1")
+    monkeypatch.setenv("PARK_MAX_WAIT", "150")
+    reset_settings()
+    mode.set_override("DEGRADED", 120, reason="slots")
+    admissions = _low_admissions(redis_client, 5)
+    # slots now, +60 s, +120 s; the next would be +180 s: beyond PARK_MAX_WAIT nothing is reserved, the job
+    # parks for PARK_MAX_WAIT and asks again
+    assert [a.slot_reserved for a in admissions] == [False, True, True, False, False]
+    assert all(a.wait_s <= 150 for a in admissions)
+    assert not admissions[3].run and admissions[3].wait_s == 150
+    assert "schedule is full" in admissions[3].reason

@@ -5,7 +5,10 @@
   (MODE_PREFER_CACHE); ``llm.low`` jobs start at most MODE_DEGRADED_LOW_RATE per minute fleet-wide, so the
   remaining capacity goes to higher priorities. Each low job reserves the next free start slot (one
   script in Redis) and is parked until it; released, it runs on its reservation without asking again, so
-  a backlog of low jobs is released one slot at a time, not all at once to be parked again.
+  a backlog of low jobs is released one slot at a time, not all at once to be parked again. The schedule
+  belongs to one DEGRADED episode (its key names when the episode began), so the next episode starts with
+  an empty one; no slot is reserved further ahead than PARK_MAX_WAIT (the job parks that long and asks
+  again).
 - EMERGENCY: only jobs from MODE_EMERGENCY_RUN_QUEUES (``llm.high``) run; the others are parked (holding no
   worker slot) and released as soon as the mode improves; the cache is preferred as in DEGRADED.
 
@@ -32,14 +35,16 @@ DEGRADED_LOW_LIMIT = "mode-degraded-low"
 #: payload flag of a low job released on its reserved slot (set by the worker that parked it)
 SLOT_FLAG = "_slot_reserved"
 
-# KEYS[1]: the schedule's next free slot (epoch s); ARGV[1]: seconds between starts.
-# Returns the seconds until the slot this call reserved (0: now).
+# KEYS[1]: the schedule's next free slot (epoch s); ARGV[1]: seconds between starts, ARGV[2]: the furthest
+# ahead a slot may be reserved (seconds). Returns the seconds until the slot this call reserved (0: now),
+# or minus the seconds until the next free slot when that is further ahead (nothing reserved).
 RESERVE_LUA = r"""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local interval = tonumber(ARGV[1])
 local slot = tonumber(redis.call('GET', KEYS[1]) or '0')
 if slot < now then slot = now end
+if slot - now > tonumber(ARGV[2]) then return tostring(now - slot) end
 local nxt = slot + interval
 redis.call('SET', KEYS[1], tostring(nxt), 'PX', math.ceil((nxt - now) * 1000) + 1000)
 return tostring(slot - now)
@@ -54,6 +59,8 @@ class ModeReader:
         self.client = client
         self.ttl_s = ttl_s
         self._mode = Mode.NORMAL
+        #: when the current mode began (the mirror's ``since``; "" if it does not say)
+        self.since = ""
         self._read_at = float("-inf")
         self._lock = threading.Lock()
 
@@ -65,8 +72,9 @@ class ModeReader:
         with self._lock:
             if fresh or now - self._read_at >= self.ttl_s:
                 with contextlib.suppress(*REDIS_DOWN):
-                    value = self.client.hget(keys.mode_current(), "mode")
+                    value, since = self.client.hmget(keys.mode_current(), ["mode", "since"])
                     self._mode = Mode(_text(value)) if value else Mode.NORMAL
+                    self.since = _text(since) if since else ""
                 self._read_at = now
         return self._mode
 
@@ -116,10 +124,21 @@ class ModeEffects:
         rate = self.settings.mode_degraded_low_rate
         if queue == keys.QUEUE_LOW and rate > 0 and not payload.get(SLOT_FLAG):
             try:
-                slot_key = keys.rate_limit(DEGRADED_LOW_LIMIT, "slot")
-                wait = float(self._reserve(keys=[slot_key], args=[60.0 / rate]))
+                slot_key = keys.rate_limit(DEGRADED_LOW_LIMIT, f"slot:{self.reader.since}")
+                wait = float(self._reserve(keys=[slot_key], args=[60.0 / rate, self.settings.park_max_wait]))
             except REDIS_DOWN:
                 wait = 0.0  # the schedule cannot be read: run rather than stall
+            if wait < 0:  # the schedule is full as far ahead as a park may last: look again then
+                return Admission(
+                    run=False,
+                    prefer_cache=prefer_cache,
+                    wait_s=self.settings.park_max_wait,
+                    reason=(
+                        "operation mode DEGRADED: llm.low is slowed to "
+                        f"{self.settings.mode_degraded_low_rate:g} jobs/min and its schedule is full for "
+                        f"the next {-wait:.0f}s"
+                    ),
+                )
             if wait > 0.05:
                 return Admission(
                     run=False,
