@@ -8,6 +8,7 @@ Third-party errors (redis, SQLAlchemy, the provider SDKs) are mapped to these at
     ├── JobValidationError (ValueError) bad input to submit(); names the field; nothing was recorded
     │   └── UnknownModelError           no provider serves the model
     ├── DependencyUnavailableError      Redis, the broker or the database cannot be reached
+    │   ├── SubmitOutcomeUnknownError   submit() cannot tell whether its job was recorded; carries the id
     │   └── DatabaseTimeoutError        a statement outran DATABASE_STATEMENT_TIMEOUT_MS (a TimeoutException)
     │       └── DatabasePoolExhaustedError  no pooled connection came free within DATABASE_POOL_TIMEOUT
     ├── QueueFullError                  QUEUE_MAX_SIZE jobs are already waiting; nothing was recorded
@@ -74,6 +75,16 @@ class DependencyUnavailableError(UltraTasksError):
     def __init__(self, dependency: str, message: str) -> None:
         super().__init__(f"{dependency} unavailable: {message}")
         self.dependency = dependency
+
+
+class SubmitOutcomeUnknownError(DependencyUnavailableError):
+    """The database went away while ``submit`` recorded the job: it may or may not exist. ``job_id`` is
+    the id it has if it does; submitting again with ``job_id=`` that id is safe either way (a recorded job
+    is returned, not made twice)."""
+
+    def __init__(self, job_id: str, message: str) -> None:
+        super().__init__("database", f"job {job_id} may or may not be recorded ({message})")
+        self.job_id = job_id
 
 
 class QueueFullError(UltraTasksError):

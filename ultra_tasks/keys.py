@@ -202,6 +202,12 @@ def job_lease(job_id: str) -> str:
     return f"{_ns()}:job:lease:{job_id}"
 
 
+def operation_done(request_id: str) -> str:
+    """String with expiry (a week): a queued operation (``PersistentRequestQueue``) that ran to the end,
+    so a copy of its message sent again (a spool replayed twice) does nothing."""
+    return f"{_ns()}:op:done:{request_id}"
+
+
 def mode_buffer() -> str:
     """List: component statuses and mode transitions decided while the database was unreachable (JSON),
     written to SQL by the next evaluation that reaches it."""

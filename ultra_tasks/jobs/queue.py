@@ -7,27 +7,39 @@ runs as a Celery task on the same prioritized queues, retried up to ``max_retrie
 
 ``storage_path`` is the producer's local spool, in JSON lines: a request that can be neither recorded nor
 published (database and broker unreachable) is appended there and replayed by ``process_queue()`` later.
+Every request gets its id before the first try and keeps it in the spool, and both the job table and the
+operation task drop a second request with the same id, so a replay, cut short or repeated, never makes a
+second job. Many processes may share one spool: appends take a file lock; a replay takes the whole file
+away under that lock (appends meanwhile start a new one), works on its own copy under a lock of its own,
+and hands back what it could not send; a copy whose replayer died is taken up by the next replay. A line
+that is not JSON is set aside in ``<spool>.bad``; one the system refuses (validation, a full queue) in
+``<spool>.rejected`` with why; the rest go on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import inspect
 import json
 import logging
 import os
-import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from celery.exceptions import Ignore
+
+from ultra_tasks import keys
 from ultra_tasks.broker import publish_options
 from ultra_tasks.celery_app import app
 from ultra_tasks.config import get_settings
 from ultra_tasks.errors import DependencyUnavailableError, JobValidationError, QueueFullError
 from ultra_tasks.keys import PRIORITY_QUEUES
+from ultra_tasks.redis_client import REDIS_DOWN, shared_redis
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +126,6 @@ class PersistentRequestQueue:
             Path(storage_path) if storage_path else get_settings().effective_queue_storage_path
         )
         self.max_size = max_size
-        self._lock = threading.Lock()
 
     async def enqueue(self, request: RetryableRequest, priority: int | str = 0) -> str:
         """Publish the request onto the prioritized queues; returns its id (a job id for llm.generate)."""
@@ -122,90 +133,139 @@ class PersistentRequestQueue:
 
     def enqueue_sync(self, request: RetryableRequest, priority: int | str = 0) -> str:
         level = _priority(priority)
+        request_id = str(uuid.uuid4())
         try:
-            return self._send(request.to_dict(), level)
+            return self._send(request.to_dict(), level, request_id)
         except DependencyUnavailableError as exc:
-            return self._spool(request.to_dict(), level, exc)
+            return self._spool(request.to_dict(), level, request_id, exc)
 
-    def _send(self, entry: dict[str, Any], level: str, request_id: str | None = None) -> str:
+    def _send(self, entry: dict[str, Any], level: str, request_id: str) -> str:
         if entry["operation"] == GENERATE:
             from ultra_tasks.jobs.submit import submit
 
             args, kwargs = entry["args"], dict(entry["kwargs"])
             prompt = args[0] if args else kwargs.pop("prompt", None)
             model = args[1] if len(args) > 1 else kwargs.pop("model", None)
-            # a replayed spool entry keeps the id it was handed out under, and cannot be submitted twice
-            return submit(
-                prompt, model=model, priority=level, job_id=request_id, idempotency_key=request_id, **kwargs
-            ).id
+            # the request's id is the job's: a second submit of it returns the first job
+            return submit(prompt, model=model, priority=level, job_id=request_id, **kwargs).id
         queue = PRIORITY_QUEUES[level]
-        task_id = request_id or str(uuid.uuid4())
         try:
-            app.send_task(OPERATION_TASK, args=[entry], task_id=task_id, **publish_options(queue))
+            app.send_task(OPERATION_TASK, args=[entry], task_id=request_id, **publish_options(queue))
         except Exception as exc:  # kombu/redis errors: the broker is unreachable
             raise DependencyUnavailableError("broker", str(exc)) from exc
-        return task_id
+        return request_id
 
-    def _spool(self, entry: dict[str, Any], level: str, reason: Exception) -> str:
-        request_id = str(uuid.uuid4())
-        with self._lock:
+    # --- the spool -----------------------------------------------------------------------------------
+    def _path(self, suffix: str) -> Path:
+        return self.storage_path.with_name(self.storage_path.name + suffix)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Any:
+        """The spool's lock, across processes (the lock file stays; the spool itself is swapped)."""
+        self.storage_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self._path(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _spool(self, entry: dict[str, Any], level: str, request_id: str, reason: Exception) -> str:
+        line = json.dumps({"id": request_id, "priority": level, "request": entry}) + "\n"
+        with self._locked():
             if self.pending() >= self.max_size:
                 raise QueueFullError(self.max_size, self.max_size) from reason
-            self.storage_path.parent.mkdir(parents=True, exist_ok=True)
-            line = json.dumps({"id": request_id, "priority": level, "request": entry}) + "\n"
-            with open(self.storage_path, "a", encoding="utf-8") as fh:
-                fh.write(line)
-                fh.flush()
-                os.fsync(fh.fileno())
+            _append(self.storage_path, [line])
         log.warning("request %s spooled to %s (%s)", request_id, self.storage_path, reason)
         return request_id
 
     def pending(self) -> int:
-        """Requests waiting in the local spool."""
-        try:
-            with open(self.storage_path, encoding="utf-8") as fh:
-                return sum(1 for line in fh if line.strip())
-        except FileNotFoundError:
-            return 0
+        """Requests waiting in the local spool (those a replay is working on included)."""
+        return sum(_count_lines(p) for p in [self.storage_path, *self._replaying()])
+
+    def _replaying(self) -> list[Path]:
+        return sorted(self.storage_path.parent.glob(self.storage_path.name + ".replaying-*"))
 
     async def process_queue(self) -> int:
         """Replay the local spool (the seed's name); returns how many requests were sent."""
         return await asyncio.to_thread(self.replay)
 
     def replay(self) -> int:
-        """Send what the spool holds; keep, in order, what still cannot be sent. Unreadable lines are
-        kept aside in ``<spool>.bad`` rather than dropped."""
-        with self._lock:
+        """Send what the spool holds; hand back, in order, what still cannot be sent."""
+        with self._locked():
+            mine: list[Path] = []
+            if self.storage_path.exists():
+                claimed = self._path(f".replaying-{uuid.uuid4().hex}")
+                os.replace(self.storage_path, claimed)
+                mine.append(claimed)
+            mine.extend(p for p in self._replaying() if p not in mine)
+        sent = 0
+        for path in mine:
+            sent += self._replay_file(path)
+        return sent
+
+    def _replay_file(self, path: Path) -> int:
+        try:
+            fh = open(path, encoding="utf-8")  # noqa: SIM115 - held open for its lock
+        except FileNotFoundError:
+            return 0  # another replay finished it
+        with fh:
             try:
-                lines = self.storage_path.read_text(encoding="utf-8").splitlines()
-            except FileNotFoundError:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return 0  # a live replay works on it
+            if not path.exists():
                 return 0
-            sent, keep, bad = 0, [], []
-            for line in lines:
+            sent, keep, bad, rejected = 0, [], [], []
+            for line in fh.read().splitlines():
                 if not line.strip():
                     continue
                 try:
                     item = json.loads(line)
                     entry, level, request_id = item["request"], item["priority"], item["id"]
                 except (ValueError, KeyError, TypeError):
-                    bad.append(line)
+                    bad.append(line + "\n")
+                    continue
+                if keep:  # the broker or database is down: keep the rest in order without trying
+                    keep.append(line + "\n")
                     continue
                 try:
-                    # the spool id doubles as idempotency key: a replay cut short cannot submit twice
                     self._send(entry, level, request_id)
                     sent += 1
                 except DependencyUnavailableError:
-                    keep.append(line)
-            if bad:
-                with open(self.storage_path.with_suffix(self.storage_path.suffix + ".bad"), "a") as fh:
-                    fh.write("\n".join(bad) + "\n")
-            tmp = self.storage_path.with_suffix(self.storage_path.suffix + ".tmp")
-            tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
-            os.replace(tmp, self.storage_path)  # atomic: the spool is never half-written
+                    keep.append(line + "\n")
+                except (JobValidationError, QueueFullError) as exc:
+                    rejected.append(json.dumps({**item, "rejected": str(exc)}) + "\n")
+            with self._locked():
+                _append(self.storage_path, keep)
+                _append(self._path(".bad"), bad)
+                _append(self._path(".rejected"), rejected)
+                path.unlink()
+        if rejected:
+            log.warning("%d spooled requests refused; kept in %s", len(rejected), self._path(".rejected"))
         return sent
 
 
+def _append(path: Path, lines: list[str]) -> None:
+    if not lines:
+        return
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write("".join(lines))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _count_lines(path: Path) -> int:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return sum(1 for line in fh if line.strip())
+    except FileNotFoundError:
+        return 0
+
+
 OPERATION_TASK = "ultra.run_operation"
+#: seconds an operation that ran is remembered, so a copy sent again (a spool replayed twice) does nothing
+OPERATION_DONE_TTL_S = 7 * 24 * 3600
 
 
 @operation("ultra.echo")
@@ -220,10 +280,18 @@ def run_operation(self: Any, entry: dict[str, Any]) -> Any:
     fn = _operations.get(entry["operation"])
     if fn is None:
         raise LookupError(f"operation {entry['operation']!r} is not registered in this worker")
+    done_key = keys.operation_done(str(self.request.id))
+    client = shared_redis()
+    with contextlib.suppress(*REDIS_DOWN):
+        if client.exists(done_key):  # a replayed spool line sent again: the operation already ran
+            log.info("operation %s already ran; this copy does nothing", self.request.id)
+            raise Ignore()
     try:
         result = fn(*entry["args"], **entry["kwargs"])
         if inspect.isawaitable(result):
             result = asyncio.run(_await(result))
+        with contextlib.suppress(*REDIS_DOWN):
+            client.set(done_key, "1", ex=OPERATION_DONE_TTL_S)
         return result
     except Exception as exc:
         if self.request.retries >= int(entry.get("max_retries", 0)):

@@ -169,7 +169,8 @@ def insert_job(
     idempotency_key: str | None = None,
 ) -> str:
     """Record a queued, not yet published job; returns its id. With an idempotency key already used,
-    nothing is written and the earlier job's id is returned."""
+    nothing is written and the earlier job's id is returned; so too with a job id already recorded (a
+    submit retried after an outcome it could not know, or a spool replayed twice)."""
     now = now or utcnow()
     try:
         with transaction() as conn:
@@ -188,10 +189,17 @@ def insert_job(
             )
     except IntegrityError:
         existing = find_by_idempotency_key(idempotency_key) if idempotency_key else None
+        if existing is None and _exists(job_id):
+            return job_id
         if existing is None:
             raise
         return existing
     return job_id
+
+
+def _exists(job_id: str) -> bool:
+    with transaction() as conn:
+        return conn.execute(select(jobs.c.id).where(jobs.c.id == job_id)).first() is not None
 
 
 def find_by_idempotency_key(key: str) -> str | None:

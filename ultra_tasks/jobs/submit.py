@@ -26,6 +26,7 @@ from ultra_tasks.errors import (
     JobFailedError,
     JobTimeoutError,
     QueueFullError,
+    SubmitOutcomeUnknownError,
 )
 from ultra_tasks.jobs import records
 from ultra_tasks.jobs.models import JobResult, JobStatus
@@ -62,7 +63,10 @@ def submit(
     """Validate, record and enqueue one LLM job; return its handle.
 
     Bad input raises ``JobValidationError`` naming the field, before anything is recorded or enqueued.
-    An unreachable database raises ``DependencyUnavailableError`` (nothing recorded, nothing enqueued).
+    Once the job is recorded the caller gets its handle, whatever happens to publishing (the job table is
+    the outbox). A database that fails while the job is recorded raises ``SubmitOutcomeUnknownError``
+    carrying the job's id: submitting again with ``job_id=`` that id returns the job if it was recorded
+    and records it if not, never two jobs.
     ``cache=False`` makes this job skip the result cache (deterministic requests use it by default).
     ``fallback=False`` keeps it on the requested model; ``chain=["openai:gpt-4o", "anthropic:..."]``
     replaces its fallback chain. ``idempotency_key``: a second submit with the same key returns the
@@ -98,17 +102,22 @@ def submit(
     upgrade_schema()
     now = utcnow()
     new_id = job.job_id or str(uuid.uuid4())
-    recorded_id = records.insert_job(
-        job_id=new_id,
-        priority=job.priority,
-        queue=queue,
-        model=job.model,
-        request=payload,
-        now=now,
-        expires_at=now + timedelta(seconds=expires_in) if expires_in is not None else None,
-        idempotency_key=job.idempotency_key,
-    )
-    if recorded_id == new_id:  # not a repeat of an earlier submit with the same idempotency key
+    try:
+        recorded_id = records.insert_job(
+            job_id=new_id,
+            priority=job.priority,
+            queue=queue,
+            model=job.model,
+            request=payload,
+            now=now,
+            expires_at=now + timedelta(seconds=expires_in) if expires_in is not None else None,
+            idempotency_key=job.idempotency_key,
+        )
+    except DependencyUnavailableError as exc:
+        raise SubmitOutcomeUnknownError(new_id, str(exc)) from exc
+    # not a repeat of an earlier submit with the same idempotency key (a repeat with the same job id is
+    # published again: harmless, and it may not have been the first time)
+    if recorded_id == new_id:
         publish(recorded_id, queue, payload)
     handle = JobHandle(recorded_id)
     handle.notice = _mode_notice(queue)
@@ -138,7 +147,12 @@ def publish(job_id: str, queue: str, payload: dict[str, Any]) -> bool:
     except (KombuOperationalError, RedisError, OSError) as exc:
         log.warning("job %s recorded but not published (%s); the sweeper will publish it", job_id, exc)
         return False
-    records.mark_published(job_id)
+    try:
+        records.mark_published(job_id)
+    except DependencyUnavailableError as exc:
+        # Sent but not noted: the sweeper sends it again later, and the second delivery finds the job
+        # leased or final. The job exists and runs; the caller must not hear otherwise.
+        log.warning("job %s published; the note of it was not recorded (%s)", job_id, exc)
     return True
 
 
