@@ -4,6 +4,10 @@ Exit codes scripts can rely on: 0 success; 1 a job failed; 2 bad input or config
 (Redis, broker, database) is unreachable; 4 timed out waiting; 5 the operation mode is DEGRADED and 6 it is
 EMERGENCY (`ultra status`; it exits 0 for NORMAL and 3 when neither Redis nor the database can be read);
 7 the queues are full (QUEUE_MAX_SIZE backpressure), nothing more was submitted.
+
+Both consoles print with markup off: job models, answers, errors, component reasons and breaker names are
+user or provider text, and rich would read ``[/x]`` in them as a tag (and crash). Styles are given as
+``Text`` objects instead.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any, NoReturn
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from ultra_tasks.errors import (
     ConfigurationError,
@@ -60,12 +65,17 @@ cli.add_typer(health_cli, name="health")
 cli.add_typer(jobs_cli, name="jobs")
 cli.add_typer(breakers_cli, name="breakers")
 cli.add_typer(db_cli, name="db")
-console = Console()
-err = Console(stderr=True, soft_wrap=True)
+console = Console(markup=False)
+err = Console(stderr=True, soft_wrap=True, markup=False)
+
+
+def _styled(label: str, style: str, rest: str = "") -> Text:
+    """``label`` in ``style``, then ``rest`` as plain text (never read as markup)."""
+    return Text.assemble((label, style), rest)
 
 
 def _fail(code: Exit, message: str) -> NoReturn:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
+    err.print(_styled("error:", "red", f" {message}"), highlight=False)
     raise typer.Exit(int(code))
 
 
@@ -143,8 +153,11 @@ def submit(
     else:
         console.print(result.text, highlight=False)
         err.print(
-            f"[dim]job {handle.id} · {result.provider}/{result.model} · {result.latency_ms:.0f} ms · "
-            f"{result.usage.get('total_tokens', 0)} tokens[/dim]"
+            Text(
+                f"job {handle.id} · {result.provider}/{result.model} · {result.latency_ms:.0f} ms · "
+                f"{result.usage.get('total_tokens', 0)} tokens",
+                style="dim",
+            )
         )
 
 
@@ -202,7 +215,7 @@ def _submit_batch(
     if ids_out is not None:
         ids_out.write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
     for notice in sorted(notices):
-        err.print(f"[yellow]note:[/yellow] {notice}", highlight=False)
+        err.print(_styled("note:", "yellow", f" {notice}"), highlight=False)
 
     statuses: dict[str, str] = {}
     if wait and stopped is None:
@@ -267,7 +280,7 @@ def status(
     else:
         render_snapshot(snap, console)
     for part, why in snap["errors"].items():
-        err.print(f"[yellow]warning:[/yellow] {part} unreadable: {why}", highlight=False)
+        err.print(_styled("warning:", "yellow", f" {part} unreadable: {why}"), highlight=False)
     if "redis" in snap["errors"] and "database" in snap["errors"]:
         raise typer.Exit(int(Exit.UNAVAILABLE))
     code = {"DEGRADED": Exit.DEGRADED, "EMERGENCY": Exit.EMERGENCY}.get(snap["mode"]["mode"], Exit.OK)
@@ -309,7 +322,7 @@ def cache_stats(as_json: bool = typer.Option(False, "--json", help="Print JSON."
     table = Table("namespace", "keys", "bytes", title=f"Redis level ({level['server']})")
     for ns, row in level["namespaces"].items():
         table.add_row(ns, str(row["keys"]), str(row["bytes"]))
-    table.add_row("[bold]total[/bold]", str(level["keys"]), str(level["bytes"]))
+    table.add_row(Text("total", style="bold"), str(level["keys"]), str(level["bytes"]))
     console.print(table)
     if level["truncated"]:
         console.print(f"(counted the first {level['keys']} keys only)", highlight=False)
@@ -317,7 +330,7 @@ def cache_stats(as_json: bool = typer.Option(False, "--json", help="Print JSON."
     table = Table("namespace", "entries", title=f"disk level on this host ({disk['directory']})")
     for ns, count in disk["namespaces"].items():
         table.add_row(ns, str(count))
-    table.add_row("[bold]total[/bold]", f"{disk['entries']} ({disk['bytes']} bytes)")
+    table.add_row(Text("total", style="bold"), f"{disk['entries']} ({disk['bytes']} bytes)")
     console.print(table)
 
 
@@ -475,7 +488,7 @@ def mode_show(as_json: bool = typer.Option(False, "--json", help="Print JSON."))
     if as_json:
         console.print_json(json.dumps(info))
         return
-    console.print(f"mode: [bold]{info['mode']}[/bold]")
+    console.print(Text.assemble("mode: ", (str(info["mode"]), "bold")))
     for r in info["reasons"]:
         console.print(f"  {r.get('component')}: {r.get('status')} - {r.get('reason')}", highlight=False)
     for h in info["history"]:
@@ -522,7 +535,7 @@ def health_run(as_json: bool = typer.Option(False, "--json", help="Print JSON.")
         for name, status in sorted(summary["checks"].items()):
             table.add_row(name, status)
         console.print(table)
-        console.print(f"mode: [bold]{summary['mode']}[/bold]")
+        console.print(Text.assemble("mode: ", (str(summary["mode"]), "bold")))
     if summary["mode"] != "NORMAL":
         raise typer.Exit(int(Exit.JOB_FAILED))
 
@@ -548,27 +561,76 @@ def show_config() -> None:
 
 
 @cli.command("fake-provider")
+@_guarded
 def fake_provider(
     host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
     port: int = typer.Option(8787, min=0, max=65535),
+    allow_remote: bool = typer.Option(
+        False, "--allow-remote", help="Allow listening beyond loopback (it has no authentication)."
+    ),
 ) -> None:
     """Run the local fault-injecting provider (OpenAI and Anthropic APIs)."""
     from ultra_tasks.providers.fake_server import serve
 
-    serve(host=host, port=port)
+    serve(host=host, port=port, allow_remote=allow_remote)
 
 
 @cli.command("status-server")
 @_guarded
 def status_server(
-    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    host: str = typer.Option(
+        "127.0.0.1", help="Interface to listen on (beyond loopback STATUS_TOKEN is required)."
+    ),
     port: int | None = typer.Option(None, min=1, max=65535, help="Port (default: STATUS_PORT, 8088)."),
 ) -> None:
-    """Serve the status page (/), its JSON (/status.json), fleet metrics (/metrics), /healthz and /readyz."""
+    """Serve the status page (/), its JSON (/status.json), fleet metrics (/metrics), /healthz and /readyz.
+
+    With STATUS_TOKEN set every path but /healthz needs `Authorization: Bearer <token>`.
+    """
     from ultra_tasks.config import get_settings
     from ultra_tasks.status.web import serve
 
-    serve(host=host, port=port or get_settings().status_port)
+    settings = get_settings()
+    serve(host=host, port=port or settings.status_port, token=settings.status_token)
+
+
+@cli.command()
+@_guarded
+def flower(
+    host: str = typer.Option(
+        "127.0.0.1", help="Interface to listen on (beyond loopback FLOWER_BASIC_AUTH must be your own)."
+    ),
+    port: int | None = typer.Option(None, min=1, max=65535, help="Port (default: FLOWER_PORT, 5555)."),
+    print_only: bool = typer.Option(False, "--print", help="Print the celery command instead of running it."),
+) -> None:
+    """Run Flower behind FLOWER_BASIC_AUTH; refuses the default credentials beyond loopback.
+
+    Start Flower this way rather than with `celery flower`, whose default address is every interface.
+    """
+    from ultra_tasks.config import get_settings
+    from ultra_tasks.security import check_flower_exposure
+
+    settings = get_settings()
+    check_flower_exposure(
+        host,
+        settings.flower_basic_auth,
+        unauthenticated_api=os.environ.get("FLOWER_UNAUTHENTICATED_API", ""),
+    )
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "ultra_tasks",
+        "flower",
+        f"--address={host}",
+        f"--port={port or settings.flower_port}",
+    ]
+    if print_only:
+        console.print(" ".join(argv), highlight=False)
+        return
+    # Flower reads its basic auth from the environment, which keeps the secret out of `ps` output
+    os.execve(argv[0], argv, {**os.environ, "FLOWER_BASIC_AUTH": settings.flower_basic_auth})
 
 
 @cli.command()
@@ -599,7 +661,7 @@ def _print_demo(outcomes: list[Any]) -> int:
     for o in outcomes:
         if o.result is None:
             failed += 1
-            table.add_row(o.priority, o.model, "[red]failed[/red]", "", "", o.error or "")
+            table.add_row(o.priority, o.model, Text("failed", style="red"), "", "", o.error or "")
         else:
             r = o.result
             table.add_row(
@@ -676,7 +738,7 @@ def main() -> None:
     try:
         cli()
     except ConfigurationError as exc:  # raised while building the Celery app's config at import time
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        err.print(_styled("error:", "red", f" {exc}"), highlight=False)
         sys.exit(int(Exit.BAD_INPUT))
 
 

@@ -8,6 +8,7 @@ variable and what was expected, so a bad deploy stops at start-up rather than at
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,6 +18,8 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ultra_tasks.errors import ConfigurationError
+from ultra_tasks.redaction import MASK, redact_value
+from ultra_tasks.redaction import redact_url as redact_url  # callers import it from here
 
 _BROKER_SCHEMES = {"redis", "rediss", "amqp", "amqps", "pyamqp", "sentinel"}
 _REDIS_SCHEMES = {"redis", "rediss", "unix"}
@@ -30,7 +33,16 @@ SECRET_FIELDS = {
     "openai_compat_api_key",
     "flower_basic_auth",
     "mode_webhook_url",  # webhook URLs often carry their token in the path
+    "status_token",
 }
+#: a field named like this is a secret too (e.g. ULTRA_SECRET_KEY, ULTRA_SECRET_KEY_PREVIOUS)
+_SECRET_NAME = re.compile(r"(^|_)(key|token|secret|password|passwd|auth)(_|$)")
+
+
+def is_secret_field(name: str) -> bool:
+    """Whether the setting ``name`` (field or variable name) holds a secret that is never shown."""
+    name = name.lower()
+    return name in SECRET_FIELDS or bool(_SECRET_NAME.search(name))
 
 
 def _require_scheme(value: str | None, schemes: set[str], what: str) -> str | None:
@@ -177,6 +189,9 @@ class Settings(BaseSettings):
     flower_port: int = Field(5555, ge=1, le=65535)
     #: port of the status page, its JSON and the fleet's /metrics (`ultra status-server`, `ultra up`)
     status_port: int = Field(8088, ge=1, le=65535)
+    #: bearer token the status server requires on every path but /healthz (unset: none; then it may only
+    #: listen on loopback). See docs/security.md.
+    status_token: str | None = None
     log_level: str = Field("INFO", pattern=r"^(?i:debug|info|warning|error|critical)$")
     #: http(s) URL that receives each operation mode change as a JSON POST (retried; unset: none)
     mode_webhook_url: str | None = None
@@ -299,33 +314,20 @@ class Settings(BaseSettings):
         """Settings as a dict with secrets and URL passwords masked, for display and logs."""
         out: dict[str, Any] = {}
         for name, value in self.model_dump().items():
-            if name in SECRET_FIELDS and value:
-                out[name.upper()] = "***"
-            elif isinstance(value, str) and "@" in value and "://" in value:
-                out[name.upper()] = redact_url(value)
-            else:
-                out[name.upper()] = value
+            if is_secret_field(name) and value:
+                out[name.upper()] = MASK
+            else:  # URL passwords also inside lists and dicts (DATABASE_REPLICA_URLS)
+                out[name.upper()] = redact_value(value)
         return out
-
-
-def redact_url(url: str) -> str:
-    """Mask the password in a URL so it can be logged."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return parts._replace(netloc=netloc).geturl()
-    return url
 
 
 def _describe(error: dict[str, Any]) -> str:
     field = ".".join(str(p) for p in error.get("loc", ())) or "settings"
     name = field.split(".")[0].upper()
     msg = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
-    if name.lower() in SECRET_FIELDS or name == "SETTINGS":
+    if is_secret_field(name) or name == "SETTINGS":
         return f"{name}: {msg}" if name != "SETTINGS" else msg
-    given = error.get("input")
-    if isinstance(given, str) and "://" in given:
-        given = redact_url(given)
+    given = redact_value(error.get("input"))
     return f"{name}={given!r}: {msg}"
 
 

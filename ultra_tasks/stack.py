@@ -112,15 +112,16 @@ def plan(settings: Settings) -> list[Child]:
     children.append(
         Child(
             "flower",
+            # `ultra flower` checks its credentials against the address before it execs Flower
             [
                 py,
                 "-m",
-                "celery",
-                "-A",
-                "ultra_tasks",
+                "ultra_tasks.cli",
                 "flower",
-                f"--port={settings.flower_port}",
-                "--address=127.0.0.1",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(settings.flower_port),
             ],
             logs / "flower.log",
         )

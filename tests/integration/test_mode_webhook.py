@@ -4,6 +4,8 @@ the evaluator, and the URL's secrets never reach the logs. The receiver is a rea
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.server
 import json
 import logging
 import threading
@@ -134,6 +136,61 @@ def test_an_undeliverable_event_is_given_up_after_bounded_attempts_and_logged_wi
     assert "s3cret-pw" not in caplog.text and "T0KEN" not in caplog.text and "ops:" not in caplog.text
     assert json.loads(json.dumps(receiver.requests[0][2])) == event
     assert receiver.requests[0][1]["Authorization"] == "Basic b3BzOnMzY3JldC1wdw=="  # ops:s3cret-pw
+
+
+class _Recording(http.server.BaseHTTPRequestHandler):
+    """Answers every request with ``status`` (and ``location``), recording method, path and headers."""
+
+    status = 200
+    location = ""
+    seen: list[tuple[str, str, dict[str, str]]]
+
+    def _answer(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.seen.append((self.command, self.path, dict(self.headers)))
+        self.send_response(self.status)
+        if self.location:
+            self.send_header("Location", self.location)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _http_server(status: int, location: str = "") -> Iterator[tuple[int, list[Any]]]:
+    """A real HTTP server on 127.0.0.1: (its port, the requests it saw)."""
+    seen: list[Any] = []
+    handler = type("Handler", (_Recording,), {"status": status, "location": location, "seen": seen})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], seen
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+@pytest.mark.parametrize("status", [302, 307, 301])
+def test_a_redirect_is_not_followed_and_counts_as_a_failed_delivery(status: int) -> None:
+    # Given a receiver that redirects to another host (localhost, not 127.0.0.1)
+    with contextlib.ExitStack() as servers:
+        other_port, elsewhere = servers.enter_context(_http_server(200))
+        port, seen = servers.enter_context(_http_server(status, f"http://localhost:{other_port}/collect"))
+        webhook = ModeWebhook(f"http://ops:s3cret-pw@127.0.0.1:{port}/hook", attempts=3, initial_wait_s=0.01)
+        event = {"from": "NORMAL", "to": "DEGRADED", "reasons": [], "at": "2026-01-01T00:00:00+00:00"}
+        # When an event is delivered
+        delivered = webhook.deliver(event)
+    # Then the redirect was not followed (no credentials, no GET elsewhere) and nothing counts as sent
+    assert delivered is False
+    assert elsewhere == []
+    assert [(method, path) for method, path, _ in seen] == [("POST", "/hook")]  # not retried either
+    assert webhook.stats == {"sent": 0, "failed": 1, "retries": 0, "dropped": 0}
 
 
 def test_a_webhook_url_that_is_not_http_stops_start_up_naming_the_variable() -> None:

@@ -540,8 +540,30 @@ def _le(bound: float) -> str:
     return repr(float(bound))
 
 
+class _RedactedLabels(Collector):
+    """Another collector's metrics with URL passwords and secret settings masked in every label value
+    (breaker, component and model names come from the fleet's state, not from a fixed list)."""
+
+    def __init__(self, inner: Collector) -> None:
+        self.inner = inner
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        from ultra_tasks.redaction import known_secrets, redact_text
+
+        secrets = known_secrets()
+        for metric in self.inner.collect():
+            metric.samples = [
+                s._replace(labels={k: redact_text(v, secrets) for k, v in s.labels.items()})
+                for s in metric.samples
+            ]
+            yield metric
+
+
 def fleet_registry(collector: FleetCollector | None = None) -> CollectorRegistry:
     """A registry holding only the fleet collector (not this process's default metrics)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector or FleetCollector())
+    registry.register(_RedactedLabels(collector or FleetCollector()))
     return registry

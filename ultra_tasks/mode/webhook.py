@@ -8,6 +8,9 @@ timeouts, 429 and 5xx, a bounded number of times (about half a minute in all by 
 and logged. Logs name the receiver by scheme and host only: webhook URLs often carry a token.
 Deliveries carry an ``Idempotency-Key`` header (the same for every retry of one event) so a receiver
 can drop a repeat when an answer was lost on the way back.
+No redirect is followed: urllib would resend the Authorization header (the URL's user:password) to
+wherever a 3xx points, another host included, and turn the POST into a GET that "succeeds" without the
+event. A 3xx is a failed delivery, not retried: point MODE_WEBHOOK_URL at the final address.
 """
 
 from __future__ import annotations
@@ -54,6 +57,16 @@ class WebhookDeliveryError(Exception):
     def __init__(self, message: str, *, retryable: bool) -> None:
         super().__init__(message)
         self.retryable = retryable
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Turns every 3xx into an HTTPError instead of following it."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect())
 
 
 def safe_target(url: str) -> str:
@@ -174,9 +187,15 @@ class ModeWebhook:
             headers["Authorization"] = self._auth
         request = urllib.request.Request(self._post_url, data=body, method="POST", headers=headers)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+            with _OPENER.open(request, timeout=self.timeout_s) as response:
                 response.read(1024)
         except urllib.error.HTTPError as exc:
+            exc.close()
+            if 300 <= exc.code < 400:
+                where = safe_target(exc.headers.get("Location", "") or "?")
+                raise WebhookDeliveryError(
+                    f"HTTP {exc.code} redirect to {where} not followed", retryable=False
+                ) from None
             retryable = exc.code == 429 or exc.code >= 500
             raise WebhookDeliveryError(f"HTTP {exc.code}", retryable=retryable) from None
         except (urllib.error.URLError, OSError) as exc:

@@ -221,9 +221,15 @@ class _Call:
 
 
 class FakeProviderServer:
-    """Fake OpenAI/Anthropic server running on its own event loop in a daemon thread."""
+    """Fake OpenAI/Anthropic server running on its own event loop in a daemon thread.
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    It has no authentication, so it listens on loopback unless ``allow_remote`` (see ultra_tasks.security).
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, allow_remote: bool = False) -> None:
+        from ultra_tasks.security import check_fake_provider_exposure
+
+        check_fake_provider_exposure(host, allow_remote)
         self.host = host
         self.port = port
         self._faults: list[_Fault] = []
@@ -559,13 +565,13 @@ class FakeProviderControl:
             return False
 
 
-def serve(host: str = "127.0.0.1", port: int = 8787) -> None:
+def serve(host: str = "127.0.0.1", port: int = 8787, *, allow_remote: bool = False) -> None:
     """Run the fake provider in the foreground until SIGINT/SIGTERM."""
+    server = FakeProviderServer(host, port, allow_remote=allow_remote)  # refuses before anything starts
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     done = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: done.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    server = FakeProviderServer(host, port)
     try:
         server.start()
         log.info("fake LLM provider listening on %s", server.url)

@@ -1,4 +1,9 @@
-"""The fleet snapshot as rich tables, for `ultra status`."""
+"""The fleet snapshot as rich tables, for `ultra status`.
+
+Every value is shown as plain text (``Text``, or ``markup=False``), never read as rich markup: reasons,
+component and breaker names come from checks, providers and users, and ``[/x]`` in them would crash the
+command.
+"""
 
 from __future__ import annotations
 
@@ -23,21 +28,20 @@ def _secs(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}s"
 
 
-def _styled(text: str, styles: dict[str, str]) -> str:
-    style = styles.get(text)
-    return f"[{style}]{text}[/{style}]" if style else text
+def _styled(text: Any, styles: dict[str, str]) -> Text:
+    return Text(str(text), style=styles.get(str(text), ""))
 
 
 def render_snapshot(snap: dict[str, Any], console: Console) -> None:
     """Mode and reasons, then a table per part the snapshot has (``errors`` are the caller's to show)."""
     mode = snap["mode"]
-    line = f"mode: {_styled(mode['mode'], _MODE_STYLE)}"
+    line = Text.assemble("mode: ", _styled(mode["mode"], _MODE_STYLE))
     if mode.get("override"):
-        line += f"  (operator override until {mode['override']['until']})"
+        line.append(f"  (operator override until {mode['override']['until']})")
     if mode.get("changed_at"):
-        line += f"  since {mode['changed_at']}"
+        line.append(f"  since {mode['changed_at']}")
     if mode.get("source") == "redis":
-        line += "  [dim](from the Redis mirror)[/dim]"
+        line.append("  (from the Redis mirror)", style="dim")
     console.print(line, highlight=False)
     for reason in mode.get("reasons") or []:
         console.print(
@@ -47,16 +51,18 @@ def render_snapshot(snap: dict[str, Any], console: Console) -> None:
         )
 
     if "components" in snap and not snap["components"]:
-        console.print("components: none reported yet (health checks run on beat)", highlight=False)
+        console.print(
+            "components: none reported yet (health checks run on beat)", highlight=False, markup=False
+        )
     elif "components" in snap:
         table = Table("component", "kind", "status", "reason", "at", title="components")
         for c in snap["components"]:
             table.add_row(
-                Text(c["component"]),
-                c["kind"],
+                Text(str(c["component"])),
+                Text(str(c["kind"])),
                 _styled(c["status"], _STATUS_STYLE),
-                Text(c["reason"]),
-                c["at"],
+                Text(str(c["reason"])),
+                Text(str(c["at"])),
             )
         console.print(table)
 
@@ -69,7 +75,7 @@ def render_snapshot(snap: dict[str, Any], console: Console) -> None:
         )  # fmt: skip
         for b in snap["breakers"]:
             table.add_row(
-                Text(b["name"]),
+                Text(str(b["name"])),
                 _styled(b["state"], _BREAKER_STYLE),
                 str(b["failure_count"]),
                 str(b["successes"]),
@@ -82,7 +88,7 @@ def render_snapshot(snap: dict[str, Any], console: Console) -> None:
     if "queues" in snap:
         table = Table("queue", "waiting", "parked", title="queues")
         for name, q in snap["queues"].items():
-            table.add_row(name, str(q["depth"]), str(q["parked"]))
+            table.add_row(Text(str(name)), str(q["depth"]), str(q["parked"]))
         console.print(table)
 
     if "queue_stats" in snap:
@@ -106,7 +112,9 @@ def render_snapshot(snap: dict[str, Any], console: Console) -> None:
     if cache:
         table = Table("cache level", "hits", "misses", "hit rate", title="cache (fleet-wide)")
         for level, c in cache.items():
-            table.add_row(level, str(c.get("hits", 0)), str(c.get("misses", 0)), _pct(c.get("hit_rate")))
+            table.add_row(
+                Text(str(level)), str(c.get("hits", 0)), str(c.get("misses", 0)), _pct(c.get("hit_rate"))
+            )
         console.print(table)
     elif "redis" not in snap["errors"]:
         console.print("cache: no fleet-wide counters reported yet", highlight=False)
@@ -114,4 +122,4 @@ def render_snapshot(snap: dict[str, Any], console: Console) -> None:
     if snap.get("timeline"):
         console.print("mode changes, newest first:", highlight=False)
     for change in (snap.get("timeline") or [])[:TIMELINE_SHOWN]:
-        console.print(f"  {change['at']}  {change['from']} -> {change['to']}", highlight=False)
+        console.print(f"  {change['at']}  {change['from']} -> {change['to']}", highlight=False, markup=False)

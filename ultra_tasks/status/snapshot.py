@@ -36,6 +36,7 @@ from ultra_tasks.db.models import ComponentStatus, ModeTransition, OperationMode
 from ultra_tasks.errors import DependencyUnavailableError
 from ultra_tasks.jobs.stats import parked_depths, queue_depths, queue_stats, redis_location
 from ultra_tasks.mode.policy import Mode
+from ultra_tasks.redaction import known_secrets, redact_value
 from ultra_tasks.redis_client import REDIS_DOWN, shared_redis
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,10 @@ def fleet_snapshot(
     if db_part.error:
         errors["database"] = db_part.error
     snap["errors"] = errors
-    return snap
+    # reasons and errors are free text from checks, drivers and providers: no URL password or secret
+    # setting may reach the page, the JSON or `ultra status` through them
+    redacted: dict[str, Any] = redact_value(snap, known_secrets(settings))
+    return redacted
 
 
 class _Part:

@@ -11,12 +11,21 @@
 - ``/healthz``: 200 while this process serves; ``/readyz``: 200 only when Redis and the database answer
   within ``READY_TIMEOUT_S``, else 503 with the reason in JSON.
 
+Access: with ``STATUS_TOKEN`` set, every path but ``/healthz`` (a bare liveness answer, for probes) needs
+``Authorization: Bearer <token>``, or HTTP Basic with the token as password (what a browser sends after
+its login prompt, also on the page's reloads); anything else gets 401. There is no ``?token=`` parameter:
+a token in a URL ends up in browser history, proxy logs and Referer headers. Without a token the server
+may only listen on loopback (``serve`` refuses otherwise, naming STATUS_TOKEN).
+
 ``ultra status-server --host 127.0.0.1 --port 8088`` runs it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import hmac
 import json
 import logging
 import time
@@ -52,9 +61,15 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 
+#: paths served without the token: a bare liveness answer that says nothing about the fleet
+OPEN_PATHS = frozenset({"/healthz"})
+
 SnapshotReader = Callable[[], dict[str, Any]]
 SNAPSHOT_KEY: web.AppKey[SnapshotReader] = web.AppKey("snapshot")
 COLLECTOR_KEY = web.AppKey("collector", FleetCollector)
+TOKEN_KEY: web.AppKey[str | None] = web.AppKey("token")
+# Basic too, so a browser shows its login prompt (any user name, the token as password)
+_CHALLENGE = 'Bearer realm="ultra-tasks status", Basic realm="ultra-tasks status", charset="UTF-8"'
 
 
 def _default_snapshot() -> dict[str, Any]:
@@ -140,6 +155,33 @@ def _ping_database() -> None:
         conn.execute(text("SELECT 1"))
 
 
+def _presented_token(request: web.Request) -> str | None:
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer":
+        return value.strip()
+    if scheme.lower() == "basic":
+        try:
+            return base64.b64decode(value.strip(), validate=True).decode().partition(":")[2]
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+    return None
+
+
+@web.middleware
+async def _token_required(request: web.Request, handler: Any) -> web.StreamResponse:
+    token = request.app[TOKEN_KEY]
+    if token and request.path not in OPEN_PATHS:
+        presented = _presented_token(request)
+        if presented is None or not hmac.compare_digest(presented.encode(), token.encode()):
+            return web.Response(
+                status=401,
+                text="401: this status server requires its STATUS_TOKEN (Authorization: Bearer <token>)\n",
+                headers={"WWW-Authenticate": _CHALLENGE},
+            )
+    response: web.StreamResponse = await handler(request)
+    return response
+
+
 @web.middleware
 async def _headers(request: web.Request, handler: Any) -> web.StreamResponse:
     response: web.StreamResponse = await handler(request)
@@ -149,10 +191,16 @@ async def _headers(request: web.Request, handler: Any) -> web.StreamResponse:
 
 
 def make_app(
-    *, snapshot: SnapshotReader | None = None, collector: FleetCollector | None = None
+    *,
+    snapshot: SnapshotReader | None = None,
+    collector: FleetCollector | None = None,
+    token: str | None = None,
 ) -> web.Application:
-    """The app; ``snapshot`` (a no-argument function returning the snapshot dict) is replaceable."""
-    app = web.Application(middlewares=[_headers])
+    """The app; ``snapshot`` (a no-argument function returning the snapshot dict) is replaceable;
+    ``token``, when set, is required on every path but OPEN_PATHS."""
+    # _headers outermost, so a 401 carries the security headers too
+    app = web.Application(middlewares=[_headers, _token_required])
+    app[TOKEN_KEY] = token or None
     app[SNAPSHOT_KEY] = snapshot or _default_snapshot
     app[COLLECTOR_KEY] = collector or FleetCollector()
     app.router.add_get("/", page)
@@ -168,11 +216,20 @@ def make_app(
     return app
 
 
-def serve(host: str = "127.0.0.1", port: int = 8088) -> None:
-    """Run the status server until interrupted."""
+def serve(host: str = "127.0.0.1", port: int = 8088, token: str | None = None) -> None:
+    """Run the status server until interrupted; ``token`` defaults to STATUS_TOKEN. Beyond loopback a
+    token is required (ConfigurationError naming STATUS_TOKEN otherwise)."""
+    from ultra_tasks.config import get_settings
+    from ultra_tasks.redaction import install_log_redaction
+    from ultra_tasks.security import check_status_exposure
+
+    token = token if token is not None else get_settings().status_token
+    check_status_exposure(host, token)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    log.info("status page on http://%s:%d/ (JSON /status.json, metrics /metrics)", host, port)
-    web.run_app(make_app(), host=host, port=port, print=None, access_log=None)
+    install_log_redaction()
+    access = "STATUS_TOKEN required" if token else "no token: loopback only"
+    log.info("status page on http://%s:%d/ (JSON /status.json, metrics /metrics; %s)", host, port, access)
+    web.run_app(make_app(token=token), host=host, port=port, print=None, access_log=None)
 
 
 # --- the page -------------------------------------------------------------------------------------------
