@@ -316,3 +316,18 @@ def test_the_heartbeat_outlives_a_redis_that_refuses_writes(database: str, priva
     finally:
         heartbeat.stop()
         heartbeat.join(5)
+
+
+def test_a_breaker_whose_redis_refuses_writes_falls_back_as_if_redis_were_down(private_redis: Any) -> None:
+    from ultra_tasks import CircuitBreaker
+
+    client = redis.Redis.from_url(private_redis.url, decode_responses=True)
+    breaker = CircuitBreaker(f"oom-{uuid.uuid4().hex[:6]}", redis_client=client, redis_down_policy="local")
+    client.config_set("maxmemory", 1)
+    try:
+        # the call goes through on the in-process breaker instead of failing with OutOfMemoryError
+        with breaker:
+            answered = "answer"
+        assert answered == "answer"
+    finally:
+        client.config_set("maxmemory", 0)

@@ -65,6 +65,20 @@ BAD_INPUTS = [
     ),
     pytest.param({"prompt": "hi", "expires_in": -1, **OK}, "expires_in", id="negative-deadline"),
     pytest.param({"prompt": "hi", "job_id": "not-a-uuid", **OK}, "job_id", id="job-id-not-a-uuid"),
+    # bounds: every field has one, and the error names the setting that moves it
+    pytest.param({"prompt": "hi", "model": "gpt-4o-" + "x" * 5000}, "model", id="model-name-too-long"),
+    pytest.param(
+        {"prompt": "hi", "chain": ["openai:gpt-4o"] * 9, **OK}, "chain", id="chain-longer-than-the-limit"
+    ),
+    pytest.param(
+        {"prompt": "hi", "chain": ["openai:gpt-" + "x" * 200], **OK}, "chain[0]", id="chain-model-too-long"
+    ),
+    pytest.param(
+        {"prompt": "hi", "params": {"stop": ["x" * 100] * 50}, **OK}, "params", id="params-over-size-limit"
+    ),
+    pytest.param(
+        {"prompt": "hi", "metadata": {"blob": "x" * 20_000}, **OK}, "metadata", id="metadata-over-size-limit"
+    ),
 ]
 
 

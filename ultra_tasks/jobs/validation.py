@@ -22,7 +22,21 @@ from ultra_tasks.providers.registry import provider_for_model
 #: sampling parameters accepted in ``params`` (those the providers share or map)
 ALLOWED_PARAMS = ("top_p", "top_k", "stop", "seed", "presence_penalty", "frequency_penalty")
 MAX_TOKENS_LIMIT = 200_000
-MAX_METADATA_BYTES = 16 * 1024
+#: the job table's model column: a longer name could never be recorded (and every name becomes a label)
+MAX_MODEL_CHARS = 128
+
+
+def _model_name(field: str, model: Any) -> None:
+    if not isinstance(model, str) or not model.strip():
+        raise JobValidationError(field, "must be a non-empty string")
+    if len(model) > MAX_MODEL_CHARS:
+        raise JobValidationError(field, f"is {len(model)} characters, over the limit of {MAX_MODEL_CHARS}")
+
+
+def _json_size(field: str, value: Any, limit: int, setting: str) -> None:
+    size = len(json.dumps(value).encode())
+    if size > limit:
+        raise JobValidationError(field, f"is {size} bytes as JSON, over the limit of {limit} ({setting})")
 
 
 def _json_value(field: str, value: Any) -> None:
@@ -94,8 +108,7 @@ def build_request(
 ) -> LLMRequest:
     """A validated, normalized LLMRequest; JobValidationError naming the field otherwise."""
     size_field, msgs = _messages(prompt, messages, system)
-    if not isinstance(model, str) or not model.strip():
-        raise JobValidationError("model", "must be a non-empty string")
+    _model_name("model", model)
     provider_for_model(model, settings)  # raises UnknownModelError (field "model")
 
     if max_tokens is None:
@@ -125,6 +138,7 @@ def build_request(
                 f"params.{key}", f"unknown parameter (allowed: {', '.join(ALLOWED_PARAMS)})"
             )
         _json_value(f"params.{key}", value)
+    _json_size("params", dict(params), settings.job_max_params_bytes, "JOB_MAX_PARAMS_BYTES")
 
     size = sum(len(m.content) for m in msgs)
     if size > settings.max_input_chars:
@@ -150,21 +164,27 @@ def validate_chain(chain: Any, settings: Settings) -> list[str]:
             "chain",
             'expected a non-empty list such as ["openai:gpt-4o", "anthropic:claude-3-5-sonnet-latest"]',
         )
-    entries = [
-        str(parse_entry(item if isinstance(item, str) else repr(item), f"chain[{i}]"))
-        for i, item in enumerate(chain)
-    ]
+    if len(chain) > settings.job_max_chain_length:
+        raise JobValidationError(
+            "chain",
+            f"has {len(chain)} entries, over the limit of {settings.job_max_chain_length} "
+            "(JOB_MAX_CHAIN_LENGTH)",
+        )
+    entries = []
+    for i, item in enumerate(chain):
+        entry = parse_entry(item if isinstance(item, str) else repr(item), f"chain[{i}]")
+        _model_name(f"chain[{i}]", entry.model)
+        entries.append(str(entry))
     return entries
 
 
-def validate_metadata(metadata: Any) -> dict[str, Any]:
+def validate_metadata(metadata: Any, settings: Settings) -> dict[str, Any]:
     if metadata is None:
         return {}
     if not isinstance(metadata, Mapping):
         raise JobValidationError("metadata", f"expected an object, got {type(metadata).__name__}")
     _json_value("metadata", dict(metadata))
-    if len(json.dumps(dict(metadata))) > MAX_METADATA_BYTES:
-        raise JobValidationError("metadata", f"larger than {MAX_METADATA_BYTES} bytes")
+    _json_size("metadata", dict(metadata), settings.job_max_metadata_bytes, "JOB_MAX_METADATA_BYTES")
     return dict(metadata)
 
 
@@ -212,7 +232,7 @@ def validate_submission(
         params=params,
     )
     payload = request.to_dict()
-    payload["metadata"] = validate_metadata(metadata)
+    payload["metadata"] = validate_metadata(metadata, settings)
     if not isinstance(cache, bool):
         raise JobValidationError("cache", f"expected true or false, got {cache!r}")
     payload["cache"] = cache
