@@ -27,7 +27,7 @@ BaseParser.EXCEPTION_CLASSES.setdefault("MISCONF", RedisMisconfError)
 #: but refusing work (out of memory under noeviction, a read-only replica after a failover, loading its
 #: data set, unable to persist). Every component's "Redis is down" policy applies to all of them; a script
 #: or command error (WRONGTYPE, NOSCRIPT, a syntax error) is a bug, and is raised.
-REDIS_DOWN: tuple[type[Exception], ...] = (
+REDIS_DOWN = (
     redis.ConnectionError,
     redis.TimeoutError,
     redis.exceptions.OutOfMemoryError,

@@ -216,7 +216,10 @@ class PersistentRequestQueue:
                 return 0  # a live replay works on it
             if not path.exists():
                 return 0
-            sent, keep, bad, rejected = 0, [], [], []
+            sent = 0
+            keep: list[str] = []
+            bad: list[str] = []
+            rejected: list[str] = []
             for line in fh.read().splitlines():
                 if not line.strip():
                     continue

@@ -57,7 +57,7 @@ _CLAIMABLE = jobs.c.status.in_((JobStatus.QUEUED.value, JobStatus.PARKED.value))
         | (jobs.c.lease_expires_at.is_(None) & (jobs.c.updated_at < bindparam("stale_before")))
     )
 )
-_CLAIM_VALUES = {
+_CLAIM_VALUES: dict[str, Any] = {
     "status": JobStatus.RUNNING.value,
     "started_at": func.coalesce(jobs.c.started_at, bindparam("now")),
     "worker": bindparam("worker"),
