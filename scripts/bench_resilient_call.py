@@ -42,6 +42,7 @@ def main() -> None:
         REDIS_URL=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/11"),
         ULTRA_REDIS_NAMESPACE="ultra-bench",
         FAKE_PROVIDER_URL=f"http://127.0.0.1:{port}",
+        USE_FAKE_PROVIDER="1",
         # a rate limit high enough never to wait, so its Redis check is part of every call
         PROVIDER_RATE_LIMITS='{"openai": {"rpm": 1000000000, "tpm": 1000000000000}}',
     )

@@ -59,6 +59,7 @@ def _setup_env(tmp: Path) -> None:
         ULTRA_VAR_DIR=str(tmp),
         ULTRA_REDIS_NAMESPACE="ultra-bench",
         FAKE_PROVIDER_URL=f"http://127.0.0.1:{_free_port()}",
+        USE_FAKE_PROVIDER="1",
         LOG_LEVEL="WARNING",
         QUEUE_MAX_SIZE="100000",  # (b) queues thousands of jobs before its worker starts
     )

@@ -4,7 +4,8 @@ The environment is set in ``pytest_configure``, before anything reads ultra-task
 - Redis: ``ULTRA_TEST_REDIS_URL`` (default redis://127.0.0.1:6379/13), flushed at start;
 - SQL: a fresh database made from ``ULTRA_TEST_DATABASE_URL`` (PostgreSQL, and always on CI), dropped at
   the end; without it, a temporary SQLite file (the embedded default);
-- the fake provider: one server for the session, reset after every test that injects faults.
+- the fake provider: one server for the session, reset after every test that injects faults, chosen
+  explicitly (USE_FAKE_PROVIDER=1; worker subprocesses inherit it with the rest of the environment).
 On CI (CI=true) a service that cannot be reached fails the run; locally the tests that need it are skipped.
 """
 
@@ -96,6 +97,8 @@ def pytest_configure(config: pytest.Config) -> None:
             "ULTRA_REDIS_NAMESPACE": "ultra-test",
             "ULTRA_VAR_DIR": str(tmp / "var"),
             "LOG_LEVEL": "INFO",
+            # chosen explicitly, as `ultra up` does: with no key and no choice a provider is not configured
+            "USE_FAKE_PROVIDER": "1",
         }
     )
     for var in (

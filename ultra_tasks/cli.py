@@ -554,10 +554,15 @@ def db_upgrade() -> None:
 @cli.command("config")
 @_guarded
 def show_config() -> None:
-    """Validate the configuration and print it (secrets masked)."""
+    """Validate the configuration and print it (secrets masked); then, on stderr, where each provider's
+    calls go (a provider with no key is not configured unless USE_FAKE_PROVIDER chooses the fake)."""
     from ultra_tasks.config import get_settings
+    from ultra_tasks.providers.registry import PROVIDER_NAMES, describe
 
-    console.print_json(json.dumps(get_settings().redacted(), default=str))
+    settings = get_settings()
+    console.print_json(json.dumps(settings.redacted(), default=str))
+    for name in PROVIDER_NAMES:
+        err.print(f"provider {name}: {describe(name, settings)}", highlight=False)
 
 
 @cli.command("fake-provider")
@@ -692,13 +697,15 @@ def up(
     exit_after_demo: bool = typer.Option(False, help="Stop the stack once the demo batch is done."),
     run_demo_batch: bool = typer.Option(True, "--demo/--no-demo", help="Run the demo batch once up."),
 ) -> None:
-    """Run the whole stack locally (fake provider when no key, workers, beat, Flower) and a demo batch."""
-    from ultra_tasks.config import get_settings
+    """Run the whole stack locally (workers, beat, Flower; the fake provider, chosen explicitly when no API
+    key is set) and a demo batch."""
     from ultra_tasks.db.migrate import upgrade_schema
     from ultra_tasks.demo import run_demo
-    from ultra_tasks.stack import Stack
+    from ultra_tasks.stack import Stack, choose_providers
 
-    settings = get_settings()
+    settings, notes = choose_providers()
+    for note in notes:
+        console.print(note, highlight=False)
     upgrade_schema()
     stack = Stack(settings)
 

@@ -156,7 +156,10 @@ class Settings(BaseSettings):
     anthropic_base_url: str | None = None
     openai_compat_api_key: str | None = None
     openai_compat_base_url: str | None = None
-    #: where the local fake provider listens; used when a provider has no API key
+    #: serve providers that have no API key from the local fake provider (`ultra up` and the tests choose
+    #: it when no key is set); unset, such a provider is "not configured" and its jobs fail at once
+    use_fake_provider: bool = False
+    #: where the local fake provider listens (only with USE_FAKE_PROVIDER)
     fake_provider_url: str = "http://127.0.0.1:8787"
     #: extra model routes, JSON object {"glob pattern": "provider"}
     model_map: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)

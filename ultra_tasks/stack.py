@@ -1,5 +1,5 @@
-"""Run the whole stack on one machine: fake provider (when no API key), worker roles, beat, Flower and the
-status page.
+"""Run the whole stack on one machine: fake provider (chosen explicitly when no API key is set), worker
+roles, beat, Flower and the status page.
 
 ``ultra up`` is what the README's first command ends in. Children are plain subprocesses, logged under
 ``./var/log/``; Ctrl-C (or SIGTERM) stops them all, warm shutdown first so running jobs finish or go back
@@ -59,6 +59,32 @@ class Child:
 
 def uses_fake_provider(settings: Settings) -> bool:
     return any(provider_config(name, settings).is_fake for name in (OPENAI, ANTHROPIC))
+
+
+def choose_providers() -> tuple[Settings, list[str]]:
+    """The settings a local stack runs with, and what to tell the user about its providers.
+
+    With no API key set and USE_FAKE_PROVIDER not given either way, the local fake provider is chosen
+    explicitly: USE_FAKE_PROVIDER=1 goes into this process's environment, which every child inherits. A
+    key for one provider only leaves the other not configured, never faked."""
+    from ultra_tasks.config import get_settings, reset_settings
+
+    settings = get_settings()
+    notes: list[str] = []
+    any_key = settings.openai_api_key or settings.anthropic_api_key or settings.openai_compat_api_key
+    if not any_key and "use_fake_provider" not in settings.model_fields_set:
+        os.environ["USE_FAKE_PROVIDER"] = "1"
+        reset_settings()
+        settings = get_settings()
+        notes.append(
+            "no API key set (OPENAI_API_KEY, ANTHROPIC_API_KEY): choosing the local fake provider "
+            f"at {settings.fake_provider_url} (USE_FAKE_PROVIDER=1)"
+        )
+    for name in (OPENAI, ANTHROPIC):
+        config = provider_config(name, settings)
+        if not config.configured:
+            notes.append(f"{name}: not configured ({config.missing} is not set); its jobs fail at once")
+    return settings, notes
 
 
 def plan(settings: Settings) -> list[Child]:

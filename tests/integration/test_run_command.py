@@ -17,7 +17,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 def test_run_command_starts_the_stack_and_shows_demo_results_then_stops_cleanly(
     tmp_path: Path, redis_client: object
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}  # embedded default: SQLite
+    # embedded default: SQLite; no API key and no USE_FAKE_PROVIDER: the run command chooses the fake itself
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "USE_FAKE_PROVIDER")}
     env.update(
         VENV=str(Path(sys.executable).parent.parent),  # reuse this environment instead of reinstalling
         ULTRA_VAR_DIR=str(tmp_path / "var"),
@@ -35,6 +36,7 @@ def test_run_command_starts_the_stack_and_shows_demo_results_then_stops_cleanly(
         cwd=ROOT,
     )
     assert out.returncode == 0, out.stdout + out.stderr
+    assert "choosing the local fake provider" in out.stdout and "USE_FAKE_PROVIDER=1" in out.stdout
     for name in ("fake-provider", "worker-llm", "worker-ops", "beat", "flower", "status"):
         assert f"started {name}" in out.stdout
     assert "demo batch" in out.stdout

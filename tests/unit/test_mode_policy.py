@@ -24,6 +24,16 @@ def test_no_provider_left_is_emergency() -> None:
     assert evaluate(states)[0] is Mode.EMERGENCY
 
 
+def test_a_provider_that_is_not_configured_is_neither_a_reason_to_degrade_nor_a_provider_left() -> None:
+    # not configured (no key, no USE_FAKE_PROVIDER): chains skip it, so it is not a failing provider
+    working = [c("openai", "llm_provider", "not-configured"), c("anthropic", "llm_provider", "ok")]
+    assert evaluate(working) == (Mode.NORMAL, [])
+    # and the providers that are configured decide alone whether any is left
+    down = [c("openai", "llm_provider", "not-configured"), c("anthropic", "llm_provider", "critical")]
+    mode, reasons = evaluate(down)
+    assert mode is Mode.EMERGENCY and [r["component"] for r in reasons] == ["anthropic"]
+
+
 def test_redis_or_broker_critical_is_emergency_but_database_is_degraded() -> None:
     assert evaluate([c("redis", "redis", "critical")])[0] is Mode.EMERGENCY
     assert evaluate([c("broker", "broker", "critical")])[0] is Mode.EMERGENCY

@@ -5,8 +5,14 @@ from __future__ import annotations
 import pytest
 
 from ultra_tasks.config import load_settings
-from ultra_tasks.errors import ConfigurationError, UnknownModelError
-from ultra_tasks.providers.registry import provider_config, provider_for_model
+from ultra_tasks.errors import (
+    ConfigurationError,
+    ErrorKind,
+    ProviderNotConfiguredError,
+    UnknownModelError,
+)
+from ultra_tasks.providers.base import ChatMessage, LLMRequest
+from ultra_tasks.providers.registry import ProviderRegistry, provider_config, provider_for_model
 
 
 @pytest.mark.parametrize(
@@ -42,11 +48,44 @@ def test_route_to_an_unknown_provider_is_a_configuration_error(monkeypatch: pyte
         provider_for_model("x-1", load_settings())
 
 
-def test_provider_without_key_uses_the_local_fake_provider(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_provider_without_key_uses_the_local_fake_provider_only_when_chosen(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.setenv("FAKE_PROVIDER_URL", "http://127.0.0.1:8787")
+    monkeypatch.setenv("USE_FAKE_PROVIDER", "1")
     config = provider_config("openai", load_settings())
-    assert config.is_fake and config.base_url == "http://127.0.0.1:8787/v1"
+    assert config.configured and config.is_fake and config.base_url == "http://127.0.0.1:8787/v1"
+
+
+@pytest.mark.parametrize(
+    ("provider", "variable"),
+    [
+        ("openai", "OPENAI_API_KEY"),
+        ("anthropic", "ANTHROPIC_API_KEY"),
+        ("openai_compat", "OPENAI_COMPAT_BASE_URL"),
+    ],
+)
+def test_provider_without_key_and_without_the_fake_chosen_is_not_configured_and_sends_nothing(
+    monkeypatch: pytest.MonkeyPatch, provider: str, variable: str
+) -> None:
+    for name in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENAI_COMPAT_BASE_URL", "USE_FAKE_PROVIDER"):
+        monkeypatch.delenv(name, raising=False)
+    settings = load_settings()
+    config = provider_config(provider, settings)
+    assert not config.configured and not config.is_fake and config.missing == variable
+    assert config.api_key is None and config.base_url is None
+    client = ProviderRegistry(settings).get(provider)
+    request = LLMRequest("some-model", (ChatMessage("user", "hi"),), 8)
+    with pytest.raises(ProviderNotConfiguredError, match=variable) as info:
+        client.complete(request, timeout=1)
+    assert info.value.kind is ErrorKind.PERMANENT and info.value.to_dict()["missing"] == variable
+
+
+def test_openai_compat_is_never_faked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_COMPAT_BASE_URL", raising=False)
+    monkeypatch.setenv("USE_FAKE_PROVIDER", "1")
+    assert provider_config("openai_compat", load_settings()).missing == "OPENAI_COMPAT_BASE_URL"
 
 
 def test_provider_with_key_uses_the_real_api(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,19 +11,24 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from sqlalchemy import text
 
+if TYPE_CHECKING:
+    from ultra_tasks.providers.registry import ProviderRegistry
+
 OK, DEGRADED, CRITICAL = "ok", "degraded", "critical"
+#: a provider with no credentials and no USE_FAKE_PROVIDER: shown, never probed, not a failure of the fleet
+NOT_CONFIGURED = "not-configured"
 #: default bound on one check (seconds)
 CHECK_TIMEOUT_S = 5.0
 
 
 @dataclass
 class HealthStatus:
-    status: str  # ok, degraded or critical
+    status: str  # ok, degraded, critical (or not-configured: a provider left without credentials)
     message: str
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -61,6 +66,15 @@ class LLMProviderHealthCheck(HealthCheck):
     async def check_health(self) -> HealthStatus:
         from ultra_tasks.resilience.breaker import CircuitBreaker
 
+        missing = getattr(self.client, "missing", None)
+        if isinstance(missing, str) and missing:
+            # Not a failing provider: nothing is sent to it, and chains skip it (see providers/registry.py).
+            return HealthStatus(
+                NOT_CONFIGURED,
+                f"{self.provider_name} is not configured: {missing} is not set "
+                "(or USE_FAKE_PROVIDER=1 for the local fake provider)",
+                {"missing": missing},
+            )
         try:
             circuit_breaker = self.client.circuit_breaker
             state = await asyncio.to_thread(lambda: circuit_breaker.state)
@@ -95,12 +109,21 @@ class ProviderProbe:
     #: cheapest model of each provider, used for probes
     PROBE_MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-latest"}
 
-    def __init__(self, provider_name: str, *, min_interval_s: float, slow_ms: float = 5000.0) -> None:
-        from ultra_tasks.providers.registry import default_registry
+    def __init__(
+        self,
+        provider_name: str,
+        *,
+        min_interval_s: float,
+        slow_ms: float = 5000.0,
+        registry: ProviderRegistry | None = None,
+    ) -> None:
+        from ultra_tasks.providers.registry import UnconfiguredProvider, default_registry
         from ultra_tasks.resilience.breaker import get_breaker
 
         self.provider_name = provider_name
-        self.provider = default_registry().get(provider_name)
+        self.provider = (registry or default_registry()).get(provider_name)
+        #: the variable to set when the provider is not configured (then it is never probed)
+        self.missing = self.provider.variable if isinstance(self.provider, UnconfiguredProvider) else None
         self.circuit_breaker = get_breaker(provider_name)
         self.min_interval_s = min_interval_s
         self.slow_ms = slow_ms

@@ -8,6 +8,7 @@ from typing import Any
 from ultra_tasks.config import Settings, get_settings
 from ultra_tasks.errors import DependencyUnavailableError
 from ultra_tasks.health.checks import (
+    NOT_CONFIGURED,
     BrokerHealthCheck,
     DatabaseHealthCheck,
     DiskCacheHealthCheck,
@@ -56,7 +57,9 @@ def check_and_evaluate(mode: SystemOperationMode, checks: list[HealthCheck] | No
     states = []
     for check in checks:
         status = results[check.name]
-        severity = {"ok": "low", "degraded": "medium", "critical": "high"}.get(status.status, "medium")
+        severity = {"ok": "low", NOT_CONFIGURED: "low", "degraded": "medium", "critical": "high"}.get(
+            status.status, "medium"
+        )
         states.append(
             ComponentState(check.name, check.component_type, status.status, status.message, severity)
         )

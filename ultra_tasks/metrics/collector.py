@@ -41,7 +41,7 @@ PART_TIMEOUT_S = 3.0
 QUEUE_STATS_WINDOW_S = 300.0
 BREAKER_STATES = ("closed", "open", "half-open", "forced-open", "disabled")
 MODES = ("NORMAL", "DEGRADED", "EMERGENCY")
-COMPONENT_STATUSES = ("ok", "degraded", "critical")
+COMPONENT_STATUSES = ("ok", "degraded", "critical", "not-configured")
 CACHE_COUNTERS = {
     "hits": "Cache reads that found the entry at this level",
     "misses": "Cache reads that did not find the entry at this level",

@@ -27,7 +27,14 @@ from ultra_tasks.db.engine import read_session_scope, session_scope
 from ultra_tasks.db.migrate import upgrade_schema
 from ultra_tasks.db.models import ComponentStatus, ModeTransition, OperationModeRecord
 from ultra_tasks.errors import DependencyUnavailableError
-from ultra_tasks.mode.policy import OK, ComponentState, Mode, evaluate, status_for_severity
+from ultra_tasks.mode.policy import (
+    OK,
+    ComponentState,
+    Mode,
+    evaluate,
+    is_unhealthy,
+    status_for_severity,
+)
 from ultra_tasks.mode.webhook import notify_mode_change
 from ultra_tasks.redis_client import REDIS_DOWN as DOWN
 from ultra_tasks.redis_client import shared_redis
@@ -81,7 +88,7 @@ class SystemOperationMode:
 
     @property
     def degraded_components(self) -> dict[str, dict[str, Any]]:
-        return {c.component: c.as_reason() for c in self.component_states() if c.status != OK}
+        return {c.component: c.as_reason() for c in self.component_states() if is_unhealthy(c)}
 
     def _record(self) -> OperationModeRecord | None:
         # A replica may be a moment behind: fine for showing the mode (and it still answers when the

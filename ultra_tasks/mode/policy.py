@@ -5,6 +5,8 @@
 - Anything else degraded or critical (some providers, the database, workers, queues, disk cache)
   → DEGRADED.
 - Otherwise NORMAL.
+A provider that is not configured (no API key, no USE_FAKE_PROVIDER) is neither healthy nor failing: jobs
+never reach it (chains skip it), so it is shown but counts for nothing here.
 Worsening applies at once; recovery only after it held for ``recovery_checks`` evaluations in a row
 (hysteresis, in operation_mode.py), so a flapping check does not flap the mode.
 """
@@ -32,6 +34,8 @@ OK, DEGRADED_STATUS, CRITICAL = "ok", "degraded", "critical"
 #: components whose loss stops the whole system
 CORE = ("redis", "broker")
 PROVIDER_KIND = "llm_provider"
+#: a provider left without credentials (health/checks.py reports it); not a failure
+NOT_CONFIGURED = "not-configured"
 
 
 def status_for_severity(severity: str) -> str:
@@ -57,13 +61,18 @@ class ComponentState:
         }
 
 
+def is_unhealthy(component: ComponentState) -> bool:
+    """Whether the component counts against the mode (neither ok nor a provider left unconfigured)."""
+    return component.status not in (OK, NOT_CONFIGURED)
+
+
 def evaluate(components: list[ComponentState]) -> tuple[Mode, list[dict[str, Any]]]:
     """The mode the components call for, and the reasons (the components that are not ok)."""
-    unhealthy = [c for c in components if c.status != OK]
+    unhealthy = [c for c in components if is_unhealthy(c)]
     reasons = [c.as_reason() for c in unhealthy]
     if any(c.kind in CORE and c.status == CRITICAL for c in unhealthy):
         return Mode.EMERGENCY, reasons
-    providers = [c for c in components if c.kind == PROVIDER_KIND]
+    providers = [c for c in components if c.kind == PROVIDER_KIND and c.status != NOT_CONFIGURED]
     if providers and all(c.status == CRITICAL for c in providers):
         return Mode.EMERGENCY, reasons
     if unhealthy:

@@ -1,8 +1,11 @@
 """Which provider serves which model, and the provider clients of this process.
 
 Routes are glob patterns checked in order: MODEL_MAP entries first (so operators can override), then the
-built-in ones. A provider with no API key talks to the local fake provider (FAKE_PROVIDER_URL), which makes
-the whole system runnable offline; setting its key (and optionally base URL) switches it to the real API.
+built-in ones. A provider with an API key (and optionally a base URL) talks to the real API. One without
+talks to the local fake provider (FAKE_PROVIDER_URL) only when that was chosen explicitly
+(USE_FAKE_PROVIDER; `ultra up` and the tests choose it when no key is set); otherwise it is "not
+configured": nothing is sent, its calls raise ``ProviderNotConfiguredError`` naming the variable to set,
+and fallback chains skip it. A missing key never turns production traffic into the fake's echoes.
 """
 
 from __future__ import annotations
@@ -12,8 +15,8 @@ import threading
 from dataclasses import dataclass
 
 from ultra_tasks.config import Settings, get_settings
-from ultra_tasks.errors import ConfigurationError, UnknownModelError
-from ultra_tasks.providers.base import Provider
+from ultra_tasks.errors import ConfigurationError, ProviderNotConfiguredError, UnknownModelError
+from ultra_tasks.providers.base import LLMRequest, LLMResponse, Provider
 
 OPENAI = "openai"
 ANTHROPIC = "anthropic"
@@ -37,9 +40,15 @@ FAKE_API_KEY = "fake-provider-key"
 @dataclass(frozen=True)
 class ProviderConfig:
     name: str
-    api_key: str
+    api_key: str | None
     base_url: str | None
     is_fake: bool
+    #: the variable to set when the provider is not configured (None: it is)
+    missing: str | None = None
+
+    @property
+    def configured(self) -> bool:
+        return self.missing is None
 
 
 def routes(settings: Settings | None = None) -> list[tuple[str, str]]:
@@ -67,24 +76,62 @@ def provider_for_model(model: str, settings: Settings | None = None) -> str:
 
 
 def provider_config(name: str, settings: Settings | None = None) -> ProviderConfig:
+    """Where ``name`` sends its calls: the real API (its key set), the local fake provider (no key and
+    USE_FAKE_PROVIDER chosen), or nowhere (``missing`` names the variable to set)."""
     settings = settings or get_settings()
     fake = settings.fake_provider_url.rstrip("/")
     if name == OPENAI:
         if settings.openai_api_key:
             return ProviderConfig(name, settings.openai_api_key, settings.openai_base_url, False)
-        return ProviderConfig(name, FAKE_API_KEY, settings.openai_base_url or f"{fake}/v1", True)
+        if settings.use_fake_provider:
+            return ProviderConfig(name, FAKE_API_KEY, settings.openai_base_url or f"{fake}/v1", True)
+        return ProviderConfig(name, None, None, False, missing="OPENAI_API_KEY")
     if name == ANTHROPIC:
         if settings.anthropic_api_key:
             return ProviderConfig(name, settings.anthropic_api_key, settings.anthropic_base_url, False)
-        return ProviderConfig(name, FAKE_API_KEY, settings.anthropic_base_url or fake, True)
+        if settings.use_fake_provider:
+            return ProviderConfig(name, FAKE_API_KEY, settings.anthropic_base_url or fake, True)
+        return ProviderConfig(name, None, None, False, missing="ANTHROPIC_API_KEY")
     if name == OPENAI_COMPAT:
-        return ProviderConfig(
-            name, settings.openai_compat_api_key or FAKE_API_KEY, settings.openai_compat_base_url, False
-        )
+        # configured by its base URL alone (a local server often needs no key), and never faked: it is
+        # only ever used when routed to on purpose (MODEL_MAP, chains)
+        if settings.openai_compat_base_url:
+            key = settings.openai_compat_api_key or FAKE_API_KEY
+            return ProviderConfig(name, key, settings.openai_compat_base_url, False)
+        return ProviderConfig(name, None, None, False, missing="OPENAI_COMPAT_BASE_URL")
     raise ConfigurationError(f"unknown provider {name!r}")
 
 
+def describe(name: str, settings: Settings | None = None) -> str:
+    """Where ``name``'s calls go, in a few words (``ultra config``); never shows a key."""
+    config = provider_config(name, settings)
+    if not config.configured:
+        fake = "" if name == OPENAI_COMPAT else "; USE_FAKE_PROVIDER is off"
+        return f"not configured ({config.missing} is not set{fake})"
+    if config.is_fake:
+        return f"the local fake provider at {config.base_url} (USE_FAKE_PROVIDER)"
+    return f"{config.base_url or 'its official API'}"
+
+
+class UnconfiguredProvider(Provider):
+    """A provider with neither credentials nor the fake chosen: every call fails at once, sending nothing."""
+
+    def __init__(self, name: str, variable: str) -> None:
+        self.name = name
+        self.variable = variable
+
+    def error(self, model: str | None = None) -> ProviderNotConfiguredError:
+        return ProviderNotConfiguredError(
+            self.name, self.variable, model=model, fake_allowed=self.name != OPENAI_COMPAT
+        )
+
+    def complete(self, request: LLMRequest, *, timeout: float) -> LLMResponse:
+        raise self.error(request.model)
+
+
 def _build(config: ProviderConfig, pool: int) -> Provider:
+    if config.missing is not None or config.api_key is None:
+        return UnconfiguredProvider(config.name, config.missing or f"{config.name.upper()}_API_KEY")
     if config.name == ANTHROPIC:
         from ultra_tasks.providers.anthropic_provider import AnthropicProvider
 

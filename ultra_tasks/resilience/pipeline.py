@@ -2,6 +2,8 @@
 breaker and rate limit, then call it with an adaptive timeout and retries, inside one attempt budget for
 the whole chain.
 
+- An entry whose provider is not configured (no API key, no explicit USE_FAKE_PROVIDER) is skipped and
+  recorded as such; if no other entry answers, the job fails with ``ProviderNotConfiguredError``.
 - An entry that cannot be called now (breaker open, quota exhausted, rate limit beyond the wait bound)
   is skipped without paying a timeout. If nothing answered and such an entry exists, the job is deferred
   (``NoProviderAvailableError``) rather than failed.
@@ -28,11 +30,12 @@ from ultra_tasks.errors import (
     NoProviderAvailableError,
     PermanentProviderError,
     ProviderError,
+    ProviderNotConfiguredError,
     ProviderTimeoutError,
     QuotaExhaustedError,
 )
 from ultra_tasks.providers.base import LLMRequest, LLMResponse
-from ultra_tasks.providers.registry import ProviderRegistry
+from ultra_tasks.providers.registry import ProviderRegistry, UnconfiguredProvider
 from ultra_tasks.resilience.breaker import CircuitBreaker, get_breaker
 from ultra_tasks.resilience.chains import ChainEntry, context_window, estimated_tokens
 from ultra_tasks.resilience.quota import QuotaGuard
@@ -84,6 +87,7 @@ class ResilientCaller:
         attempts: list[dict[str, Any]] = []
         unavailable: list[tuple[str, float]] = []
         last_error: ProviderError | None = None
+        not_configured: list[ProviderNotConfiguredError] = []
         if budget.remaining <= 0:
             spent = PermanentProviderError(
                 "the job has used its whole attempt budget (JOB_ATTEMPT_BUDGET) on earlier runs",
@@ -94,6 +98,12 @@ class ResilientCaller:
         for index, entry in enumerate(chain):
             if budget.remaining <= 0:
                 break
+            provider = self.registry.get(entry.provider)
+            if isinstance(provider, UnconfiguredProvider):
+                not_configured.append(provider.error(entry.model))
+                skip = _skip(entry, f"not configured: {provider.variable} is not set")
+                attempts.append({**skip, "missing": provider.variable})
+                continue
             entry_request = request.with_model(entry.model)
             if estimated_tokens(entry_request) > context_window(entry.model):
                 attempts.append(_skip(entry, "input larger than the model's context window"))
@@ -124,6 +134,8 @@ class ResilientCaller:
                 last_error = exc  # transient, retries spent: next entry
         if unavailable and budget.remaining > 0:
             raise NoProviderAvailableError([r for r, _ in unavailable], min(s for _, s in unavailable))
+        if last_error is None and not_configured and len(not_configured) == len(attempts):
+            last_error = not_configured[0]  # nothing else was even looked at: say what to set
         if last_error is None:
             last_error = ProviderError(
                 "no entry of the fallback chain could take this request: "
