@@ -180,11 +180,19 @@ class Settings(BaseSettings):
 
     # --- jobs
     max_input_chars: int = Field(200_000, ge=1)
+    #: entries a job's own fallback chain (``chain=``) may name
+    job_max_chain_length: int = Field(8, ge=1, le=64)
+    #: bytes of a job's ``params`` and of its ``metadata``, as JSON
+    job_max_params_bytes: int = Field(4096, ge=64, le=1_048_576)
+    job_max_metadata_bytes: int = Field(16 * 1024, ge=64, le=1_048_576)
     job_time_limit: int = Field(300, ge=1)  #: seconds (hard limit of one job run)
     job_soft_time_limit: int | None = None  #: default: JOB_TIME_LIMIT - 15
     #: seconds before an unacknowledged message is redelivered; must exceed JOB_TIME_LIMIT
     broker_visibility_timeout: int = Field(3600, ge=1)
     job_result_ttl: int = Field(7 * 24 * 3600, ge=60)  #: seconds results stay in the result backend
+    #: seconds a run's lease on its job lasts without renewal (renewed every third of it while the run
+    #: lasts): how soon a job whose worker died can run elsewhere, not how long a run may take
+    job_lease_ttl: float = Field(30.0, ge=3, le=600)
 
     # --- operations
     health_check_interval: float = Field(30.0, gt=0)  #: seconds

@@ -190,7 +190,8 @@ class SystemOperationMode:
                 record.mode, record.changed_at = wanted.value, now
                 change = (current.value, wanted.value, reasons)
             record.reasons = reasons
-        self._mirror(wanted.value, reasons, now)
+            since = record.changed_at
+        self._mirror(wanted.value, reasons, now, since=since)
         if change:
             log.warning(
                 "operation mode %s -> %s (%s)",
@@ -254,7 +255,7 @@ class SystemOperationMode:
                     "at": now.isoformat(),
                 }
             )
-            self._mirror(wanted.value, reasons, now)
+            self._mirror(wanted.value, reasons, now, since=now)
             log.warning("operation mode %s -> %s while the database is unreachable", current, wanted)
             self._publish(current.value, wanted.value, reasons, now)
             notify_mode_change(current.value, wanted.value, reasons, now)
@@ -297,11 +298,18 @@ class SystemOperationMode:
         log.warning("wrote %d mode records kept while the database was down", len(entries))
         return len(entries)
 
-    def _mirror(self, mode: str, reasons: list[dict[str, Any]], at: datetime) -> None:
+    def _mirror(self, mode: str, reasons: list[dict[str, Any]], at: datetime, *, since: datetime) -> None:
+        """``since``: when the mode became ``mode`` (what is scoped to one episode of a mode keys on it,
+        e.g. DEGRADED's llm.low start schedule)."""
         with contextlib.suppress(*DOWN):
             self.redis.hset(
                 keys.mode_current(),
-                mapping={"mode": mode, "reasons": json.dumps(reasons), "at": at.isoformat()},
+                mapping={
+                    "mode": mode,
+                    "reasons": json.dumps(reasons),
+                    "at": at.isoformat(),
+                    "since": since.isoformat(),
+                },
             )
 
     def _publish(self, old: str, new: str, reasons: list[dict[str, Any]], at: datetime) -> None:
