@@ -331,3 +331,16 @@ def test_a_breaker_whose_redis_refuses_writes_falls_back_as_if_redis_were_down(p
         assert answered == "answer"
     finally:
         client.config_set("maxmemory", 0)
+
+
+def test_a_renewal_racing_the_run_that_parked_its_job_leaves_it_parked(
+    database: str, redis_client: redis.Redis
+) -> None:
+    job_id, _ = _job()
+    got = _leases(redis_client).acquire(job_id, "w/1")
+    assert isinstance(got, Acquired)
+    assert records.mark_parked(job_id, 60, "breaker open", token=got.lease.token, attempts=0)
+    # the heartbeat took its list of leases just before the run parked the job and gave its lease back
+    lease = (job_id, "w/1", got.lease.token, 0)
+    assert records.renew_leases([lease], utcnow() + timedelta(seconds=30)) == {job_id}
+    assert records.get_job(job_id).status == "parked"

@@ -439,8 +439,13 @@ _RENEW = (
     update(jobs)
     .where(
         jobs.c.id == bindparam("job_id"),
-        _FENCE,
-        jobs.c.status.in_((JobStatus.QUEUED.value, JobStatus.PARKED.value, JobStatus.RUNNING.value)),
+        # running under this lease (or an older one), or waiting in a row that never saw this lease (the
+        # run started while the database was down); a row this run itself parked is left parked
+        ((jobs.c.status == JobStatus.RUNNING.value) & _FENCE)
+        | (
+            jobs.c.status.in_((JobStatus.QUEUED.value, JobStatus.PARKED.value))
+            & (jobs.c.lease_token.is_(None) | (jobs.c.lease_token < bindparam("token")))
+        ),
     )
     .values(
         status=JobStatus.RUNNING.value,
