@@ -12,6 +12,7 @@ On CI (CI=true) a service that cannot be reached fails the run; locally the test
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -99,6 +100,8 @@ def pytest_configure(config: pytest.Config) -> None:
             "LOG_LEVEL": "INFO",
             # chosen explicitly, as `ultra up` does: with no key and no choice a provider is not configured
             "USE_FAKE_PROVIDER": "1",
+            # one signing key for the session's producers and every worker it starts, whatever their var dir
+            "ULTRA_SECRET_KEY": secrets.token_urlsafe(48),
         }
     )
     for var in (

@@ -194,6 +194,12 @@ class Settings(BaseSettings):
     #: lasts): how soon a job whose worker died can run elsewhere, not how long a run may take
     job_lease_ttl: float = Field(30.0, ge=3, le=600)
 
+    #: signs every job message (HMAC-SHA256) between producers and workers; at least 32 characters. Unset:
+    #: a key generated once into ULTRA_VAR_DIR/secret.key (the local stack). See docs/security.md.
+    ultra_secret_key: str | None = Field(None, min_length=32)
+    #: during a rotation only: a key workers still accept (never used to sign)
+    ultra_secret_key_previous: str | None = Field(None, min_length=32)
+
     # --- operations
     health_check_interval: float = Field(30.0, gt=0)  #: seconds
     flower_basic_auth: str = Field("ultra:ultra", pattern=r"^[^:,]+:[^,]+(,[^:,]+:[^,]+)*$")

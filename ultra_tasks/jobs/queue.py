@@ -40,6 +40,7 @@ from ultra_tasks.config import get_settings
 from ultra_tasks.errors import DependencyUnavailableError, JobValidationError, QueueFullError
 from ultra_tasks.keys import PRIORITY_QUEUES
 from ultra_tasks.redis_client import REDIS_DOWN, shared_redis
+from ultra_tasks.signing import sign, verify
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,13 @@ class PersistentRequestQueue:
             return submit(prompt, model=model, priority=level, job_id=request_id, **kwargs).id
         queue = PRIORITY_QUEUES[level]
         try:
-            app.send_task(OPERATION_TASK, args=[entry], task_id=request_id, **publish_options(queue))
+            app.send_task(
+                OPERATION_TASK,
+                args=[entry],
+                kwargs={"sig": sign("operation", request_id, entry)},
+                task_id=request_id,
+                **publish_options(queue),
+            )
         except Exception as exc:  # kombu/redis errors: the broker is unreachable
             raise DependencyUnavailableError("broker", str(exc)) from exc
         return request_id
@@ -278,8 +285,13 @@ def echo(*args: Any, **kwargs: Any) -> dict[str, Any]:
 
 
 @app.task(name=OPERATION_TASK, bind=True, max_retries=None)
-def run_operation(self: Any, entry: dict[str, Any]) -> Any:
-    """Run a registered operation with its JSON arguments; retry on error up to its ``max_retries``."""
+def run_operation(self: Any, entry: dict[str, Any], sig: str | None = None) -> Any:
+    """Run a registered operation with its JSON arguments; retry on error up to its ``max_retries``.
+    Only a message signed by a producer that shares this worker's key runs (signing.py)."""
+    if not verify("operation", str(self.request.id), entry, sig):
+        from ultra_tasks.jobs.tasks import refuse_unsigned
+
+        refuse_unsigned("operation", str(self.request.id))
     fn = _operations.get(entry["operation"])
     if fn is None:
         raise LookupError(f"operation {entry['operation']!r} is not registered in this worker")

@@ -34,6 +34,7 @@ from ultra_tasks.jobs.validation import validate_submission
 from ultra_tasks.keys import LLM_QUEUES, PRIORITY_QUEUES
 from ultra_tasks.mode.policy import Mode
 from ultra_tasks.redis_client import shared_redis
+from ultra_tasks.signing import sign
 
 log = logging.getLogger(__name__)
 
@@ -172,12 +173,15 @@ def publish_released(job_id: str, queue: str, payload: dict[str, Any]) -> bool:
 def _send(job_id: str, queue: str, payload: dict[str, Any]) -> None:
     # ``argsrepr`` names the job, not its request: Celery would otherwise copy a repr of the request
     # (prompt structure, metadata) into every message's headers, where Flower and logs show it, and
-    # building that repr was a sixth of a submit's CPU.
+    # building that repr was a sixth of a submit's CPU. ``sig``: workers run only messages signed with
+    # the key they share with producers (signing.py).
     app.send_task(
         RUN_JOB_TASK,
         args=[job_id, payload],
+        kwargs={"sig": sign("job", job_id, payload)},
         task_id=job_id,
         argsrepr=f"[{job_id!r}, <request>]",
+        kwargsrepr="{'sig': <signature>}",
         **publish_options(queue),
     )
 

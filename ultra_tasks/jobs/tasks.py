@@ -9,6 +9,7 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Ignore
 
+from ultra_tasks import keys
 from ultra_tasks.celery_app import app
 from ultra_tasks.config import get_settings
 from ultra_tasks.errors import DependencyUnavailableError
@@ -18,6 +19,7 @@ from ultra_tasks.jobs.parking import CAUSE_PROVIDER, Parking, park_delay
 from ultra_tasks.jobs.runner import execute_job
 from ultra_tasks.mode.effects import SLOT_FLAG
 from ultra_tasks.redis_client import REDIS_DOWN, shared_redis
+from ultra_tasks.signing import verify
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +37,11 @@ PARK_FALLBACK_MAX_S = 60.0
 # in the job table and the result backend, not in the event stream or logs (celery_app.py drops it from
 # the log line), and walking it cost ~50 us of each job's worker CPU.
 @app.task(name="ultra.run_job", bind=True, max_retries=None, resultrepr_maxsize=1)
-def run_job(self: Task, job_id: str, payload: dict[str, Any]) -> dict[str, Any]:
-    """Run one LLM job. ``payload`` is the validated request (JSON), never a callable."""
+def run_job(self: Task, job_id: str, payload: dict[str, Any], sig: str | None = None) -> dict[str, Any]:
+    """Run one LLM job. ``payload`` is the validated request (JSON), never a callable; ``sig`` the
+    producer's signature of both, checked before anything else (signing.py)."""
+    if not verify("job", job_id, payload, sig):
+        refuse_unsigned("job", job_id)
     queue = (self.request.delivery_info or {}).get("routing_key")
     try:
         outcome = execute_job(job_id, payload, queue=queue, worker=identity(self.request.hostname))
@@ -79,6 +84,20 @@ def _park(task: Task, job_id: str, payload: dict[str, Any], outcome: dict[str, A
     except REDIS_DOWN as exc:
         log.warning("job %s cannot be parked (Redis: %s); it waits as a retry instead", job_id, exc)
         raise task.retry(countdown=min(PARK_FALLBACK_MAX_S, wait)) from exc
+    raise Ignore()
+
+
+def refuse_unsigned(kind: str, message_id: str) -> None:
+    """Drop a message this worker cannot verify (acknowledged, nothing run, nothing stored), and count it."""
+    from ultra_tasks.metrics.jobs import BUFFER, field
+
+    log.warning(
+        "refused %s message %s: its signature is missing or not made with ULTRA_SECRET_KEY (is the key the "
+        "same on producers and workers?)",
+        kind,
+        message_id,
+    )
+    BUFFER.incr(keys.metrics_jobs(), field("refused", kind))
     raise Ignore()
 
 

@@ -503,6 +503,11 @@ def _job_counters(raw: dict[Any, Any]) -> list[Metric]:
             ("fallback_successes", "ultra_fallback_successes", "Jobs a fallback entry answered"),
         )
     }
+    refused = CounterMetricFamily(
+        "ultra_job_messages_refused",
+        "Messages workers refused because their signature did not verify (kind: job or operation)",
+        labels=["kind"],
+    )
     latency_sum: dict[str, float] = {}
     successes: dict[str, float] = {}
     for field, value in sorted(raw.items(), key=lambda kv: _text(kv[0])):
@@ -510,7 +515,9 @@ def _job_counters(raw: dict[Any, Any]) -> list[Metric]:
         if not labels:
             continue
         number = float(_text(value))
-        if labels[0] == "finished" and len(labels) == 3:
+        if labels[0] == "refused" and len(labels) == 2:
+            refused.add_metric(labels[1:], number)
+        elif labels[0] == "finished" and len(labels) == 3:
             finished.add_metric(labels[1:], number)
         elif labels[0] in fallback and len(labels) == 2:
             fallback[labels[0]].add_metric(labels[1:], number)
@@ -525,7 +532,7 @@ def _job_counters(raw: dict[Any, Any]) -> list[Metric]:
     )
     for model, n in sorted(successes.items()):
         latency.add_metric([model], int(n), latency_sum.get(model, 0.0))
-    return [finished, *fallback.values(), latency]
+    return [finished, *fallback.values(), latency, refused]
 
 
 def _is_number(text: str) -> bool:
