@@ -77,7 +77,8 @@ return {1, stoken, tonumber(cur[4] or '0')}
 # KEYS[1] lease hash; ARGV: token, ttl ms, record ttl s, owner, calls known to the run, count (1/0).
 # Extends the lease (and counts a call when asked) unless a newer run's token is there; writes the lease
 # back if the hash is gone (Redis lost it) or holds an older token (a store that was down came back).
-# Returns the job's calls so far, or -1 when a newer run holds the job.
+# Returns the job's calls so far, or -1 when a newer run holds the job. ``calls`` is what the job's
+# attempt budget is charged; ``sent`` every call that went out (a failed probe is sent, not charged).
 EXTEND_LUA = (
     _NOW
     + r"""
@@ -88,6 +89,7 @@ end
 local calls = math.max(tonumber(cur[2] or '0'), tonumber(ARGV[5])) + tonumber(ARGV[6])
 redis.call('HSET', KEYS[1], 'owner', ARGV[4], 'token', ARGV[1], 'exp', now_ms + tonumber(ARGV[2]),
            'calls', calls)
+if ARGV[6] ~= '0' then redis.call('HINCRBY', KEYS[1], 'sent', 1) end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
 return calls
 """
@@ -261,13 +263,18 @@ class Leases:
             lease.calls = calls
         return calls
 
-    def refund_call(self, lease: Lease) -> None:
-        """A counted call never reached the provider (its breaker refused it)."""
+    def refund_call(self, lease: Lease, *, sent: bool = False) -> None:
+        """A counted call is not charged to the job: it never reached the provider (its breaker refused
+        it), or it did (``sent``: a failed half-open probe), and then it stays counted as sent."""
         with lease._lock:
             lease.calls = max(0, lease.calls - 1)
             # if Redis cannot be told, the count stays one high: the budget errs on the side of fewer calls
             with contextlib.suppress(*REDIS_DOWN):
-                self.client.hincrby(keys.job_lease(lease.job_id), "calls", -1)
+                pipe = self.client.pipeline(transaction=False)
+                pipe.hincrby(keys.job_lease(lease.job_id), "calls", -1)
+                if not sent:
+                    pipe.hincrby(keys.job_lease(lease.job_id), "sent", -1)
+                pipe.execute()
 
     def _extend_one(self, lease: Lease, *, count: int = 0) -> int:
         return int(

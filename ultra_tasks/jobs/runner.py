@@ -109,9 +109,9 @@ class LeasedBudget(AttemptBudget):
             raise
         return True
 
-    def refund(self) -> None:
-        super().refund()
-        self.leases.refund_call(self.lease)
+    def refund(self, *, sent: bool = False) -> None:
+        super().refund(sent=sent)
+        self.leases.refund_call(self.lease, sent=sent)
 
 
 def execute_job(

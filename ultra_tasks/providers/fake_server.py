@@ -7,6 +7,7 @@ through a JSON control API under ``/_fake`` (see ``FakeProviderControl``).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import re
@@ -94,6 +95,13 @@ def _bad_number(value: Any, integer: bool = False) -> bool:
 
 #: how many request arrival times the stats keep
 MAX_ARRIVALS = 1000
+#: distinct prompts counted in ``by_prompt`` (beyond, new prompts are not counted)
+MAX_PROMPTS = 100_000
+
+
+def prompt_key(text: str) -> str:
+    """How ``stats()["by_prompt"]`` names a request: a digest of its last user message."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -353,6 +361,8 @@ class FakeProviderServer:
             "max_in_flight": in_flight,
             # epoch seconds of the most recent requests (bounded), for rate-limit checks
             "arrivals": [],
+            # requests per last user message (prompt_key): how often each job reached the provider
+            "by_prompt": {},
         }
 
     # -- control API (state is only touched on the server loop, so no locks) ------------------
@@ -468,6 +478,13 @@ class FakeProviderServer:
         if isinstance(model, str):
             self._stats["by_model"][model] = self._stats["by_model"].get(model, 0) + 1
         problem = _validate(body)
+        if problem is None:
+            last_user = next(
+                (_text(m.get("content")) for m in reversed(body["messages"]) if m.get("role") == "user"), ""
+            )
+            by_prompt, key = self._stats["by_prompt"], prompt_key(last_user)
+            if key in by_prompt or len(by_prompt) < MAX_PROMPTS:
+                by_prompt[key] = by_prompt.get(key, 0) + 1
         if problem is not None or not isinstance(model, str):
             self._record(call, "invalid_request")
             return _error_response(api, 400, problem)

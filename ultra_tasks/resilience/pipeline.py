@@ -178,7 +178,7 @@ class ResilientCaller:
                     # breaker, so the job moves on or parks at once. Before, the job slept its retry
                     # backoff holding a worker thread only to be refused, and a long outage failed the
                     # jobs that had carried its probes once their budget ran out.
-                    budget.refund()
+                    budget.refund(sent=True)
                     raise CircuitOpenException(breaker.name, breaker.reset_timeout) from exc
                 raise
             self.timeouts.record(entry.provider, entry.model, time.perf_counter() - started)

@@ -39,8 +39,9 @@ class AttemptBudget:
             self.used += 1
             return True
 
-    def refund(self) -> None:
-        """Give back an attempt that never reached the provider (its breaker refused it)."""
+    def refund(self, *, sent: bool = False) -> None:
+        """Give back an attempt: one that never reached the provider (its breaker refused it), or one that
+        did (``sent``) but is not charged to the job (a failed half-open probe reports on the provider)."""
         with self._lock:
             self.used = max(0, self.used - 1)
 
