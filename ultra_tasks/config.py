@@ -69,8 +69,10 @@ class Settings(BaseSettings):
     #: each repeated trip multiplies the open time by this (1 = constant), up to the maximum below
     circuit_breaker_reset_backoff: float = Field(1.0, ge=1)
     circuit_breaker_max_reset_timeout: float = Field(600, gt=0)  #: seconds
-    #: seconds a probe may hold its half-open lease before another caller may probe instead
-    circuit_breaker_probe_lease: float | None = Field(None, gt=0)  #: default: PROVIDER_TIMEOUT + 5
+    #: seconds a half-open probe holds its lease: it must outlive the longest call a probe may make (the
+    #: adaptive timeout's ceiling), or a second probe could start while the first still runs; a lease that
+    #: lapses counts as a failed probe
+    circuit_breaker_probe_lease: float | None = Field(None, gt=0)  #: default: longest call + 5
     #: seconds a worker trusts its cached "closed" verdict: the bound on how fast a trip reaches it
     circuit_breaker_sync_interval: float = Field(0.25, gt=0, le=60)
     #: what breakers do when Redis is unreachable: local (in-process breaker), fail_open, fail_closed
@@ -290,6 +292,13 @@ class Settings(BaseSettings):
             raise ValueError("ADAPTIVE_TIMEOUT_MIN must not exceed ADAPTIVE_TIMEOUT_MAX")
         if self.job_soft_time_limit is not None and self.job_soft_time_limit >= self.job_time_limit:
             raise ValueError("JOB_SOFT_TIME_LIMIT must be below JOB_TIME_LIMIT")
+        lease = self.circuit_breaker_probe_lease
+        if lease is not None and lease <= self.longest_call_s:
+            raise ValueError(
+                "CIRCUIT_BREAKER_PROBE_LEASE must exceed the longest provider call, "
+                f"max(PROVIDER_TIMEOUT, ADAPTIVE_TIMEOUT_MAX) = {self.longest_call_s:g}s, or a second probe "
+                f"could start while the first still runs (got {lease:g})"
+            )
         return self
 
     # --- derived values (one place, so every component agrees)
@@ -316,6 +325,16 @@ class Settings(BaseSettings):
     @property
     def effective_queue_storage_path(self) -> Path:
         return self.queue_storage_path or self.var_dir / "spool" / "requests.jsonl"
+
+    @property
+    def longest_call_s(self) -> float:
+        """The longest one provider call may take: PROVIDER_TIMEOUT before a model has latency history,
+        ADAPTIVE_TIMEOUT_MAX after."""
+        return max(self.provider_timeout, self.adaptive_timeout_max)
+
+    @property
+    def effective_probe_lease(self) -> float:
+        return self.circuit_breaker_probe_lease or self.longest_call_s + 5
 
     @property
     def effective_attempt_budget(self) -> int:

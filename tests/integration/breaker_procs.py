@@ -95,7 +95,31 @@ def watch(cfg: dict[str, Any], breaker: CircuitBreaker) -> dict[str, Any]:
     return {"refused_at": None, "calls": calls}
 
 
-SCENARIOS = {"fail": fail, "probe": probe, "hold_success": hold_success, "watch": watch}
+def probe_windows(cfg: dict[str, Any], breaker: CircuitBreaker) -> dict[str, Any]:
+    """Keep calling for ``max_s`` seconds; each admitted call holds ``hold`` seconds and succeeds. Report
+    the (start, end) of every call admitted while the breaker was not closed (a probe), epoch seconds."""
+    deadline = time.monotonic() + cfg["max_s"]
+    windows: list[tuple[float, float]] = []
+    while time.monotonic() < deadline:
+        try:
+            with breaker:
+                if breaker.probing:
+                    start = time.time()
+                    time.sleep(cfg["hold"])
+                    windows.append((start, time.time()))
+        except CircuitOpenException:
+            pass
+        time.sleep(cfg.get("gap", 0.02))
+    return {"windows": windows}
+
+
+SCENARIOS = {
+    "fail": fail,
+    "probe": probe,
+    "hold_success": hold_success,
+    "watch": watch,
+    "probe_windows": probe_windows,
+}
 
 
 def main() -> None:

@@ -228,3 +228,40 @@ def test_redis_down_falls_back_to_an_in_process_breaker_then_back_to_shared_stat
     time.sleep(1.1)
     assert breaker.call(lambda: "shared again") == "shared again"
     assert breaker.state == CircuitBreaker.CLOSED
+
+
+def test_a_cancelled_probe_counts_as_a_failure_and_opens_the_breaker_again() -> None:
+    breaker = CircuitBreaker(_name(), failure_threshold=1, reset_timeout=0.3)
+    _fail(breaker)
+    time.sleep(0.35)
+    # When the half-open probe is cancelled before the provider answers (Ctrl-C, a killed task)
+    with pytest.raises(KeyboardInterrupt), breaker:
+        assert breaker.probing
+        raise KeyboardInterrupt
+    # Then it is a failed probe, never a success that would close the breaker
+    assert breaker.state == CircuitBreaker.OPEN
+
+
+async def test_a_probe_cancelled_in_asyncio_counts_as_a_failure() -> None:
+    import asyncio
+
+    breaker = CircuitBreaker(_name(), failure_threshold=1, reset_timeout=0.3)
+    _fail(breaker)
+    await asyncio.sleep(0.35)
+
+    @breaker
+    async def slow_call() -> str:
+        await asyncio.sleep(10)
+        return "never"
+
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(slow_call(), timeout=0.2)  # the caller's timeout cancels the probe
+    assert breaker.state == CircuitBreaker.OPEN
+
+
+def test_a_cancelled_call_while_closed_records_no_success_and_no_failure() -> None:
+    breaker = CircuitBreaker(_name(), failure_threshold=2, reset_timeout=60)
+    _fail(breaker)
+    with pytest.raises(KeyboardInterrupt), breaker:
+        raise KeyboardInterrupt
+    assert breaker.failure_count == 1  # neither reset by a success nor counted as a second failure

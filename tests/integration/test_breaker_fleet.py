@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -198,10 +199,47 @@ def test_prober_killed_mid_call_does_not_wedge_the_breaker(fleet: Fleet) -> None
         breaker.call(lambda: "not admitted while the lease is held")
     prober.send_signal(signal.SIGKILL)
     prober.wait()
-    # Then once the lease expires another caller probes, and its success closes the breaker
+    # Then once the lease expires the probe counts as failed (the breaker opens again) ...
     time.sleep(1.6)
+    with pytest.raises(CircuitOpenException):
+        breaker.call(lambda: "refused: the lapsed probe reopened the breaker")
+    assert breaker.state == CircuitBreaker.OPEN
+    # ... and after the reset timeout another caller probes, and its success closes the breaker
+    time.sleep(0.6)
     assert breaker.call(lambda: "probe") == "probe"
     assert breaker.state == CircuitBreaker.CLOSED
+
+
+def test_probes_outliving_their_lease_never_overlap_across_processes(fleet: Fleet) -> None:
+    # Given probes that hold their call three times as long as their lease, from four processes at once
+    name = _name()
+    options = {"failure_threshold": 1, "reset_timeout": 1.0, "probe_lease": 0.3}
+    _trip(CircuitBreaker(name, **options))
+    procs = fleet.spawn("probe_windows", {"name": name, "max_s": 6, "hold": 0.9, "breaker": options}, n=4)
+    fleet.go(4)
+    windows = sorted(w for p in procs for w in fleet.result(p)["result"]["windows"])
+    # Then no two probes were ever out at once (half_open_max_calls is 1): a lapsed lease reopens the
+    # breaker for its reset timeout rather than admitting the next prober beside the first
+    assert len(windows) >= 2, windows
+    overlaps = [(a, b) for a, b in itertools.pairwise(windows) if b[0] < a[1]]
+    assert not overlaps, overlaps
+
+
+def test_a_probe_answering_after_its_lease_lapsed_does_not_close_the_breaker(fleet: Fleet) -> None:
+    name = _name()
+    options = {"failure_threshold": 1, "reset_timeout": 0.5, "probe_lease": 0.5}
+    breaker = CircuitBreaker(name, **options)
+    _trip(breaker)
+    time.sleep(0.6)
+    # Given a probe in another process that answers (successfully) long after its lease lapsed
+    [slow] = fleet.spawn("hold_success", {"name": name, "hold": 1.5, "breaker": options, "no_barrier": True})
+    deadline = time.monotonic() + 30
+    while not fleet.redis.exists(f"test:{fleet.run}:started"):
+        assert time.monotonic() < deadline and slow.poll() is None
+        time.sleep(0.02)
+    fleet.result(slow)
+    # Then its success does not close the breaker: it may have overlapped a newer probe
+    assert breaker.state == CircuitBreaker.OPEN
 
 
 def test_late_success_from_before_a_trip_does_not_close_the_newer_open(fleet: Fleet) -> None:

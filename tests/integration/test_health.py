@@ -40,12 +40,35 @@ def test_provider_check_is_ok_then_critical_when_the_provider_fails(fake_provide
     assert failing.status == "critical" and "unavailable" in failing.message
 
 
-def test_provider_check_skips_the_probe_while_its_breaker_is_open(fake_provider: Any) -> None:
+def test_provider_check_never_probes_around_an_operators_forced_open(fake_provider: Any) -> None:
     CircuitBreaker("openai").force_open()
     check = LLMProviderHealthCheck("openai", ProviderProbe("openai", min_interval_s=0))
     status = asyncio.run(check.run())
-    assert status.status == "critical" and "circuit breaker is open" in status.message
+    assert status.status == "critical" and "forced open by an operator" in status.message
     assert fake_provider.stats()["by_api"]["openai"] == 0
+
+
+def test_provider_check_probes_an_open_breaker_once_its_reset_timeout_has_passed(fake_provider: Any) -> None:
+    # Given a provider that failed until its breaker opened, and the probe's answer is cached for a minute
+    breaker = CircuitBreaker("anthropic", failure_threshold=2, reset_timeout=1)
+    probe = ProviderProbe("anthropic", min_interval_s=60, breaker=breaker)
+    check = LLMProviderHealthCheck("anthropic", probe)
+    fake_provider.add_fault("status", api="anthropic", status=503)
+    while breaker.state != CircuitBreaker.OPEN:
+        assert asyncio.run(check.run()).status == "critical"
+    # When the provider recovers, with no job traffic at all
+    fake_provider.clear_faults()
+    calls = fake_provider.stats()["by_api"]["anthropic"]
+    # Then the check waits out the reset timeout without calling ...
+    status = asyncio.run(check.run())
+    assert status.status == "critical" and "next probe in" in status.message
+    assert fake_provider.stats()["by_api"]["anthropic"] == calls
+    # ... then probes through the breaker, like any caller: the success closes it
+    time.sleep(1.1)
+    status = asyncio.run(check.run())
+    assert status.status == "ok", status
+    assert breaker.state == CircuitBreaker.CLOSED
+    assert fake_provider.stats()["by_api"]["anthropic"] == calls + 1
 
 
 def test_a_hung_check_is_bounded_by_its_timeout() -> None:
@@ -220,6 +243,62 @@ def test_every_provider_failing_makes_beat_declare_emergency_which_parks_low_job
         assert other[other_before:] == changes
     finally:
         listener.kill()
+        beat.send_signal(signal.SIGTERM)
+        beat.wait(10)
+        mode.close()
+
+
+def _wait_mode(mode: SystemOperationMode, wanted: str, timeout: float) -> float:
+    started = time.monotonic()
+    while mode.current_mode != wanted:
+        assert time.monotonic() - started < timeout, (wanted, mode.current_mode, mode.degraded_components)
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+@pytest.mark.parametrize(
+    ("fault", "worst"), [({}, "EMERGENCY"), ({"api": "openai"}, "DEGRADED")], ids=["every-provider", "one"]
+)
+def test_the_mode_recovers_with_no_job_traffic_once_the_providers_answer_again(
+    worker_factory: Any,
+    fake_provider: Any,
+    redis_client: Any,
+    tmp_path: Path,
+    fault: dict[str, str],
+    worst: str,
+) -> None:
+    with session_scope() as s:
+        for model in (ComponentStatus, ModeTransition, OperationModeRecord):
+            s.execute(delete(model))
+    redis_client.delete("ultra-test:mode:current")
+    interval, reset = 1.0, 2.0
+    fast = {
+        "HEALTH_CHECK_INTERVAL": str(interval),
+        "CIRCUIT_BREAKER_RESET_TIMEOUT": str(reset),
+        "CIRCUIT_BREAKER_FAILURE_THRESHOLD": "2",
+    }
+    worker_factory(queues="ops", concurrency=2, env=fast)
+    beat = _beat(tmp_path, 1, {**os.environ, **fast})
+    mode = SystemOperationMode()
+    try:
+        _wait_mode(mode, "NORMAL", 30)
+        # Given providers failing until the health checks have opened their breakers
+        fake_provider.add_fault("status", status=503, **fault)
+        _wait_mode(mode, worst, 20)
+        failing = ["openai", "anthropic"] if not fault else ["openai"]
+        deadline = time.monotonic() + 20
+        while any(CircuitBreaker(name).state != CircuitBreaker.OPEN for name in failing):
+            assert time.monotonic() < deadline, [CircuitBreaker(n).state for n in failing]
+            time.sleep(0.1)
+        # When the providers answer again, and no job is submitted at all
+        fake_provider.clear_faults()
+        recovered_in = _wait_mode(mode, "NORMAL", 30)
+        # Then the health checks probe the open breakers themselves: the mode is NORMAL within the reset
+        # timeout, plus the two good evaluations recovery needs, plus an interval of slack for the beat's
+        # tick and a busy machine
+        assert recovered_in <= reset + 2 * interval + interval + 3.0, recovered_in
+        assert all(CircuitBreaker(name).state == CircuitBreaker.CLOSED for name in failing)
+    finally:
         beat.send_signal(signal.SIGTERM)
         beat.wait(10)
         mode.close()

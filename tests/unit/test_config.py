@@ -102,6 +102,17 @@ def test_inconsistent_visibility_timeout_is_refused_with_the_reason(clean_env: p
         load_settings()
 
 
+def test_a_probe_lease_shorter_than_the_longest_call_is_refused(clean_env: pytest.MonkeyPatch) -> None:
+    # a probe lease that lapses while its call still runs would let a second probe start beside it
+    clean_env.setenv("CIRCUIT_BREAKER_PROBE_LEASE", "30")
+    with pytest.raises(ConfigurationError, match="CIRCUIT_BREAKER_PROBE_LEASE must exceed the longest"):
+        load_settings()
+    clean_env.setenv("CIRCUIT_BREAKER_PROBE_LEASE", "200")
+    assert load_settings().effective_probe_lease == 200
+    clean_env.delenv("CIRCUIT_BREAKER_PROBE_LEASE")
+    assert load_settings().effective_probe_lease == 125  # ADAPTIVE_TIMEOUT_MAX 120 + 5
+
+
 def test_error_messages_never_echo_passwords(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("BROKER_URL", "http://user:s3cret@host/")
     with pytest.raises(ConfigurationError) as info:

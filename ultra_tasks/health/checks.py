@@ -18,6 +18,7 @@ from sqlalchemy import text
 
 if TYPE_CHECKING:
     from ultra_tasks.providers.registry import ProviderRegistry
+    from ultra_tasks.resilience.breaker import CircuitBreaker
 
 OK, DEGRADED, CRITICAL = "ok", "degraded", "critical"
 #: a provider with no credentials and no USE_FAKE_PROVIDER: shown, never probed, not a failure of the fleet
@@ -64,6 +65,7 @@ class LLMProviderHealthCheck(HealthCheck):
         self.client = client
 
     async def check_health(self) -> HealthStatus:
+        from ultra_tasks.errors import CircuitOpenException
         from ultra_tasks.resilience.breaker import CircuitBreaker
 
         missing = getattr(self.client, "missing", None)
@@ -78,13 +80,25 @@ class LLMProviderHealthCheck(HealthCheck):
         try:
             circuit_breaker = self.client.circuit_breaker
             state = await asyncio.to_thread(lambda: circuit_breaker.state)
-            if state in (CircuitBreaker.OPEN, CircuitBreaker.FORCED_OPEN):
+            if state == CircuitBreaker.FORCED_OPEN:  # an operator's decision: never probed around
                 return HealthStatus(
                     CRITICAL,
-                    f"{self.provider_name} circuit breaker is open",
+                    f"{self.provider_name} circuit breaker is forced open by an operator",
                     {"circuit_breaker_state": state},
                 )
-            result = await self.client.check_availability()
+            # Open: this check is the prober of last resort. With no job traffic nothing else would move
+            # the breaker to half-open, and the mode would never notice that the provider came back; its
+            # call asks the breaker like any caller (refused until the reset timeout has passed, then one
+            # of the half-open probes).
+            try:
+                result = await self.client.check_availability(fresh=state != CircuitBreaker.CLOSED)
+            except CircuitOpenException as exc:
+                return HealthStatus(
+                    CRITICAL,
+                    f"{self.provider_name} circuit breaker is open (next probe in {exc.retry_after:.0f}s)",
+                    {"circuit_breaker_state": state, "retry_after": round(exc.retry_after, 1)},
+                )
+            state = await asyncio.to_thread(lambda: circuit_breaker.state)
             if result:
                 return HealthStatus(
                     OK,
@@ -116,6 +130,7 @@ class ProviderProbe:
         min_interval_s: float,
         slow_ms: float = 5000.0,
         registry: ProviderRegistry | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         from ultra_tasks.providers.registry import UnconfiguredProvider, default_registry
         from ultra_tasks.resilience.breaker import get_breaker
@@ -124,13 +139,16 @@ class ProviderProbe:
         self.provider = (registry or default_registry()).get(provider_name)
         #: the variable to set when the provider is not configured (then it is never probed)
         self.missing = self.provider.variable if isinstance(self.provider, UnconfiguredProvider) else None
-        self.circuit_breaker = get_breaker(provider_name)
+        #: the provider's breaker (the one its jobs use, unless one is given)
+        self.circuit_breaker = breaker or get_breaker(provider_name)
         self.min_interval_s = min_interval_s
         self.slow_ms = slow_ms
         self._last: tuple[float, dict[str, Any] | None] | None = None
 
-    async def check_availability(self) -> dict[str, Any] | None:
-        if self._last is not None and time.monotonic() - self._last[0] < self.min_interval_s:
+    async def check_availability(self, *, fresh: bool = False) -> dict[str, Any] | None:
+        """A probe's answer (None: slow); ``fresh`` calls even within ``min_interval_s`` of the last one
+        (the breaker is not closed: an old answer says nothing about whether the provider came back)."""
+        if not fresh and self._last is not None and time.monotonic() - self._last[0] < self.min_interval_s:
             return self._last[1]
         from ultra_tasks.providers.base import ChatMessage, LLMRequest
 

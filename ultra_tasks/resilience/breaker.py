@@ -73,6 +73,13 @@ class _Verdict:
     retry_at: float  # monotonic; when an open breaker may be probed
 
 
+class ProbeCancelled(Exception):
+    """The outcome recorded for a half-open probe that ended by cancellation: a failure."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"circuit breaker {name}: the probe was cancelled before the provider answered")
+
+
 @dataclass
 class _Token:
     """One guarded call in flight."""
@@ -127,9 +134,7 @@ class CircuitBreaker:
         self.half_open_max_calls = int(half_open_max_calls or settings.circuit_breaker_half_open_max_calls)
         self.reset_backoff = float(reset_backoff or settings.circuit_breaker_reset_backoff)
         self.max_reset_timeout = float(max_reset_timeout or settings.circuit_breaker_max_reset_timeout)
-        self.probe_lease = float(
-            probe_lease or settings.circuit_breaker_probe_lease or settings.provider_timeout + 5
-        )
+        self.probe_lease = float(probe_lease or settings.effective_probe_lease)
         self.sync_interval = float(sync_interval or settings.circuit_breaker_sync_interval)
         self.redis_down_policy = redis_down_policy or settings.circuit_breaker_redis_down_policy
         if self.redis_down_policy not in ("local", "fail_open", "fail_closed"):
@@ -306,6 +311,8 @@ class CircuitBreaker:
     def _is_failure(self, exc: BaseException | None) -> bool:
         if exc is None or isinstance(exc, CircuitOpenException):
             return False
+        if isinstance(exc, ProbeCancelled):
+            return True
         if self.ignore_on and isinstance(exc, self.ignore_on):
             return False
         return isinstance(exc, self.record_on)
@@ -340,6 +347,13 @@ class CircuitBreaker:
             return True
         return False
 
+    def _after_cancelled(self, token: _Token) -> None:
+        """The call ended by cancellation (CancelledError, KeyboardInterrupt, a caller's timeout that
+        cancelled it): for a probe that is a failure (it never showed the provider answering: a success
+        here could close the breaker on a provider that is still down); any other call records nothing."""
+        if token.lease is not None:
+            self._after(token, ProbeCancelled(self.name))
+
     def _after(self, token: _Token, exc: BaseException | None) -> None:
         if self._after_fast(token, exc):
             return
@@ -372,6 +386,9 @@ class CircuitBreaker:
         except Exception as exc:
             self._after(token, exc)
             raise
+        except BaseException:
+            self._after_cancelled(token)
+            raise
         self._after(token, None)
         return result
 
@@ -384,6 +401,10 @@ class CircuitBreaker:
         except Exception as exc:
             if not self._after_fast(token, exc):
                 await asyncio.to_thread(self._after, token, exc)
+            raise
+        except BaseException:
+            # cancelled: no awaiting now (the task is being torn down); the outcome is one script call
+            self._after_cancelled(token)
             raise
         if not self._after_fast(token, None):
             await asyncio.to_thread(self._after, token, None)
@@ -418,7 +439,10 @@ class CircuitBreaker:
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         stack = self._tokens.get()
         self._tokens.set(stack[:-1])
-        self._after(stack[-1], exc if isinstance(exc, Exception) else None)
+        if exc is not None and not isinstance(exc, Exception):
+            self._after_cancelled(stack[-1])
+        else:
+            self._after(stack[-1], exc)
 
     async def __aenter__(self) -> CircuitBreaker:
         token = self._before_fast()
@@ -430,9 +454,10 @@ class CircuitBreaker:
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         stack = self._tokens.get()
         self._tokens.set(stack[:-1])
-        outcome = exc if isinstance(exc, Exception) else None
-        if not self._after_fast(stack[-1], outcome):
-            await asyncio.to_thread(self._after, stack[-1], outcome)
+        if exc is not None and not isinstance(exc, Exception):
+            self._after_cancelled(stack[-1])
+        elif not self._after_fast(stack[-1], exc):
+            await asyncio.to_thread(self._after, stack[-1], exc)
 
     # --- reading the shared state ---------------------------------------------------------------------
     def _peek(self) -> dict[str, Any]:

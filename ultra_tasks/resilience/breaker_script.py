@@ -125,12 +125,18 @@ if op == 'acquire' then
     reply.allowed = 1
   elseif s.state == 'open' then
     reply.retry_after = s.open_until - now
+  elseif #redis.call('ZRANGEBYSCORE', lease_key, '-inf', now, 'LIMIT', 0, 1) > 0 then
+    -- half-open, and a probe's lease lapsed before it answered (its caller was killed or hung): a failed
+    -- probe. Admitting another now could put two probes on the provider at once.
+    transition('open', 'a probe lease expired')
+    reply.retry_after = s.open_until - now
+    dirty = true
   else -- half-open: exactly half_open_max_calls probes at a time, as leases that expire
-    redis.call('ZREMRANGEBYSCORE', lease_key, '-inf', now)
     local running = redis.call('ZCARD', lease_key)
     if running + s.hs_ok < cfg.half_open_max_calls then
       redis.call('ZADD', lease_key, now + cfg.lease_ttl, arg.lease)
-      redis.call('PEXPIRE', lease_key, math.floor(cfg.lease_ttl * 1000) + 1000)
+      -- the set outlives its leases, so a lease that lapsed is still seen (as a failed probe)
+      redis.call('EXPIRE', lease_key, math.ceil(cfg.lease_ttl) + 86400)
       reply.allowed, reply.probe = 1, 1
     else
       local first = redis.call('ZRANGE', lease_key, 0, 0, 'WITHSCORES')
@@ -159,7 +165,12 @@ elseif op == 'record' then
           transition('open', 'failure rate over threshold')
         end
       end
-    elseif s.state == 'half-open' and redis.call('ZREM', lease_key, arg.lease or '') == 1 then
+    elseif s.state == 'half-open' and arg.lease then
+      local lease_until = redis.call('ZSCORE', lease_key, arg.lease)
+      if not lease_until or tonumber(lease_until) < now then
+        ok = false  -- answered after its lease lapsed: it may have overlapped another probe
+      end
+      redis.call('ZREM', lease_key, arg.lease)
       if ok then
         s.hs_ok = s.hs_ok + 1
         if s.hs_ok >= cfg.half_open_max_calls then transition('closed', 'probe succeeded') end
@@ -169,8 +180,8 @@ elseif op == 'record' then
       dirty = true
     end
   end
-  -- a result from an older generation (or a probe whose lease expired) changes nothing: it cannot undo a
-  -- transition that happened while it ran
+  -- a result from an older generation changes nothing: it cannot undo a transition that happened while it
+  -- ran (a probe whose lapsed lease reopened the breaker is such a result)
 
 elseif op == 'force_open' or op == 'disable' then
   local from = shown_state()
