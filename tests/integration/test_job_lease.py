@@ -175,7 +175,7 @@ def test_a_takeover_after_the_worker_died_continues_the_jobs_attempt_budget(
     # ... and the run that takes it over starts with the two calls already spent
     leases_b = _leases(redis_client, JOB_LEASE_TTL="3")
     taken = leases_b.acquire(job_id, "worker-b/2")
-    assert isinstance(taken, Acquired) and taken.lease.calls == 2
+    assert isinstance(taken, Acquired) and taken.lease.charged == 2
     assert taken.lease.token > got.lease.token
     # and the dead run, had it been only frozen, can neither call nor write
     with pytest.raises(LeaseLostError):
@@ -344,3 +344,21 @@ def test_a_renewal_racing_the_run_that_parked_its_job_leaves_it_parked(
     lease = (job_id, "w/1", got.lease.token, 0)
     assert records.renew_leases([lease], utcnow() + timedelta(seconds=30)) == {job_id}
     assert records.get_job(job_id).status == "parked"
+
+
+def test_a_run_that_parks_before_calling_leaves_the_jobs_calls_as_they_were(
+    database: str, redis_client: redis.Redis
+) -> None:
+    # The first call is counted when the lease is taken (one round trip less per job); a run that makes
+    # no call gives it back
+    job_id, _ = _job()
+    leases = _leases(redis_client)
+    first = leases.acquire(job_id, "w/1")
+    assert isinstance(first, Acquired) and first.lease.charged == 0 and first.lease.precounted
+    leases.release(first.lease, final=False)
+    again = leases.acquire(job_id, "w/1")
+    assert isinstance(again, Acquired) and again.lease.charged == 0
+    assert leases.begin_call(again.lease) == 1 and again.lease.charged == 1
+    leases.release(again.lease, final=False)
+    third = leases.acquire(job_id, "w/1")
+    assert isinstance(third, Acquired) and third.lease.charged == 1

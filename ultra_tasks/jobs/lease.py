@@ -54,8 +54,10 @@ local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 """
 
-# KEYS[1] lease hash; ARGV: owner, ttl ms, record ttl s, own takeover (1/0).
-# Returns {1, token, calls} when taken, {0, owner, ms left} when another run holds it. ``prev`` keeps the
+# KEYS[1] lease hash; ARGV: owner, ttl ms, record ttl s, own takeover (1/0), precount (1/0).
+# Returns {1, token, calls before this run} when taken, {0, owner, ms left} when another run holds it.
+# ``precount`` counts the run's first provider call now, in the same step (most runs make exactly one:
+# it saves a round trip per job); a run that makes none gives it back when it ends. ``prev`` keeps the
 # token this one replaced, for a run that must abandon a lease it cannot use (RELEASE mode 2).
 ACQUIRE_LUA = (
     _NOW
@@ -69,6 +71,10 @@ local token = math.max(tonumber(cur[2] or '0') + 1, now_us)
 local stoken = string.format('%.0f', token)
 redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'token', stoken, 'exp', now_ms + tonumber(ARGV[2]),
            'prev', cur[2] or '0')
+if ARGV[5] == '1' then
+  redis.call('HINCRBY', KEYS[1], 'calls', 1)
+  redis.call('HINCRBY', KEYS[1], 'sent', 1)
+end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
 return {1, stoken, tonumber(cur[4] or '0')}
 """
@@ -97,14 +103,19 @@ return calls
 
 #: how a run gives its Redis lease back
 END, FINAL, ABANDON = 0, 1, 2
-# KEYS[1] lease hash; ARGV: token, mode. END: the lease ends now, the job's calls stay for its next run.
-# FINAL: the job has its outcome; the hash stays as a tombstone (its token keeps a late, older run from
-# writing itself back) for an hour. ABANDON: the run never used the lease (the job table says another run
-# holds the job, or the job is final): the token it replaced goes back, so that run's renewals still match.
+# KEYS[1] lease hash; ARGV: token, mode, refund (1: a call counted at acquire never went out).
+# END: the lease ends now, the job's calls stay for its next run. FINAL: the job has its outcome; the
+# hash stays as a tombstone (its token keeps a late, older run from writing itself back) for an hour.
+# ABANDON: the run never used the lease (the job table says another run holds the job, or the job is
+# final): the token it replaced goes back, so that run's renewals still match.
 RELEASE_LUA = r"""
 local cur = redis.call('HMGET', KEYS[1], 'token', 'prev')
 if cur[1] ~= ARGV[1] then
   return 0
+end
+if ARGV[3] == '1' then
+  redis.call('HINCRBY', KEYS[1], 'calls', -1)
+  redis.call('HINCRBY', KEYS[1], 'sent', -1)
 end
 if ARGV[2] == '2' then
   redis.call('HSET', KEYS[1], 'token', cur[2] or '0', 'exp', 0)
@@ -116,6 +127,10 @@ else
 end
 return 1
 """
+#: final releases wait to be sent together (one pipeline) until this many are pending or the oldest has
+#: waited this long; meanwhile the job's lease still holds it, which is right: the job is done
+RELEASE_BATCH = 32
+RELEASE_BATCH_WAIT_S = 0.5
 
 
 @dataclass
@@ -132,7 +147,17 @@ class Lease:
     #: whether the lease was written into the row (False while the database was down)
     in_sql: bool = True
     lost: bool = False
+    #: the first provider call was counted when the lease was taken (``calls`` includes it) and has not
+    #: gone out yet
+    precounted: bool = False
+    #: when the lease was last taken or extended in Redis (monotonic seconds)
+    extended_at: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def charged(self) -> int:
+        """The job's provider calls that went out (a precounted call not yet made excluded)."""
+        return self.calls - 1 if self.precounted else self.calls
 
     def check(self) -> None:
         if self.lost:
@@ -187,6 +212,9 @@ class Leases:
         self._lock = threading.Lock()
         #: when every held lease was last renewed in at least one store (monotonic seconds)
         self._renewed_at = clock()
+        #: final releases not yet sent: (job id, token), and when the oldest was queued
+        self._releases: list[tuple[str, int]] = []
+        self._releases_since = 0.0
 
     # --- acquiring -----------------------------------------------------------------------------------
     def acquire(self, job_id: str, owner: str) -> Acquisition:
@@ -200,12 +228,15 @@ class Leases:
         token: int | None = None
         calls = 0
         try:
-            reply = self._acquire(keys=[keys.job_lease(job_id)], args=[owner, ttl_ms, LEASE_RECORD_TTL_S, 1])
+            reply = self._acquire(
+                keys=[keys.job_lease(job_id)], args=[owner, ttl_ms, LEASE_RECORD_TTL_S, 1, 1]
+            )
             if int(reply[0]) == 0:
                 return Held(str(reply[1]), int(reply[2]) / 1000)
             token, calls = int(reply[1]), int(reply[2])
         except REDIS_DOWN as exc:
             redis_down = exc
+        taken_at = self._clock()
         try:
             start = records.claim(
                 job_id,
@@ -219,19 +250,29 @@ class Leases:
             if redis_down is not None or token is None:
                 raise DependencyUnavailableError("redis and database", f"{redis_down}; {exc}") from exc
             log.warning("job %s leased in Redis only: the job table is unreachable (%s)", job_id, exc)
-            return Acquired(self._hold(Lease(job_id, owner, token, calls, in_sql=False)), None)
+            lease = Lease(
+                job_id, owner, token, calls + 1, in_sql=False, precounted=True, extended_at=taken_at
+            )
+            return Acquired(self._hold(lease), None)
         if start is None:
             if token is None:
                 raise DependencyUnavailableError("redis", f"unrecorded job {job_id}: {redis_down}")
-            return Acquired(self._hold(Lease(job_id, owner, token, calls, recorded=False)), None)
+            lease = Lease(
+                job_id, owner, token, calls + 1, recorded=False, precounted=True, extended_at=taken_at
+            )
+            return Acquired(self._hold(lease), None)
         if not start.claimed:
             if token is not None:
-                self._give_back(job_id, token, ABANDON)
+                self._give_back(job_id, token, ABANDON, refund=True)
             if JobStatus(start.status).is_final:
                 return Finished(start)
             return Held(start.holder or "unknown", start.held_for_s)
         assert start.token is not None
-        lease = Lease(job_id, owner, start.token, max(calls, start.attempts))
+        if token is None:  # Redis down: the database issued the token, and calls are counted there
+            lease = Lease(job_id, owner, start.token, start.attempts)
+        else:
+            previous = max(calls, start.attempts)
+            lease = Lease(job_id, owner, start.token, previous + 1, precounted=True, extended_at=taken_at)
         return Acquired(self._hold(lease), start)
 
     def _hold(self, lease: Lease) -> Lease:
@@ -247,12 +288,20 @@ class Leases:
         ``LeaseLostError`` if another run holds the job now."""
         lease.check()
         with lease._lock:
+            count = 1
+            if lease.precounted:
+                lease.precounted = False
+                if self._clock() - lease.extended_at < self.ttl_s / 2:
+                    # counted when the lease was taken, a moment ago: it cannot have lapsed since (only
+                    # a lapsed lease can be taken, and this process runs the job only once at a time)
+                    return lease.calls
+                count = 0  # counted already; only the fence is checked
             try:
-                calls = int(self._extend_one(lease, count=1))
+                calls = int(self._extend_one(lease, count=count))
             except REDIS_DOWN as exc:
                 if not (lease.recorded and lease.in_sql):
                     raise DependencyUnavailableError("redis", f"lease of job {lease.job_id}: {exc}") from exc
-                counted = records.count_call(lease.job_id, lease.token)
+                counted = records.count_call(lease.job_id, lease.token) if count else lease.calls
                 if counted is None:
                     lease.lost = True
                     lease.check()
@@ -261,6 +310,7 @@ class Leases:
                 lease.lost = True
                 lease.check()
             lease.calls = calls
+            lease.extended_at = self._clock()
         return calls
 
     def refund_call(self, lease: Lease, *, sent: bool = False) -> None:
@@ -277,7 +327,7 @@ class Leases:
                 pipe.execute()
 
     def _extend_one(self, lease: Lease, *, count: int = 0) -> int:
-        return int(
+        calls = int(
             self._extend(
                 keys=[keys.job_lease(lease.job_id)],
                 args=[
@@ -290,6 +340,9 @@ class Leases:
                 ],
             )
         )
+        if calls >= 0:
+            lease.extended_at = self._clock()
+        return calls
 
     # --- renewal -------------------------------------------------------------------------------------
     def held(self) -> list[Lease]:
@@ -300,6 +353,7 @@ class Leases:
         """Extend every lease this process holds, in Redis and in the job table; a lease another run took
         is marked lost (its run stops at its next call or write). Raises nothing: a store that is down is
         tried again next time, and the other one keeps the lease meanwhile."""
+        self.flush_releases()
         leases = self.held()
         redis_ok = sql_ok = True
         for lease in leases:
@@ -319,7 +373,7 @@ class Leases:
         if in_table:
             try:
                 refused = records.renew_leases(
-                    [(lease.job_id, lease.owner, lease.token, lease.calls) for lease in in_table],
+                    [(lease.job_id, lease.owner, lease.token, lease.charged) for lease in in_table],
                     self._now() + timedelta(seconds=self.ttl_s),
                 )
                 for lease in in_table:
@@ -344,15 +398,44 @@ class Leases:
     # --- release -------------------------------------------------------------------------------------
     def release(self, lease: Lease, *, final: bool) -> None:
         """The run is over (``final``: its job has its outcome). The row's lease ended with the outcome
-        write; this ends the Redis one, or leaves it to lapse if Redis cannot be told."""
+        write; this ends the Redis one, or leaves it to lapse if Redis cannot be told. A final release is
+        sent with others (the job is done: its lease holding a moment longer changes nothing); any other
+        at once, so the job's next run can take it."""
         with self._lock:
             if self._held.get(lease.job_id) is lease:
                 del self._held[lease.job_id]
-        self._give_back(lease.job_id, lease.token, FINAL if final else END)
+            if final:
+                if not self._releases:
+                    self._releases_since = self._clock()
+                self._releases.append((lease.job_id, lease.token))
+                due = (
+                    len(self._releases) >= RELEASE_BATCH
+                    or self._clock() - self._releases_since >= RELEASE_BATCH_WAIT_S
+                )
+        if final:
+            if due:
+                self.flush_releases()
+            return
+        self._give_back(lease.job_id, lease.token, END, refund=lease.precounted)
 
-    def _give_back(self, job_id: str, token: int, mode: int) -> None:
+    def flush_releases(self) -> None:
+        """Send the final releases waiting, in one pipeline (if Redis cannot take them, the leases lapse by
+        themselves)."""
+        with self._lock:
+            pending, self._releases = self._releases, []
+        if not pending:
+            return
         try:
-            self._release(keys=[keys.job_lease(job_id)], args=[token, mode])
+            pipe = self.client.pipeline(transaction=False)
+            for job_id, token in pending:
+                self._release(keys=[keys.job_lease(job_id)], args=[token, FINAL, 0], client=pipe)
+            pipe.execute()
+        except REDIS_DOWN as exc:
+            log.info("%d final lease releases not sent (%s); they lapse by themselves", len(pending), exc)
+
+    def _give_back(self, job_id: str, token: int, mode: int, *, refund: bool = False) -> None:
+        try:
+            self._release(keys=[keys.job_lease(job_id)], args=[token, mode, 1 if refund else 0])
         except REDIS_DOWN as exc:
             log.info("job %s: lease not given back in Redis (%s); it lapses by itself", job_id, exc)
 

@@ -91,5 +91,7 @@ class Heartbeat(threading.Thread):
     def stop(self) -> None:
         """A clean shutdown says so at once (its unfinished jobs are redelivered)."""
         self._stop_event.set()
+        if self.leases is not None:
+            self.leases.flush_releases()
         with contextlib.suppress(*REDIS_DOWN):
             self.client.delete(keys.worker_alive(self.holder))

@@ -219,7 +219,7 @@ def _run(
 ) -> dict[str, Any]:
     """The run itself, once the job is leased (``start`` None: no row, or the database is down)."""
     record = _Record(writer, job_id, lease)
-    calls_before = lease.calls
+    calls_before = lease.charged
     if start is not None and start.expires_at is not None and utcnow() >= start.expires_at:
         log.info("job %s expired before it ran", job_id)
         record.write("expired")
@@ -338,7 +338,7 @@ class _Record:
             return
         self.lease.check()
         if op != "expired":
-            args["attempts"] = self.lease.calls
+            args["attempts"] = self.lease.charged
         applied = self.writer.write(op, self.job_id, token=self.lease.token, **args)
         if applied is False:  # the row has seen a newer run: this one's outcome is not the job's
             self.lease.lost = True
