@@ -280,3 +280,21 @@ def test_a_trip_in_one_process_reaches_the_others_within_the_sync_interval(
     # the bound, plus a little for one loop iteration and scheduling on a busy machine
     assert all(d is not None for d in delays)
     assert max(delays) <= sync_interval + 0.1, delays
+
+
+def test_a_trip_is_pushed_to_other_processes_long_before_their_sync_interval(
+    fleet: Fleet, events: list[dict[str, Any]]
+) -> None:
+    # Given processes that would trust their cached "closed" verdict for half a minute
+    name = _name()
+    options = {"failure_threshold": 3, "reset_timeout": 60, "sync_interval": 30}
+    watchers = fleet.spawn("watch", {"name": name, "max_s": 20, "breaker": options}, n=3)
+    fleet.go(3)
+    time.sleep(0.5)  # each is calling with its cached verdict, subscribed to the breaker events
+    # When another process trips the breaker
+    _trip(CircuitBreaker(name, **options))
+    [tripped] = [e for e in events if e["name"] == name and e["to"] == "open"]
+    # Then each of them refuses at once: the published transition dropped their cached verdicts
+    delays = [fleet.result(w)["result"]["refused_at"] for w in watchers]
+    assert all(d is not None for d in delays), delays
+    assert max(d - tripped["at"] for d in delays) <= 0.25, delays

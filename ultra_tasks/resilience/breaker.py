@@ -9,9 +9,10 @@ hash per breaker; every transition happens inside one Lua script on Redis' clock
 - the script that makes a transition publishes it (Redis channel) and its caller runs the in-process
   listeners: one event per transition, fleet-wide.
 
-The closed path avoids Redis: each process trusts its cached "closed" verdict for ``sync_interval``
-seconds (the configured bound on how fast a trip reaches it) and batches successes into its next script
-call. Failures are always recorded at once, so the threshold is exact.
+The closed path avoids Redis: each process trusts its cached "closed" verdict and batches successes into
+its next script call. A transition published anywhere drops the cached verdicts of that breaker in every
+process at once (trip_listener.py); ``sync_interval`` is the bound when that subscription is down.
+Failures are always recorded at once, so the threshold is exact.
 
 When Redis is unreachable the breaker follows ``redis_down_policy`` (``local``: an in-process breaker;
 ``fail_open``: allow; ``fail_closed``: refuse), logs it once per outage, counts it, and tries Redis again
@@ -44,6 +45,7 @@ from ultra_tasks.errors import CircuitOpenException, PermanentProviderError, Ult
 from ultra_tasks.redis_client import REDIS_DOWN, shared_redis
 from ultra_tasks.resilience.breaker_script import BREAKER_LUA
 from ultra_tasks.resilience.local_breaker import LocalBreakerState
+from ultra_tasks.resilience.trip_listener import ensure_listener
 
 log = logging.getLogger(__name__)
 
@@ -183,9 +185,15 @@ class CircuitBreaker:
         #: calls decided without Redis because it was unreachable (the policy was applied)
         self.redis_unavailable_calls = 0
         _live.add(self)
+        #: pushes every transition of the fleet to this process (trip_listener.py)
+        self._trip_listener = ensure_listener(self._redis, self._channel, lambda: _live)
 
     def __repr__(self) -> str:
         return f"CircuitBreaker({self.name!r}, failure_threshold={self.failure_threshold})"
+
+    def forget_verdict(self) -> None:
+        """Drop the cached verdict: the next call asks Redis (a transition was just published)."""
+        self._verdict = None
 
     # --- listeners -------------------------------------------------------------------------------------
     def add_listener(self, listener: Listener) -> None:
