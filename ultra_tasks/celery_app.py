@@ -78,7 +78,18 @@ def _start_worker_threads(sender: Any = None, **_: Any) -> None:
     )
     heartbeat.beat()
     _threads.extend(
-        [heartbeat, Releaser(client, publish_released, settings.park_release_poll), BufferFlusher(client)]
+        [
+            heartbeat,
+            Releaser(
+                client,
+                publish_released,
+                settings.park_release_poll,
+                ramp_first=settings.park_ramp_first,
+                ramp_interval_s=settings.park_ramp_interval,
+                probes=settings.circuit_breaker_half_open_max_calls,
+            ),
+            BufferFlusher(client),
+        ]
     )
     for thread in _threads:
         thread.start()

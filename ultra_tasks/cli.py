@@ -441,13 +441,13 @@ def breakers_list(as_json: bool = typer.Option(False, "--json", help="Print JSON
     console.print(table)
 
 
-def _breaker_action(name: str, action: str) -> None:
+def _breaker_action(name: str, action: str, **options: Any) -> None:
     from ultra_tasks.resilience.breaker import CircuitBreaker, breaker_names
 
     if name not in breaker_names():
         _fail(Exit.BAD_INPUT, f"no breaker named {name!r} (see `ultra breakers list`)")
     breaker = CircuitBreaker(name)
-    getattr(breaker, action)()
+    getattr(breaker, action)(**options)
     console.print(f"{name}: {breaker.state}")
 
 
@@ -460,9 +460,15 @@ def breakers_reset(name: str) -> None:
 
 @breakers_cli.command("force-open")
 @_guarded
-def breakers_force_open(name: str) -> None:
-    """Refuse every call through a breaker, fleet-wide, until reset."""
-    _breaker_action(name, "force_open")
+def breakers_force_open(
+    name: str,
+    for_seconds: float | None = typer.Option(
+        None, "--for", min=1, help="Close again by itself after this many seconds (default: until reset)."
+    ),
+) -> None:
+    """Refuse every call through a breaker, fleet-wide, until reset (or for --for seconds). Jobs that
+    need it are parked and released as soon as it is cleared."""
+    _breaker_action(name, "force_open", for_s=for_seconds)
 
 
 @breakers_cli.command("disable")

@@ -117,6 +117,10 @@ class Settings(BaseSettings):
     park_release_poll: float = Field(1.0, gt=0, le=60)
     #: longest a parked job waits before it is looked at again, whatever it waits for (seconds)
     park_max_wait: float = Field(300.0, gt=0)
+    #: recovery ramp: when a breaker closes or the mode improves, this many of the jobs parked for it go
+    #: back at once, then twice as many every PARK_RAMP_INTERVAL seconds (not the whole backlog at once)
+    park_ramp_first: int = Field(10, ge=1)
+    park_ramp_interval: float = Field(1.0, gt=0, le=60)
 
     # --- what the operation mode does (see README "Operation modes")
     #: in EMERGENCY only jobs from these queues run; the others are parked until the mode improves

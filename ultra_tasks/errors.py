@@ -161,10 +161,13 @@ class JobTimeoutError(JobError, TimeoutException):
 class CircuitOpenException(UltraTasksError):
     """Seed name: the circuit breaker ``name`` is open; try again in ``retry_after`` seconds."""
 
-    def __init__(self, name: str, retry_after: float = 0.0) -> None:
-        super().__init__(f"circuit breaker {name!r} is open; retry in {retry_after:.1f}s")
+    def __init__(self, name: str, retry_after: float = 0.0, *, forced: bool = False) -> None:
+        what = "forced open by an operator" if forced else "open"
+        super().__init__(f"circuit breaker {name!r} is {what}; retry in {retry_after:.1f}s")
         self.name = name
         self.retry_after = retry_after
+        #: an operator's forced open: it ends when cleared (or its duration runs out), not by probing
+        self.forced = forced
 
 
 class ErrorKind(StrEnum):

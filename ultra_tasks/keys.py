@@ -138,6 +138,12 @@ def parking_keys() -> list[str]:
     return [parked_jobs(), parked_inflight(), *per_queue]
 
 
+def parked_ramp(event: str) -> str:
+    """String with expiry (an hour): the recovery event ``event`` (a breaker's transition, a mode change)
+    has had its parked jobs rescheduled into a ramp, by the first releaser that heard it."""
+    return f"{_ns()}:parked:ramp:{event}"
+
+
 def parked_wake() -> str:
     """Pub/sub channel: a message here makes every releaser release all parked jobs now, not at their due
     time (releasers also wake on breaker and mode events that mean work can run again)."""

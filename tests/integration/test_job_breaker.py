@@ -58,3 +58,34 @@ def test_permanent_errors_do_not_trip_the_provider_breaker(llm_worker: Any, fake
     by_model = fake_provider.stats()["by_model"]
     assert by_model.get("gpt-4.1-nano") == 6  # no retry
     assert by_model.get("claude-3-5-haiku-latest", 0) == 0  # no fallback
+
+
+def test_a_forced_open_breaker_parks_its_jobs_until_cleared_without_cycling_them(
+    llm_worker: Any, fake_provider: Any
+) -> None:
+    # Given an operator forced the provider's breaker open
+    CircuitBreaker("anthropic").force_open()
+    handle = submit("waits for the operator", model="claude-3-5-haiku-latest", fallback=False)
+    deadline = time.monotonic() + 20
+    while handle.status() is not JobStatus.PARKED:
+        assert time.monotonic() < deadline, handle.status()
+        time.sleep(0.1)
+    # Then the job stays parked, not claimed, run and parked again every second or so
+    time.sleep(10)
+    assert handle.status() is JobStatus.PARKED
+    parks = llm_worker.log().count(f"job {handle.id} parked")
+    assert parks == 1, parks
+    assert "forced open by an operator" in (handle.status_reason() or "")
+    assert fake_provider.stats()["by_api"]["anthropic"] == 0
+    # When the operator clears it, the job runs at once
+    CircuitBreaker("anthropic").reset()
+    assert handle.result(timeout=20).text == "echo: waits for the operator"
+
+
+def test_a_breaker_forced_open_for_a_while_closes_by_itself(redis_client: Any) -> None:
+    breaker = CircuitBreaker("forced-for-a-while")
+    breaker.force_open(for_s=1)
+    assert breaker.state == CircuitBreaker.FORCED_OPEN
+    time.sleep(1.1)
+    assert breaker.state == CircuitBreaker.CLOSED
+    assert breaker.call(lambda: "through") == "through"

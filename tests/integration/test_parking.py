@@ -13,9 +13,12 @@ from ultra_tasks import keys
 from ultra_tasks.jobs import parking
 from ultra_tasks.jobs.parking import (
     ALL,
+    AT_ONCE,
     CAUSE_MODE,
     CAUSE_PROVIDER,
     CAUSE_SLOT,
+    PROBES,
+    RAMP,
     Parking,
     Releaser,
     released_by,
@@ -105,22 +108,35 @@ def test_parking_refuses_a_queue_that_is_not_an_llm_queue(lot: Parking) -> None:
 
 
 @pytest.mark.parametrize(
-    ("channel", "event", "releases"),
+    ("channel", "event", "releases", "how"),
     [
-        (keys.breaker_events, {"name": "openai", "from": "half-open", "to": "closed"}, (CAUSE_PROVIDER,)),
-        (keys.breaker_events, {"name": "openai", "from": "open", "to": "half-open"}, (CAUSE_PROVIDER,)),
-        (keys.breaker_events, {"name": "openai", "from": "open", "to": "disabled"}, (CAUSE_PROVIDER,)),
-        (keys.breaker_events, {"name": "openai", "from": "closed", "to": "open"}, ()),
-        (keys.mode_events, {"from": "EMERGENCY", "to": "DEGRADED"}, (CAUSE_MODE,)),
-        (keys.mode_events, {"from": "EMERGENCY", "to": "NORMAL"}, (CAUSE_MODE, CAUSE_SLOT)),
-        (keys.mode_events, {"from": "DEGRADED", "to": "NORMAL"}, (CAUSE_MODE, CAUSE_SLOT)),
-        (keys.mode_events, {"from": "NORMAL", "to": "EMERGENCY"}, ()),
-        (keys.mode_events, {"from": "DEGRADED", "to": "EMERGENCY"}, ()),
-        (keys.parked_wake, {"reason": "operator"}, ALL),
+        (
+            keys.breaker_events,
+            {"name": "openai", "from": "half-open", "to": "closed"},
+            (CAUSE_PROVIDER,),
+            RAMP,
+        ),
+        (
+            keys.breaker_events,
+            {"name": "openai", "from": "open", "to": "half-open"},
+            (CAUSE_PROVIDER,),
+            PROBES,
+        ),
+        (keys.breaker_events, {"name": "openai", "from": "open", "to": "disabled"}, (CAUSE_PROVIDER,), RAMP),
+        (keys.breaker_events, {"name": "openai", "from": "closed", "to": "open"}, (), AT_ONCE),
+        (keys.mode_events, {"from": "EMERGENCY", "to": "DEGRADED"}, (CAUSE_MODE,), RAMP),
+        (keys.mode_events, {"from": "EMERGENCY", "to": "NORMAL"}, (CAUSE_MODE, CAUSE_SLOT), RAMP),
+        (keys.mode_events, {"from": "DEGRADED", "to": "NORMAL"}, (CAUSE_MODE, CAUSE_SLOT), RAMP),
+        (keys.mode_events, {"from": "NORMAL", "to": "EMERGENCY"}, (), AT_ONCE),
+        (keys.mode_events, {"from": "DEGRADED", "to": "EMERGENCY"}, (), AT_ONCE),
+        (keys.parked_wake, {"reason": "operator"}, ALL, AT_ONCE),
     ],
 )
-def test_what_each_event_releases(channel: Any, event: dict[str, Any], releases: tuple[str, ...]) -> None:
-    assert released_by({"channel": channel(), "data": json.dumps(event)}) == releases
+def test_what_each_event_releases(
+    channel: Any, event: dict[str, Any], releases: tuple[str, ...], how: str
+) -> None:
+    causes, kind, _ = released_by({"channel": channel(), "data": json.dumps(event)})
+    assert (causes, kind) == (releases, how)
 
 
 def _park_one_of_each_cause(lot: Parking) -> None:
@@ -142,10 +158,14 @@ def test_emergency_easing_to_degraded_releases_held_jobs_but_slotted_ones_keep_t
     lot: Parking,
 ) -> None:
     _park_one_of_each_cause(lot)
-    assert [j.job_id for j in lot.claim(causes=released_by(_mode_event("EMERGENCY", "DEGRADED")))] == ["held"]
+    assert [j.job_id for j in lot.claim(causes=released_by(_mode_event("EMERGENCY", "DEGRADED"))[0])] == [
+        "held"
+    ]
     assert lot.due_at("slotted") is not None and lot.due_at("no-provider") is not None
     # back to NORMAL: the slotted job goes too
-    assert [j.job_id for j in lot.claim(causes=released_by(_mode_event("DEGRADED", "NORMAL")))] == ["slotted"]
+    assert [j.job_id for j in lot.claim(causes=released_by(_mode_event("DEGRADED", "NORMAL"))[0])] == [
+        "slotted"
+    ]
     assert lot.depths() == {"llm.high": 0, "llm.default": 1, "llm.low": 0}
 
 
@@ -226,3 +246,56 @@ def test_a_releaser_hearing_a_breaker_close_releases_only_the_jobs_waiting_for_a
     finally:
         releaser.stop()
         releaser.join(5)
+
+
+def test_recovery_releases_a_large_backlog_in_a_ramp_not_all_at_once(lot: Parking, redis_client: Any) -> None:
+    # Given 500 jobs parked because no provider could take them
+    later = time.time() + 3600
+    for i in range(500):
+        lot.park(
+            f"backlog-{i}", ("llm.high", "llm.default", "llm.low")[i % 3], {}, later, "open", CAUSE_PROVIDER
+        )
+    released: list[tuple[float, str]] = []
+
+    def publish(job_id: str, queue: str, payload: dict[str, Any]) -> bool:
+        released.append((time.monotonic(), queue))
+        return True
+
+    releaser = Releaser(redis_client, publish, poll_s=0.1, ramp_first=10, ramp_interval_s=1.0)
+    # When the breaker closes (the event every releaser of the fleet hears; two hear it here)
+    event = {
+        "channel": keys.breaker_events(),
+        "data": json.dumps({"name": "openai", "to": "closed", "gen": 7}),
+    }
+    started = time.monotonic()
+    releaser.on_event(event)
+    releaser.on_event(event)  # a second releaser: the ramp is made once
+    # Then the first interval releases the ramp's first step only, highest priority first ...
+    assert len(released) == 10 and {q for _, q in released} == {"llm.high"}
+    # ... and the due-time releases follow the ramp: 10, then 20, 40, 80, ... per interval
+    counts = []
+    for step in range(1, 7):
+        while time.monotonic() < started + step * 1.0 + 0.05:
+            lot.release(publish)
+            time.sleep(0.05)
+        counts.append(len(released))
+    assert counts[:3] == [30, 70, 150], counts
+    assert counts[-1] == 500
+
+
+def test_a_half_open_breaker_releases_no_more_jobs_than_it_admits_probes(
+    lot: Parking, redis_client: Any
+) -> None:
+    later = time.time() + 3600
+    for i in range(50):
+        lot.park(f"waiting-{i}", "llm.default", {}, later, "open", CAUSE_PROVIDER)
+    released: list[str] = []
+    releaser = Releaser(redis_client, lambda j, q, p: bool(released.append(j)) or True, probes=2)
+    event = {
+        "channel": keys.breaker_events(),
+        "data": json.dumps({"name": "openai", "to": "half-open", "gen": 3}),
+    }
+    releaser.on_event(event)
+    assert len(released) == 2
+    assert lot.depths()["llm.default"] == 48
+    assert all(lot.due_at(f"waiting-{i}") == pytest.approx(later) for i in range(2, 50))

@@ -20,9 +20,11 @@ Each job is parked for a *cause*, and a set per queue and cause (``parked_for``)
 releases before their due time only the jobs it concerns: a breaker that closes, half-opens or is disabled
 releases the jobs that no provider could take; a mode that improves releases the jobs it held back; a job
 waiting for the start slot it reserved (DEGRADED) is released early only when the mode is NORMAL again.
-(Before, every such event released every parked job: a flapping breaker in EMERGENCY sent the held-back
-backlog through the workers to be parked again each time, and in DEGRADED it let slotted ``llm.low``
-jobs run on their reservations at once, past the mode's rate.)
+Recovery ramps up: an event does not release its whole backlog at once onto a provider that has just
+come back. The first releaser to hear it reschedules the jobs it concerns (one marker key per event, so
+the fleet does it once): PARK_RAMP_FIRST of them due now, twice as many each PARK_RAMP_INTERVAL after, in
+priority order; the due-time releases do the rest. A breaker that half-opens releases no more jobs than it
+admits probes (CIRCUIT_BREAKER_HALF_OPEN_MAX_CALLS). An operator's wake releases everything at once.
 """
 
 from __future__ import annotations
@@ -60,6 +62,10 @@ CAUSES = keys.PARK_CAUSES
 CAUSE_PROVIDER, CAUSE_MODE, CAUSE_SLOT = CAUSES
 #: what an operator's wake (``Parking.wake``) releases: every parked job, whatever its cause
 ALL = ("*",)
+#: how an event releases the jobs parked for its causes (``released_by``)
+AT_ONCE, RAMP, PROBES = "at-once", "ramp", "probes"
+#: jobs rescheduled per pipeline when a ramp starts
+RAMP_CHUNK = 1000
 
 # KEYS: inflight, envelopes, then per queue its parked set and its sets per cause (in ARGV's cause order)
 # ARGV: now, lease, limit, what ('' due jobs, '*' every job, else causes joined by ','), number of causes,
@@ -238,6 +244,41 @@ class Parking:
         """Ask every releaser to release all parked jobs now, whatever they wait for."""
         self.client.publish(keys.parked_wake(), json.dumps({"reason": reason}))
 
+    def ramp(
+        self,
+        causes: tuple[str, ...],
+        event: str,
+        *,
+        first: int,
+        interval_s: float,
+        only: int | None = None,
+    ) -> int:
+        """Reschedule the jobs parked for ``causes`` into a ramp: ``first`` of them due now, then twice as
+        many every ``interval_s`` (``only``: just that many due now, the rest left as they are). Done once
+        per ``event`` fleet-wide; returns how many jobs were rescheduled (0 if another releaser did it)."""
+        if not self.client.set(keys.parked_ramp(event), "1", nx=True, ex=3600):
+            return 0
+        now = time.time()
+        ordered: list[tuple[str, str]] = []  # (queue, id): highest queue first, then by due time
+        for queue in self.queues:
+            members: list[tuple[Any, float]] = []
+            for cause in causes:
+                found = self.client.zrange(keys.parked_for(queue, cause), 0, -1, withscores=True)
+                members.extend((m, float(score)) for m, score in found)  # type: ignore[str-unpack]
+            ordered.extend((queue, _text(m)) for m, _ in sorted(members, key=lambda m: m[1]))
+        if only is not None:
+            ordered = ordered[:only]
+        for start in range(0, len(ordered), RAMP_CHUNK):
+            pipe = self.client.pipeline(transaction=False)
+            for i, (queue, job_id) in enumerate(ordered[start : start + RAMP_CHUNK], start):
+                due = now + ramp_step(i, first) * interval_s if only is None else now
+                # XX: only jobs still parked (a releaser may have claimed one meanwhile)
+                pipe.zadd(keys.parked(queue), {job_id: due}, xx=True)
+                for cause in causes:
+                    pipe.zadd(keys.parked_for(queue, cause), {job_id: due}, xx=True)
+            pipe.execute()
+        return len(ordered)
+
     def release(
         self,
         publish: Callable[[str, str, dict[str, Any]], bool],
@@ -255,6 +296,16 @@ class Parking:
                     released += 1
             if len(batch) < CLAIM_BATCH:
                 return released
+
+
+def ramp_step(index: int, first: int) -> int:
+    """The step of a ramp in which the job at ``index`` goes: ``first`` jobs in step 0, then twice as many
+    in each next step."""
+    step, size, end = 0, first, first
+    while index >= end:
+        step, size = step + 1, size * 2
+        end += size
+    return step
 
 
 def park_delay(seconds: float, *, at_least: float = 1.0, at_most: float = 300.0) -> float:
@@ -276,13 +327,36 @@ class Releaser(threading.Thread):
         client: redis.Redis,
         publish: Callable[[str, str, dict[str, Any]], bool],
         poll_s: float = 1.0,
+        *,
+        ramp_first: int = 10,
+        ramp_interval_s: float = 1.0,
+        probes: int = 1,
     ) -> None:
         super().__init__(name="parked-releaser", daemon=True)
         self.parking = Parking(client)
         self.client = client
         self.publish = publish
-        self.poll_s = poll_s
+        # the ramp's steps are due-time releases: polling more often than its interval keeps them on time
+        self.poll_s = min(poll_s, ramp_interval_s)
+        self.ramp_first, self.ramp_interval_s, self.probes = ramp_first, ramp_interval_s, probes
         self._stop_event = threading.Event()
+
+    def on_event(self, message: dict[str, Any]) -> int:
+        """Release what a pub/sub event concerns: at once, in a ramp, or as many as there are probes."""
+        causes, how, event = released_by(message)
+        if not causes:
+            return 0
+        if how == AT_ONCE:
+            released = self.parking.release(self.publish, causes=causes)
+        else:
+            only = self.probes if how == PROBES else None
+            self.parking.ramp(
+                causes, event, first=self.ramp_first, interval_s=self.ramp_interval_s, only=only
+            )
+            released = self.parking.release(self.publish)
+        if released:
+            log.info("released %d parked jobs (woken for: %s, %s)", released, ", ".join(causes), how)
+        return released
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -295,11 +369,8 @@ class Releaser(threading.Thread):
                 next_poll = 0.0
                 while not self._stop_event.is_set():
                     message = pubsub.get_message(timeout=min(self.poll_s, 0.5))
-                    causes = released_by(message) if message is not None else ()
-                    if causes:
-                        released = self.parking.release(self.publish, causes=causes)
-                        if released:
-                            log.info("released %d parked jobs (woken for: %s)", released, ", ".join(causes))
+                    if message is not None:
+                        self.on_event(message)
                     if time.monotonic() >= next_poll:
                         released = self.parking.release(self.publish)
                         if released:
@@ -316,22 +387,33 @@ class Releaser(threading.Thread):
                     pubsub.close()
 
 
-def released_by(message: dict[str, Any]) -> tuple[str, ...]:
-    """The causes whose parked jobs this pub/sub event releases now (ALL: every parked job; (): none)."""
+def released_by(message: dict[str, Any]) -> tuple[tuple[str, ...], str, str]:
+    """What this pub/sub event releases now: (causes, how, event id). ``how``: AT_ONCE (an operator's
+    wake), RAMP (a breaker that closed or was disabled, a mode that improved) or PROBES (a breaker that
+    half-opened: no more jobs than it admits probes). No causes: nothing."""
+    nothing: tuple[tuple[str, ...], str, str] = ((), AT_ONCE, "")
     channel = _text(message.get("channel"))
     try:
         event = json.loads(message.get("data") or "{}")
     except (TypeError, ValueError):
-        return ()
+        return nothing
+    if not isinstance(event, dict):
+        return nothing
     if channel == keys.parked_wake():
-        return ALL
+        return ALL, AT_ONCE, ""
     if channel == keys.breaker_events():
-        return (CAUSE_PROVIDER,) if event.get("to") in ("closed", "half-open", "disabled") else ()
+        event_id = f"cb:{event.get('name')}:{event.get('gen')}"
+        if event.get("to") in ("closed", "disabled"):
+            return (CAUSE_PROVIDER,), RAMP, event_id
+        if event.get("to") == "half-open":
+            return (CAUSE_PROVIDER,), PROBES, event_id
+        return nothing
     if channel == keys.mode_events():
         before, after = event.get("from"), event.get("to")
+        event_id = f"mode:{before}:{after}:{event.get('at')}"
         if after == "NORMAL" and before in ("DEGRADED", "EMERGENCY"):
-            return (CAUSE_MODE, CAUSE_SLOT)
+            return (CAUSE_MODE, CAUSE_SLOT), RAMP, event_id
         if (before, after) == ("EMERGENCY", "DEGRADED"):
             # DEGRADED still slows llm.low: slotted jobs keep their slots, held-back ones go and reserve one
-            return (CAUSE_MODE,)
-    return ()
+            return (CAUSE_MODE,), RAMP, event_id
+    return nothing

@@ -54,6 +54,8 @@ Listener = Callable[[str, str, str], Any]
 
 #: seconds between attempts to reach Redis again once it failed
 REDIS_RETRY_S = 1.0
+#: the retry_after of a call refused by a breaker forced open with no end (an operator clears it)
+FORCED_OPEN_RETRY_S = 300.0
 
 #: every breaker of this process, so batched success counts are sent at exit
 _live: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
@@ -232,6 +234,10 @@ class CircuitBreaker:
         reply: dict[str, Any] = json.loads(raw)
         now = self._monotonic()
         retry_after = float(reply.get("retry_after") or 0)
+        if reply["state"] == self.FORCED_OPEN and retry_after < 0:
+            # forced open with no end: a caller that waits looks again after this long (clearing it
+            # publishes a transition, which wakes what waits for it at once)
+            retry_after = reply["retry_after"] = FORCED_OPEN_RETRY_S
         self._verdict = _Verdict(
             state=reply["state"],
             gen=int(reply["gen"]),
@@ -291,7 +297,7 @@ class CircuitBreaker:
             raise CircuitOpenException(self.name, v.retry_at - now)
         if v.state == self.FORCED_OPEN:
             self._count_rejection()
-            raise CircuitOpenException(self.name, 0.0)
+            raise CircuitOpenException(self.name, max(0.0, v.retry_at - now), forced=True)
         return None
 
     def _count_rejection(self) -> None:
@@ -312,7 +318,8 @@ class CircuitBreaker:
             return self._degraded_before()
         now = self._monotonic()
         if not reply["allowed"]:
-            raise CircuitOpenException(self.name, max(0.0, float(reply["retry_after"])))
+            forced = reply["state"] == self.FORCED_OPEN
+            raise CircuitOpenException(self.name, max(0.0, float(reply["retry_after"])), forced=forced)
         mode = "bypass" if reply["state"] == self.DISABLED else "shared"
         return _Token(int(reply["gen"]), lease if reply["probe"] else None, mode, now)
 
@@ -521,9 +528,11 @@ class CircuitBreaker:
         }
 
     # --- operators ---------------------------------------------------------------------------------------
-    def force_open(self) -> None:
-        """Refuse every call until reset()."""
-        self._run("force_open", {})
+    def force_open(self, for_s: float | None = None) -> None:
+        """Refuse every call until reset(), or for ``for_s`` seconds (then it closes by itself)."""
+        if for_s is not None and not for_s > 0:
+            raise ValueError("for_s must be a positive number of seconds")
+        self._run("force_open", {"for_s": for_s} if for_s else {})
 
     def disable(self) -> None:
         """Let every call through, recording nothing, until reset()."""

@@ -21,18 +21,18 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 
 local raw = redis.call('HMGET', state_key, 'state', 'gen', 'failures', 'open_until', 'trips', 'forced',
-                       'hs_ok', 'last_failure')
+                       'hs_ok', 'last_failure', 'forced_until')
 local s = {
   state = raw[1] or 'closed', gen = tonumber(raw[2]) or 0, failures = tonumber(raw[3]) or 0,
   open_until = tonumber(raw[4]) or 0, trips = tonumber(raw[5]) or 0, forced = raw[6] or '',
-  hs_ok = tonumber(raw[7]) or 0, last_failure = tonumber(raw[8]) or 0,
+  hs_ok = tonumber(raw[7]) or 0, last_failure = tonumber(raw[8]) or 0, forced_until = tonumber(raw[9]) or 0,
 }
 local reply = {allowed = 0, probe = 0, retry_after = 0, from = '', to = ''}
 
 local function save()
   redis.call('HSET', state_key, 'state', s.state, 'gen', s.gen, 'failures', s.failures,
              'open_until', s.open_until, 'trips', s.trips, 'forced', s.forced, 'hs_ok', s.hs_ok,
-             'last_failure', s.last_failure)
+             'last_failure', s.last_failure, 'forced_until', s.forced_until)
 end
 
 local function transition(to, reason)
@@ -107,6 +107,13 @@ local function shown_state()
 end
 
 local dirty = false
+-- an operator state given a duration ends by itself, as an operator's reset would end it
+if s.forced ~= '' and s.forced_until > 0 and now >= s.forced_until then
+  s.state = shown_state()
+  s.forced, s.forced_until = '', 0
+  transition('closed', 'operator state expired')
+  dirty = true
+end
 local rejected = tonumber(arg.rejections or 0)
 if rejected > 0 then redis.call('HINCRBY', metrics_key, 'rejections', rejected) end
 local pending = tonumber(arg.successes or 0)
@@ -120,7 +127,8 @@ if op == 'acquire' then
   if s.forced == 'disabled' then
     reply.allowed = 1
   elseif s.forced == 'open' then
-    reply.retry_after = -1
+    -- until the operator clears it: -1, or the seconds left of its duration
+    reply.retry_after = s.forced_until > 0 and (s.forced_until - now) or -1
   elseif s.state == 'closed' then
     reply.allowed = 1
   elseif s.state == 'open' then
@@ -186,6 +194,7 @@ elseif op == 'record' then
 elseif op == 'force_open' or op == 'disable' then
   local from = shown_state()
   s.forced = (op == 'force_open') and 'open' or 'disabled'
+  s.forced_until = arg.for_s and (now + tonumber(arg.for_s)) or 0
   local to = shown_state()
   s.gen = s.gen + 1
   redis.call('HINCRBY', metrics_key, 'changes:' .. from .. '->' .. to, 1)
@@ -199,7 +208,7 @@ elseif op == 'reset' then
     s.failures = 0  -- nothing to transition: just forget the failures
   else
     s.state = shown_state()
-    s.forced = ''
+    s.forced, s.forced_until = '', 0
     transition('closed', 'operator reset')
   end
   dirty = true
@@ -210,5 +219,6 @@ if dirty or reply.to ~= '' then save() end
 local shown = shown_state()
 reply.state, reply.gen, reply.failures, reply.last_failure = shown, s.gen, s.failures, s.last_failure
 if s.state == 'open' and reply.retry_after == 0 then reply.retry_after = s.open_until - now end
+if s.forced == 'open' then reply.forced_for = s.forced_until > 0 and (s.forced_until - now) or -1 end
 return cjson.encode(reply)
 """

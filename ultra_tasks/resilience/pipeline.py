@@ -117,8 +117,9 @@ class ResilientCaller:
                 response = self._call_entry(entry, entry_request, budget, attempts)
                 return CallOutcome(response, entry, fallback_used=index > 0, attempts=attempts)
             except CircuitOpenException as exc:
-                attempts.append(_skip(entry, "circuit breaker open"))
-                unavailable.append((f"{entry}: breaker open", exc.retry_after))
+                why = "breaker forced open by an operator" if exc.forced else "breaker open"
+                attempts.append(_skip(entry, f"circuit {why}"))
+                unavailable.append((f"{entry}: {why}", exc.retry_after))
             except RateLimitWaitTooLong as exc:
                 attempts.append(_skip(entry, f"rate limit: {exc.retry_after:.1f}s wait"))
                 unavailable.append((f"{entry}: rate limited", exc.retry_after))
