@@ -102,3 +102,21 @@ def test_commands_exit_3_naming_the_store_that_cannot_be_reached(command: tuple[
     out = ultra(*command)
     assert out.returncode == 3 and "Traceback" not in out.stderr, out.stderr
     assert "redis unavailable" in out.stderr or "database unavailable" in out.stderr
+
+
+@pytest.mark.usefixtures("closed_provider_breakers")
+def test_status_says_what_happens_while_every_provider_is_down() -> None:
+    from ultra_tasks import CircuitBreaker
+
+    for name in ("openai", "anthropic"):
+        CircuitBreaker(name).force_open()
+    try:
+        out = ultra("status")
+        assert "every provider's breaker is open: LLM jobs are parked" in out.stdout.replace("\n", " ")
+        snapshot = json.loads(ultra("status", "--json").stdout)
+        assert "health checks probe each open breaker" in snapshot["all_providers_down"]
+        CircuitBreaker("anthropic").reset()
+        assert json.loads(ultra("status", "--json").stdout)["all_providers_down"] is None
+    finally:
+        for name in ("openai", "anthropic"):
+            CircuitBreaker(name).reset()

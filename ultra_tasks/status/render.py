@@ -84,6 +84,8 @@ def render_snapshot(snap: dict[str, Any], console: Console) -> None:
                 _pct(b["success_rate"]),
             )
         console.print(table)
+        if snap.get("all_providers_down"):
+            console.print(Text(str(snap["all_providers_down"]), style="yellow"))
 
     if "queues" in snap:
         table = Table("queue", "waiting", "parked", title="queues")

@@ -94,6 +94,7 @@ def fleet_snapshot(
         snap["components"] = from_db["components"]
     if from_redis is not None:
         snap["breakers"] = from_redis["breakers"]
+        snap["all_providers_down"] = from_redis["all_providers_down"]
         if from_redis["queues"] is not None:
             snap["queues"] = from_redis["queues"]
         if from_redis["broker_error"]:
@@ -195,6 +196,7 @@ def _read_redis_unmapped(state: redis.Redis, broker: redis.Redis | None) -> dict
     return {
         "mode": _mode_from_mirror(mirror),
         "breakers": breakers,
+        "all_providers_down": all_providers_down(breakers),
         "queues": queues,
         "broker_error": broker_error,
         "cache": _fleet_cache(state),
@@ -217,6 +219,23 @@ def _mode_from_mirror(mirror: dict[Any, Any]) -> dict[str, Any]:
         "source": "redis",
         "mirrored_at": data.get("at"),
     }
+
+
+def all_providers_down(breakers: list[dict[str, Any]]) -> str | None:
+    """What the fleet does while every provider's breaker is open (the all-down policy), or None."""
+    from ultra_tasks.config import get_settings
+    from ultra_tasks.providers.registry import PROVIDER_NAMES
+
+    providers = [b for b in breakers if str(b["name"]).split(":")[0] in PROVIDER_NAMES]
+    if not providers or any(b["state"] in ("closed", "disabled") for b in providers):
+        return None
+    interval = get_settings().health_check_interval
+    return (
+        "every provider's breaker is open: LLM jobs are parked (cause: provider) instead of failing, and "
+        f"the health checks probe each open breaker every {interval:g}s once its reset timeout has passed; "
+        "a breaker that closes releases its jobs in a ramp (PARK_RAMP_FIRST, doubling every "
+        "PARK_RAMP_INTERVAL). A breaker forced open waits for its operator."
+    )
 
 
 def _breakers(client: redis.Redis) -> list[dict[str, Any]]:
