@@ -115,6 +115,9 @@ def test_status_says_what_happens_while_every_provider_is_down() -> None:
         assert "every provider's breaker is open: LLM jobs are parked" in out.stdout.replace("\n", " ")
         snapshot = json.loads(ultra("status", "--json").stdout)
         assert "health checks probe each open breaker" in snapshot["all_providers_down"]
+        from ultra_tasks.status.web import render_page
+
+        assert 'id="all-providers-down"' in render_page(snapshot)
         CircuitBreaker("anthropic").reset()
         assert json.loads(ultra("status", "--json").stdout)["all_providers_down"] is None
     finally:

@@ -300,7 +300,9 @@ def _breakers(snap: dict[str, Any]) -> str:
         )
     missing = "not available (Redis unreadable)" if "breakers" not in snap else "no breaker used yet"
     headers = ["breaker", "state", "consecutive failures", "successes", "failures", "rejections"]
-    return _table("breakers", [*headers, "success rate", "last failure"], rows, missing)
+    table = _table("breakers", [*headers, "success rate", "last failure"], rows, missing)
+    notice = snap.get("all_providers_down")
+    return table + (f'<p id="all-providers-down">{_e(notice)}</p>' if notice else "")
 
 
 def _queues(snap: dict[str, Any]) -> str:
