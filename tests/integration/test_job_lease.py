@@ -362,3 +362,27 @@ def test_a_run_that_parks_before_calling_leaves_the_jobs_calls_as_they_were(
     leases.release(again.lease, final=False)
     third = leases.acquire(job_id, "w/1")
     assert isinstance(third, Acquired) and third.lease.charged == 1
+
+
+def test_while_redis_is_down_calls_are_counted_and_fenced_by_the_job_table(
+    database: str, private_redis: Any
+) -> None:
+    client = redis.Redis.from_url(
+        private_redis.url, decode_responses=True, socket_timeout=0.5, socket_connect_timeout=0.5
+    )
+    leases = Leases(client, get_settings())
+    job_id, _ = _job()
+    got = leases.acquire(job_id, "w/1")
+    assert isinstance(got, Acquired)
+    assert leases.begin_call(got.lease) == 1  # counted when the lease was taken
+    # When Redis goes away mid-run, the next call is counted in the job table, under the lease's token
+    private_redis.stop()
+    assert leases.begin_call(got.lease) == 2
+    assert records.get_job(job_id).attempts >= 1
+    # and once a newer run holds the row, this run can call no more
+    with transaction() as conn:
+        conn.execute(
+            update(records.jobs).where(records.jobs.c.id == job_id).values(lease_token=got.lease.token + 1)
+        )
+    with pytest.raises(LeaseLostError):
+        leases.begin_call(got.lease)

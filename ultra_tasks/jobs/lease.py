@@ -301,16 +301,17 @@ class Leases:
             except REDIS_DOWN as exc:
                 if not (lease.recorded and lease.in_sql):
                     raise DependencyUnavailableError("redis", f"lease of job {lease.job_id}: {exc}") from exc
-                counted = records.count_call(lease.job_id, lease.token) if count else lease.calls
+                # the job table holds the fence while Redis is down, and counts the call (its count may
+                # lag Redis' by calls it has not been told of yet: the larger one stands)
+                counted = records.count_call(lease.job_id, lease.token)
                 if counted is None:
                     lease.lost = True
                     lease.check()
-                calls = int(counted or 0)
+                calls = max(lease.calls + count, int(counted or 0))
             if calls < 0:
                 lease.lost = True
                 lease.check()
             lease.calls = calls
-            lease.extended_at = self._clock()
         return calls
 
     def refund_call(self, lease: Lease, *, sent: bool = False) -> None:
