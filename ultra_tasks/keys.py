@@ -65,8 +65,15 @@ def cache_fill_lock(namespace: str, key: str) -> str:
 
 
 def latencies(provider: str, model: str) -> str:
-    """List: recent successful call latencies (ms) of a provider and model, newest first, capped."""
+    """List: recent call latencies (s) of a provider and a tracked model (model_names.py), newest first,
+    capped at timeouts.HISTORY; expires a week after its last sample."""
     return f"{_ns()}:latency:{provider}:{model}"
+
+
+def tracked_models() -> str:
+    """Set: the model names the fleet keeps state of their own for (metrics labels, adaptive timeouts,
+    latency lists), at most model_names.MAX_TRACKED_MODELS of them; owner: model_names.py."""
+    return f"{_ns()}:models:tracked"
 
 
 def rate_limit(provider: str, kind: str) -> str:

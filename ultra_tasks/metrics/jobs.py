@@ -20,6 +20,7 @@ from celery.signals import task_postrun, worker_process_shutdown, worker_shutdow
 
 from ultra_tasks import keys
 from ultra_tasks.metrics.buffer import BUFFER, MetricsBuffer
+from ultra_tasks.model_names import tracked_model
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,8 @@ def record_job_outcome(
     status = outcome.get("status")
     if status not in FINAL_STATUSES:
         return
-    model_asked = str(requested_model or outcome.get("model") or "unknown")
+    # label values are bounded: names beyond the fleet's cap of tracked models count under "other"
+    model_asked = tracked_model(str(requested_model or outcome.get("model") or "unknown"))
     jobs_key = keys.metrics_jobs()
     buffer.incr(jobs_key, field("finished", str(status), model_asked))
     fallback_used = bool(outcome.get("fallback_used"))
@@ -69,7 +71,7 @@ def record_job_outcome(
         buffer.incr_float(jobs_key, field("fallback_latency_sum", model_asked), latency_s)
     labels = (
         str(outcome.get("provider") or "unknown"),
-        str(outcome.get("model") or "unknown"),
+        tracked_model(str(outcome.get("model") or "unknown")),
         "true" if outcome.get("cached") else "false",
     )
     hist_key = keys.metrics_job_latency()

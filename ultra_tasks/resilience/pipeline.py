@@ -34,6 +34,7 @@ from ultra_tasks.errors import (
     ProviderTimeoutError,
     QuotaExhaustedError,
 )
+from ultra_tasks.model_names import tracked_model
 from ultra_tasks.providers.base import LLMRequest, LLMResponse
 from ultra_tasks.providers.registry import ProviderRegistry, UnconfiguredProvider
 from ultra_tasks.resilience.breaker import CircuitBreaker, get_breaker
@@ -62,7 +63,9 @@ class ChainFailed(Exception):
 
 
 def breaker_name(provider: str, model: str, settings: Settings) -> str:
-    return provider if settings.circuit_breaker_scope == "provider" else f"{provider}:{model}"
+    if settings.circuit_breaker_scope == "provider":
+        return provider
+    return f"{provider}:{tracked_model(model)}"  # bounded: models beyond the cap share one breaker
 
 
 class ResilientCaller:

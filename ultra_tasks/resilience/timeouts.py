@@ -17,12 +17,15 @@ import redis
 
 from ultra_tasks import keys
 from ultra_tasks.config import Settings
+from ultra_tasks.model_names import tracked_model
 from ultra_tasks.redis_client import REDIS_DOWN as DOWN
 
 #: how many recent latencies the fleet keeps per provider and model
 HISTORY = 200
 #: seconds between flushes of this process's latencies and recomputations of the timeout
 REFRESH_S = 1.0
+#: seconds a model's latency history outlives its last sample
+HISTORY_TTL_S = 7 * 24 * 3600
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -60,6 +63,7 @@ class AdaptiveTimeouts:
             entry.pending.append(latency_s)
 
     def _entry(self, provider: str, model: str) -> _Entry:
+        model = tracked_model(model)  # bounded: names beyond the fleet's cap share one entry
         entry = self._entries.get((provider, model))
         if entry is None:
             with self._lock:
@@ -70,12 +74,13 @@ class AdaptiveTimeouts:
         with self._lock:
             pending, entry.pending = entry.pending, []
             entry.refreshed = time.monotonic()
-        name = keys.latencies(provider, model)
+        name = keys.latencies(provider, tracked_model(model))
         try:
             pipe = self.client.pipeline()
             if pending:
                 pipe.lpush(name, *[f"{x:.4f}" for x in pending])
                 pipe.ltrim(name, 0, HISTORY - 1)
+                pipe.expire(name, HISTORY_TTL_S)
             pipe.lrange(name, 0, HISTORY - 1)
             history = [float(x) for x in pipe.execute()[-1]]
         except DOWN:
