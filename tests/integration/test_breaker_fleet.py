@@ -51,6 +51,15 @@ class Fleet:
         self.procs += new
         return new
 
+    def holding(self, cfg: dict[str, Any]) -> subprocess.Popen[str]:
+        """A process holding one call through the breaker (``hold_success``), once its call started."""
+        [proc] = self.spawn("hold_success", cfg)
+        deadline = time.monotonic() + 30
+        while not self.redis.exists(f"test:{self.run}:started"):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.02)
+        return proc
+
     def go(self, expected: int, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while int(self.redis.get(f"test:{self.run}:ready") or 0) < expected:
@@ -190,11 +199,7 @@ def test_prober_killed_mid_call_does_not_wedge_the_breaker(fleet: Fleet) -> None
     _trip(breaker)
     time.sleep(0.6)
     # Given a prober that takes the only half-open lease and then dies with SIGKILL
-    [prober] = fleet.spawn("hold_success", {"name": name, "hold": 60, "breaker": options, "no_barrier": True})
-    deadline = time.monotonic() + 30
-    while not fleet.redis.exists(f"test:{fleet.run}:started"):
-        assert time.monotonic() < deadline and prober.poll() is None
-        time.sleep(0.02)
+    prober = fleet.holding({"name": name, "hold": 60, "breaker": options, "no_barrier": True})
     with pytest.raises(CircuitOpenException):
         breaker.call(lambda: "not admitted while the lease is held")
     prober.send_signal(signal.SIGKILL)
@@ -232,11 +237,7 @@ def test_a_probe_answering_after_its_lease_lapsed_does_not_close_the_breaker(fle
     _trip(breaker)
     time.sleep(0.6)
     # Given a probe in another process that answers (successfully) long after its lease lapsed
-    [slow] = fleet.spawn("hold_success", {"name": name, "hold": 1.5, "breaker": options, "no_barrier": True})
-    deadline = time.monotonic() + 30
-    while not fleet.redis.exists(f"test:{fleet.run}:started"):
-        assert time.monotonic() < deadline and slow.poll() is None
-        time.sleep(0.02)
+    slow = fleet.holding({"name": name, "hold": 1.5, "breaker": options, "no_barrier": True})
     fleet.result(slow)
     # Then its success does not close the breaker: it may have overlapped a newer probe
     assert breaker.state == CircuitBreaker.OPEN
@@ -249,11 +250,7 @@ def test_late_success_from_before_a_trip_does_not_close_the_newer_open(fleet: Fl
     with pytest.raises(Boom), breaker:
         raise Boom()  # one failure on record, so a success must reach Redis to reset it
     # Given a call that started while the breaker was closed, in another process
-    [slow] = fleet.spawn("hold_success", {"name": name, "hold": 2.0, "breaker": options, "no_barrier": True})
-    deadline = time.monotonic() + 30
-    while not fleet.redis.exists(f"test:{fleet.run}:started"):
-        assert time.monotonic() < deadline and slow.poll() is None
-        time.sleep(0.02)
+    slow = fleet.holding({"name": name, "hold": 2.0, "breaker": options, "no_barrier": True})
     # When the breaker trips while it runs (two more failures), and then it succeeds
     for _ in range(2):
         with pytest.raises(Boom), breaker:

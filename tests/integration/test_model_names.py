@@ -41,7 +41,9 @@ def test_five_thousand_model_names_add_no_more_labels_or_latency_lists_than_the_
     timeouts = AdaptiveTimeouts(redis_client, get_settings(), refresh_s=0)
     for i in range(5000):
         model = f"gpt-4o-{i}"
-        record_job_outcome({"status": "succeeded", "model": model, "provider": "openai"}, model, buffer=buffer)
+        record_job_outcome(
+            {"status": "succeeded", "model": model, "provider": "openai"}, model, buffer=buffer
+        )
         if i % 10 == 0:
             timeouts.record("openai", model, 0.1)
             timeouts.timeout("openai", model)
