@@ -8,7 +8,14 @@ from typing import Any
 
 import celery.app.trace
 from celery import Celery
-from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    worker_init,
+    worker_process_init,
+    worker_ready,
+    worker_shutdown,
+)
 
 from ultra_tasks.celery_compat import tolerate_collected_broker_connection
 
@@ -24,6 +31,16 @@ app = Celery(
 )
 app.config_from_object("celeryconfig")
 import ultra_tasks.metrics.jobs  # noqa: E402, F401 - connects the fleet job-metrics signal handlers
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _redact_logs(logger: Any = None, **_: Any) -> None:
+    # Workers and beat log what providers, SDKs and drivers say: an error quoting a URL with its password
+    # or a key must not reach the log in clear (redaction.py masks both).
+    from ultra_tasks.redaction import install_log_redaction
+
+    install_log_redaction(logger)
 
 
 @worker_init.connect

@@ -131,3 +131,28 @@ def test_log_lines_and_tracebacks_never_carry_url_passwords_or_secret_settings(
     out = stream.getvalue()
     assert "hunter2" not in out and "r3d1s" not in out and "status-token-0123456789" not in out
     assert "postgresql://ro:***@replica/db" in out and "bearer *** refused" in out
+
+
+def test_worker_and_beat_logs_mask_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import logging
+
+    from celery.signals import after_setup_logger
+
+    import ultra_tasks.celery_app  # noqa: F401 - connects the log set-up handlers
+    from ultra_tasks.config import reset_settings
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-live-0123456789abcdef")
+    reset_settings()
+    stream = io.StringIO()
+    logger = logging.getLogger(f"celery-test-{id(stream)}")
+    logger.addHandler(logging.StreamHandler(stream))
+    logger.propagate = False
+    # Celery sends this once it has configured a worker's (or beat's) logging
+    after_setup_logger.send(
+        sender=None, logger=logger, loglevel=logging.INFO, logfile=None, format="", colorize=False
+    )
+    logger.error("provider refused key sk-live-0123456789abcdef at postgresql://u:hunter2secret@db/x")
+    written = stream.getvalue()
+    assert "sk-live-0123456789abcdef" not in written and "hunter2secret" not in written
+    assert "provider refused key" in written
