@@ -413,6 +413,8 @@ def test_stats_count_requests_by_api_model_and_outcome(
     ask_claude(claude)
     stats = control.stats()
     arrivals = stats.pop("arrivals")
+    by_prompt = stats.pop("by_prompt")
+    assert sum(by_prompt.values()) == 4
     assert len(arrivals) == 4 and arrivals == sorted(arrivals)
     assert abs(arrivals[-1] - time.time()) < 5
     assert stats == {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,9 +29,13 @@ pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
-def lot(redis_client: Any) -> Iterator[Parking]:
-    # these tests park made-up jobs: no worker's releaser may find them later
-    redis_client.delete(*keys.parking_keys())
+def lot(redis_client: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Parking]:
+    # These tests park made-up jobs and publish made-up events: a namespace of their own keeps the
+    # session's workers (their releasers hear the namespace's channels) from taking either.
+    from ultra_tasks.config import reset_settings
+
+    monkeypatch.setenv("ULTRA_REDIS_NAMESPACE", f"ultra-test-parking-{uuid.uuid4().hex[:8]}")
+    reset_settings()
     yield Parking(redis_client)
     redis_client.delete(*keys.parking_keys())
 

@@ -402,7 +402,9 @@ def released_by(message: dict[str, Any]) -> tuple[tuple[str, ...], str, str]:
     if channel == keys.parked_wake():
         return ALL, AT_ONCE, ""
     if channel == keys.breaker_events():
-        event_id = f"cb:{event.get('name')}:{event.get('gen')}"
+        # the generation alone may repeat (a breaker whose state was deleted starts again at 0): with
+        # the event's Redis time, the id is one transition's
+        event_id = f"cb:{event.get('name')}:{event.get('gen')}:{event.get('at')}"
         if event.get("to") in ("closed", "disabled"):
             return (CAUSE_PROVIDER,), RAMP, event_id
         if event.get("to") == "half-open":
