@@ -386,3 +386,29 @@ def test_while_redis_is_down_calls_are_counted_and_fenced_by_the_job_table(
         )
     with pytest.raises(LeaseLostError):
         leases.begin_call(got.lease)
+
+
+def test_duplicate_deliveries_reaching_one_process_at_once_take_the_lease_once(
+    database: str, redis_client: redis.Redis
+) -> None:
+    import threading
+
+    # Given eight copies of a job's message taken by eight threads of one worker process at once
+    job_id, _ = _job()
+    leases = _leases(redis_client)
+    barrier = threading.Barrier(8)
+    got: list[object] = []
+
+    def deliver() -> None:
+        barrier.wait()
+        got.append(leases.acquire(job_id, "w/1"))
+
+    threads = [threading.Thread(target=deliver) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    # Then exactly one runs it: a second taking the lease over would leave the first's call unfenced
+    acquired = [g for g in got if isinstance(g, Acquired)]
+    assert len(acquired) == 1 and len(got) == 8
+    assert leases.begin_call(acquired[0].lease) == 1

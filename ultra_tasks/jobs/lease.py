@@ -209,6 +209,8 @@ class Leases:
         self._extend = client.register_script(EXTEND_LUA)
         self._release = client.register_script(RELEASE_LUA)
         self._held: dict[str, Lease] = {}
+        #: jobs a thread of this process is taking the lease of right now
+        self._taking: set[str] = set()
         self._lock = threading.Lock()
         #: when every held lease was last renewed in at least one store (monotonic seconds)
         self._renewed_at = clock()
@@ -221,8 +223,19 @@ class Leases:
         """Take the job's lease for a run of ``owner`` (this process). ``DependencyUnavailableError`` if
         neither Redis nor the database answers."""
         with self._lock:
-            if job_id in self._held:  # this process runs it already: a duplicate delivery to itself
+            # A duplicate delivery to this process while it runs (or is taking) the job: Held. Reserved
+            # here, under the lock, so two threads cannot both take it (the second would take the lease
+            # over from the first: fenced, but the first may already have made its precounted call).
+            if job_id in self._held or job_id in self._taking:
                 return Held(owner, self.ttl_s)
+            self._taking.add(job_id)
+        try:
+            return self._acquire_for(job_id, owner)
+        finally:
+            with self._lock:
+                self._taking.discard(job_id)
+
+    def _acquire_for(self, job_id: str, owner: str) -> Acquisition:
         ttl_ms = int(self.ttl_s * 1000)
         redis_down: Exception | None = None
         token: int | None = None
