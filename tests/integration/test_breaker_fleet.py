@@ -125,11 +125,26 @@ def _name() -> str:
     return f"fleet-{uuid.uuid4().hex[:8]}"
 
 
+def _event(events: list[dict[str, Any]], name: str, to: str, timeout: float = 5.0) -> dict[str, Any]:
+    """The one published transition of ``name`` to ``to``, once the listening thread has received it."""
+    deadline = time.monotonic() + timeout
+    while not (found := [e for e in events if e["name"] == name and e["to"] == to]):
+        assert time.monotonic() < deadline, f"no {name} -> {to} event: {events}"
+        time.sleep(0.02)
+    [event] = found
+    return event
+
+
 def _trip(breaker: CircuitBreaker) -> None:
-    for _ in range(breaker.failure_threshold):
+    """Fail calls until the breaker opens. Other processes calling successfully meanwhile may reset the
+    count of consecutive failures (a watcher whose cached verdict was just refreshed sends its success
+    at once), so it can take more than ``failure_threshold`` failures."""
+    for _ in range(breaker.failure_threshold * 10):
         with pytest.raises(Boom), breaker:
             raise Boom()
-    assert breaker.state == CircuitBreaker.OPEN
+        if breaker.state == CircuitBreaker.OPEN:
+            return
+    raise AssertionError(f"{breaker.name} did not open")
 
 
 @pytest.mark.parametrize(("threshold", "expected_state"), [(8, "open"), (9, "closed")])
@@ -272,7 +287,7 @@ def test_a_trip_in_one_process_reaches_the_others_within_the_sync_interval(
     fleet.go(3)
     time.sleep(0.5)  # the watchers are calling happily, each with a cached closed verdict
     _trip(CircuitBreaker(name, **options))
-    [tripped] = [e for e in events if e["name"] == name and e["to"] == "open"]
+    tripped = _event(events, name, "open")
     delays = [fleet.result(w)["result"]["refused_at"] - tripped["at"] for w in watchers]
     # the bound, plus a little for one loop iteration and scheduling on a busy machine
     assert all(d is not None for d in delays)
@@ -290,7 +305,7 @@ def test_a_trip_is_pushed_to_other_processes_long_before_their_sync_interval(
     time.sleep(0.5)  # each is calling with its cached verdict, subscribed to the breaker events
     # When another process trips the breaker
     _trip(CircuitBreaker(name, **options))
-    [tripped] = [e for e in events if e["name"] == name and e["to"] == "open"]
+    tripped = _event(events, name, "open")
     # Then each of them refuses at once: the published transition dropped their cached verdicts
     delays = [fleet.result(w)["result"]["refused_at"] for w in watchers]
     assert all(d is not None for d in delays), delays
