@@ -6,7 +6,7 @@ needs a Redis client (restoring its unacknowledged deliveries on close, acknowle
 finished meanwhile) fails in ``_connparams`` with ``AttributeError`` ('NoneType' object has no attribute
 'hostname' / 'client'). That is not a connection error, so neither ``ignore_errors`` nor ``ack_log_error``
 absorbs it, and the consumer dies with "Unrecoverable error" while the process, its threads and its
-liveness key live on: the worker never takes another job (tests/chaos: after a Redis restart, or a broker
+heartbeat live on: the worker never takes another job (tests/chaos: after a Redis restart, or a broker
 outage, most jobs stayed queued).
 
 Older releases (5.6.x) reconnect, but their threads pool acknowledges a finished task only when the event

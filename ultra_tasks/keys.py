@@ -182,8 +182,8 @@ def metrics_cache_sizes() -> str:
 
 
 def worker_alive(identity: str) -> str:
-    """String with expiry: present while the worker process ``identity`` (node name/pid) lives; a job
-    claimed by a process whose key expired can be taken over at once (jobs/liveness.py)."""
+    """String with expiry: present while the worker process ``identity`` (node name/pid) beats, for
+    operators; takeovers follow the job leases, not this key (jobs/liveness.py)."""
     return f"{_ns()}:worker:alive:{identity}"
 
 
