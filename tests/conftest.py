@@ -95,7 +95,7 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.update(
         {
             "REDIS_URL": TEST_REDIS_URL,
-            "ULTRA_REDIS_NAMESPACE": "ultra-test",
+            "ULTRA_REDIS_NAMESPACE": os.environ.get("ULTRA_TEST_NAMESPACE", "ultra-test"),
             "ULTRA_VAR_DIR": str(tmp / "var"),
             "LOG_LEVEL": "INFO",
             # chosen explicitly, as `ultra up` does: with no key and no choice a provider is not configured

@@ -22,6 +22,7 @@ from ultra_tasks import (
     JobStatus,
     LLMProviderHealthCheck,
     SystemOperationMode,
+    keys,
     submit,
 )
 from ultra_tasks.db.engine import session_scope
@@ -111,7 +112,7 @@ def test_beat_health_checks_drive_the_mode_and_two_beats_run_each_check_once_per
     with session_scope() as s:
         for model in (ComponentStatus, ModeTransition, OperationModeRecord):
             s.execute(delete(model))
-    redis_client.delete("ultra-test:mode:current", "ultra-test:health:runs")
+    redis_client.delete(keys.mode_current(), keys.health_runs())
     interval = 1.0
     env = {**os.environ, "HEALTH_CHECK_INTERVAL": str(interval)}
     worker_factory(queues="ops", concurrency=2, env={"HEALTH_CHECK_INTERVAL": str(interval)})
@@ -140,7 +141,7 @@ def test_beat_health_checks_drive_the_mode_and_two_beats_run_each_check_once_per
         assert any(r["component"] == "llm_provider_openai" for r in transition["reasons"])
         # Two beats send every entry twice; each interval's checks ran once
         elapsed = time.monotonic() - started
-        runs = int(redis_client.get("ultra-test:health:runs") or 0)
+        runs = int(redis_client.get(keys.health_runs()) or 0)
         assert 1 <= runs <= elapsed / interval + 1, (runs, elapsed)
         sent = sum(
             (tmp_path / f"beat{n}.log").read_text().count("Scheduler: Sending due task health-check")
@@ -174,7 +175,7 @@ def test_every_provider_failing_makes_beat_declare_emergency_which_parks_low_job
     with session_scope() as s:
         for model in (ComponentStatus, ModeTransition, OperationModeRecord):
             s.execute(delete(model))
-    redis_client.delete("ultra-test:mode:current")
+    redis_client.delete(keys.mode_current())
     interval = 1.0
     fast = {"HEALTH_CHECK_INTERVAL": str(interval), "CIRCUIT_BREAKER_RESET_TIMEOUT": "2"}
     worker_factory(queues="ops", concurrency=2, env=fast)
@@ -270,7 +271,7 @@ def test_the_mode_recovers_with_no_job_traffic_once_the_providers_answer_again(
     with session_scope() as s:
         for model in (ComponentStatus, ModeTransition, OperationModeRecord):
             s.execute(delete(model))
-    redis_client.delete("ultra-test:mode:current")
+    redis_client.delete(keys.mode_current())
     interval, reset = 1.0, 2.0
     fast = {
         "HEALTH_CHECK_INTERVAL": str(interval),

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import delete
 
-from ultra_tasks import SystemOperationMode
+from ultra_tasks import SystemOperationMode, keys
 from ultra_tasks.db.engine import session_scope
 from ultra_tasks.db.models import ComponentStatus, ModeTransition, OperationModeRecord
 
@@ -26,7 +26,7 @@ def mode(database: str, redis_client: Any) -> Iterator[SystemOperationMode]:
     with session_scope() as s:
         for model in (ComponentStatus, ModeTransition, OperationModeRecord):
             s.execute(delete(model))
-    redis_client.delete("ultra-test:mode:current")
+    redis_client.delete(keys.mode_current())
     m = SystemOperationMode()
     yield m
     m.close()
@@ -63,7 +63,7 @@ def test_transitions_and_reasons_are_recorded_and_mirrored_in_redis(
         ("DEGRADED", "EMERGENCY"),
     ]
     assert {r["component"] for r in history[0]["reasons"]} == {"openai", "anthropic"}
-    assert redis_client.hget("ultra-test:mode:current", "mode") == "EMERGENCY"
+    assert redis_client.hget(keys.mode_current(), "mode") == "EMERGENCY"
 
 
 def test_recovery_waits_for_consecutive_good_evaluations_so_a_flapping_check_does_not_flap_the_mode(
@@ -101,7 +101,7 @@ def test_mode_is_read_from_sql_when_the_redis_mirror_is_missing(
 ) -> None:
     mode.record_component("database", "critical", "slow", kind="database")
     mode.evaluate()
-    redis_client.delete("ultra-test:mode:current")
+    redis_client.delete(keys.mode_current())
     assert mode.current_mode == "DEGRADED"
 
 

@@ -19,7 +19,7 @@ import pytest
 from conftest import WorkerProcess, start_worker, ultra_cli
 from sqlalchemy import delete
 
-from ultra_tasks import LLMProviderHealthCheck, SystemOperationMode, submit
+from ultra_tasks import LLMProviderHealthCheck, SystemOperationMode, keys, submit
 from ultra_tasks.config import load_settings
 from ultra_tasks.errors import JobFailedError, ProviderNotConfiguredError
 from ultra_tasks.health.checks import ProviderProbe
@@ -112,7 +112,7 @@ def fresh_components(database: str, redis_client: Any) -> Iterator[None]:
         with session_scope() as s:
             for model in (ComponentStatus, ModeTransition, OperationModeRecord):
                 s.execute(delete(model))
-        redis_client.delete("ultra-test:mode:current")
+        redis_client.delete(keys.mode_current())
 
     wipe()
     yield
