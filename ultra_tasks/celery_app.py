@@ -80,19 +80,15 @@ def _start_worker_threads(sender: Any = None, **_: Any) -> None:
     # its lease lapses, and never while it lives), releases parked jobs that are due (any number may:
     # each job is claimed by one releaser) and applies job-record writes buffered while the database was
     # down (one flusher at a time, under a lock).
-    from ultra_tasks.config import get_settings
-    from ultra_tasks.jobs.lease import process_leases
     from ultra_tasks.jobs.liveness import Heartbeat, identity
     from ultra_tasks.jobs.parking import Releaser
     from ultra_tasks.jobs.record_buffer import BufferFlusher
     from ultra_tasks.jobs.submit import publish_released
-    from ultra_tasks.redis_client import shared_redis
+    from ultra_tasks.runtime import runtime
 
-    settings = get_settings()
-    client = shared_redis(settings.redis_url)
-    heartbeat = Heartbeat(
-        client, identity(getattr(sender, "hostname", None)), process_leases(settings, client)
-    )
+    rt = runtime()  # the one the pool's first jobs may already use: its leases are the ones to renew
+    settings, client = rt.settings, rt.redis
+    heartbeat = Heartbeat(client, identity(getattr(sender, "hostname", None)), rt.leases)
     heartbeat.beat()
     _threads.extend(
         [

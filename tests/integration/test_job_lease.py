@@ -107,7 +107,7 @@ def test_a_duplicate_delivered_while_the_database_is_down_does_not_run_a_job_cla
             job_id, payload, worker="worker-b/2", caller=caller, leases=_leases(redis_client)
         )  # type: ignore[arg-type]
     # Then B does nothing: A's lease is in Redis too
-    assert outcome["status"] == "duplicate" and caller.calls == 0
+    assert outcome.status == "duplicate" and caller.calls == 0
 
 
 def test_a_duplicate_after_the_database_returns_does_not_run_a_job_leased_while_it_was_down(
@@ -123,7 +123,7 @@ def test_a_duplicate_after_the_database_returns_does_not_run_a_job_leased_while_
     caller = CountingCaller()
     outcome = execute_job(job_id, payload, worker="worker-b/2", caller=caller, leases=_leases(redis_client))  # type: ignore[arg-type]
     # Then B does nothing
-    assert outcome["status"] == "duplicate" and caller.calls == 0
+    assert outcome.status == "duplicate" and caller.calls == 0
 
 
 def test_a_run_longer_than_any_cutoff_keeps_its_job_while_its_worker_renews_the_lease(
@@ -152,7 +152,7 @@ def test_a_run_longer_than_any_cutoff_keeps_its_job_while_its_worker_renews_the_
             job_id, payload, worker="worker-b/2", caller=caller, leases=_leases(redis_client)
         )  # type: ignore[arg-type]
         # Then it does nothing, and the sweeper does not take the job for dead either
-        assert outcome["status"] == "duplicate" and caller.calls == 0
+        assert outcome.status == "duplicate" and caller.calls == 0
         assert job_id not in [j for j, _, _ in records.jobs_to_republish(10.0, 0.0)]
     finally:
         heartbeat.stop()
@@ -194,7 +194,7 @@ def test_a_retry_whose_interrupted_run_could_not_give_its_lease_back_runs_on_the
     caller = CountingCaller()
     outcome = execute_job(job_id, payload, worker="worker-a/1", caller=caller, leases=_leases(redis_client))  # type: ignore[arg-type]
     # Then it runs, rather than being dropped as a duplicate of itself
-    assert outcome["status"] == "succeeded" and caller.calls == 1
+    assert outcome.status == "succeeded" and caller.calls == 1
     assert records.get_job(job_id).status == "succeeded"
 
 
@@ -206,7 +206,7 @@ def test_a_retry_that_finds_the_job_leased_elsewhere_is_told_when_the_lease_laps
     outcome = execute_job(
         job_id, payload, worker="worker-b/2", caller=CountingCaller(), leases=_leases(redis_client)
     )  # type: ignore[arg-type]
-    assert outcome["status"] == "duplicate" and 10 < outcome["retry_after"] <= 20
+    assert outcome.status == "duplicate" and 10 < outcome.retry_after <= 20
 
 
 def test_a_providers_model_name_too_long_for_its_column_still_ends_the_job(
@@ -216,7 +216,7 @@ def test_a_providers_model_name_too_long_for_its_column_still_ends_the_job(
     job_id, payload = _job()
     caller = CountingCaller(model="m" * 200)
     outcome = execute_job(job_id, payload, worker="w/1", caller=caller, leases=_leases(redis_client))  # type: ignore[arg-type]
-    assert outcome["status"] == "succeeded"
+    assert outcome.status == "succeeded"
     record = records.get_job(job_id)
     assert record.status == "succeeded" and record.model_used == "m" * 128
 

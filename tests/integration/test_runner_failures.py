@@ -28,7 +28,7 @@ def test_unexpected_error_marks_the_job_failed_with_what_happened(database: str,
         job_id=job_id, priority="default", queue="llm.default", model="gpt-4o", request=payload
     )
     outcome = execute_job(job_id, payload, caller=ExplodingCaller())  # type: ignore[arg-type]
-    assert outcome["status"] == "failed"
+    assert outcome.status == "failed"
     record = records.get_job(job_id)
     assert record.status == "failed"
     assert record.error == {

@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import random
-import threading
 import time
 import uuid
 from typing import Any
@@ -20,7 +19,7 @@ import redis
 
 from ultra_tasks import keys
 from ultra_tasks.cache.layered import DistributedCache
-from ultra_tasks.config import Settings, get_settings
+from ultra_tasks.config import Settings
 from ultra_tasks.providers.base import LLMRequest
 from ultra_tasks.redis_client import REDIS_DOWN as DOWN
 
@@ -57,24 +56,14 @@ def is_cacheable(request: LLMRequest, payload: dict[str, Any], settings: Setting
     return settings.cache_nondeterministic or request.temperature == 0
 
 
-_cache: DistributedCache | None = None
-_cache_lock = threading.Lock()
-
-
-def job_cache(settings: Settings | None = None) -> DistributedCache:
-    """The process-wide cache of the job path."""
-    global _cache
-    if _cache is None:
-        with _cache_lock:
-            if _cache is None:
-                settings = settings or get_settings()
-                _cache = DistributedCache(
-                    memory_cache_size=settings.cache_memory_size,
-                    disk_cache_dir=settings.effective_cache_disk_dir,
-                    redis_url=settings.cache_redis_url or settings.redis_url,
-                    default_ttl=settings.cache_default_ttl,
-                )
-    return _cache
+def job_cache(settings: Settings) -> DistributedCache:
+    """The job path's cache, as the settings describe it (one per process: runtime.py holds it)."""
+    return DistributedCache(
+        memory_cache_size=settings.cache_memory_size,
+        disk_cache_dir=settings.effective_cache_disk_dir,
+        redis_url=settings.cache_redis_url or settings.redis_url,
+        default_ttl=settings.cache_default_ttl,
+    )
 
 
 class FillLock:

@@ -454,20 +454,6 @@ class Leases:
             log.info("job %s: lease not given back in Redis (%s); it lapses by itself", job_id, exc)
 
 
-_leases: Leases | None = None
-_leases_lock = threading.Lock()
-
-
-def process_leases(settings: Settings, client: redis.Redis) -> Leases:
-    """This process's leases (one set per process: the heartbeat renews them all)."""
-    global _leases
-    if _leases is None:
-        with _leases_lock:
-            if _leases is None:
-                _leases = Leases(client, settings)
-    return _leases
-
-
 def forget_job_lease(client: redis.Redis, job_id: str) -> None:
     """Drop a job's lease record (its provider calls with it): ``ultra jobs retry`` gives the job a new
     attempt budget. Raises ``DependencyUnavailableError`` if Redis cannot be told."""

@@ -1,94 +1,60 @@
-"""Run one job on a worker: record the run, answer from the cache or through the resilient provider
-pipeline, record the outcome.
+"""Run one job on a worker, in stages: lease → expiry → mode admission → cache → call → record.
 
-Idempotent by job id: a redelivered job whose outcome is already recorded returns it without calling a
-provider again (acks-late delivery is at-least-once). ``attempts`` in the job table counts provider calls,
-so a job's attempt budget holds across its runs.
+``execute_job`` takes the job's lease (a duplicate delivery or an already finished job ends there), then
+``JobRun`` goes through the stages; each returns the run's typed outcome (jobs/outcomes.py) when the run
+ends there, or None for the next. Every write to the job's row is fenced by the lease's token, and every
+provider call is counted in the lease before it goes out, so a run whose lease was taken over stops
+without calling or writing (``Lost``), and a run that takes a job over continues its attempt budget.
 
 A job that cannot run now (no entry of its chain can be called, or the operation mode holds its queue
-back: mode/effects.py) comes back as a *parked* outcome; the task parks it in Redis (jobs/parking.py).
+back: mode/effects.py) ends ``Parked``; the task parks it in Redis (jobs/parking.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
+from ultra_tasks.cache.layered import DistributedCache
 from ultra_tasks.cache.llm import NAMESPACE as CACHE_NAMESPACE
-from ultra_tasks.cache.llm import FillLock, is_cacheable, job_cache, request_digest
+from ultra_tasks.cache.llm import FillLock, is_cacheable, request_digest
 from ultra_tasks.clock import utcnow
-from ultra_tasks.config import Settings, get_settings
-from ultra_tasks.errors import DependencyUnavailableError, LeaseLostError, NoProviderAvailableError
+from ultra_tasks.config import Settings
+from ultra_tasks.errors import (
+    DependencyUnavailableError,
+    JobValidationError,
+    LeaseLostError,
+    NoProviderAvailableError,
+)
 from ultra_tasks.jobs import records
-from ultra_tasks.jobs.lease import Finished, Held, Lease, Leases, process_leases
+from ultra_tasks.jobs.lease import Finished, Held, Lease, Leases
 from ultra_tasks.jobs.liveness import identity
 from ultra_tasks.jobs.models import JobResult, JobStatus
+from ultra_tasks.jobs.outcomes import (
+    Duplicate,
+    Expired,
+    Failed,
+    Lost,
+    Outcome,
+    Parked,
+    Succeeded,
+    final_outcome,
+)
 from ultra_tasks.jobs.parking import CAUSE_MODE, CAUSE_PROVIDER, CAUSE_SLOT
 from ultra_tasks.jobs.record_buffer import RecordWriter
+from ultra_tasks.jobs.spec import JobSpec
 from ultra_tasks.keys import QUEUE_DEFAULT
-from ultra_tasks.mode.effects import ModeEffects
-from ultra_tasks.providers.base import LLMRequest
-from ultra_tasks.providers.registry import ProviderRegistry, default_registry
-from ultra_tasks.redis_client import REDIS_DOWN, shared_redis
-from ultra_tasks.resilience.breaker import breaker_redis
+from ultra_tasks.mode.effects import Admission, ModeEffects
+from ultra_tasks.redis_client import REDIS_DOWN
 from ultra_tasks.resilience.chains import chain_for
 from ultra_tasks.resilience.pipeline import ChainFailed, ResilientCaller
 from ultra_tasks.resilience.retry import AttemptBudget
+from ultra_tasks.runtime import Runtime, runtime
 
 log = logging.getLogger(__name__)
-
-_caller: ResilientCaller | None = None
-_caller_lock = threading.Lock()
-
-
-def resilient_caller(
-    registry: ProviderRegistry | None = None, settings: Settings | None = None
-) -> ResilientCaller:
-    """The process-wide pipeline (its adaptive timeouts and quota view are shared by all threads)."""
-    global _caller
-    if _caller is None:
-        with _caller_lock:
-            if _caller is None:
-                settings = settings or get_settings()
-                _caller = ResilientCaller(
-                    registry or default_registry(), settings, breaker_redis(settings.redis_url)
-                )
-    return _caller
-
-
-_effects: ModeEffects | None = None
-
-
-def mode_effects(settings: Settings | None = None) -> ModeEffects:
-    """The process-wide view of what the operation mode does (it caches the mode for a second)."""
-    global _effects
-    if _effects is None:
-        with _caller_lock:
-            if _effects is None:
-                settings = settings or get_settings()
-                _effects = ModeEffects(settings, shared_redis(settings.redis_url))
-    return _effects
-
-
-def failed_outcome(job_id: str, error: dict[str, Any]) -> dict[str, Any]:
-    return {"job_id": job_id, "status": JobStatus.FAILED.value, "error": error}
-
-
-def parked_outcome(
-    job_id: str, queue: str, wait_s: float, reason: str, cause: str, *, slot_reserved: bool = False
-) -> dict[str, Any]:
-    return {
-        "job_id": job_id,
-        "status": JobStatus.PARKED.value,
-        "queue": queue,
-        "retry_after": wait_s,
-        "reason": reason,
-        "cause": cause,
-        "slot_reserved": slot_reserved,
-    }
 
 
 class LeasedBudget(AttemptBudget):
@@ -120,20 +86,30 @@ def execute_job(
     *,
     queue: str | None = None,
     worker: str | None = None,
+    rt: Runtime | None = None,
     caller: ResilientCaller | None = None,
     effects: ModeEffects | None = None,
     settings: Settings | None = None,
     leases: Leases | None = None,
-) -> dict[str, Any]:
-    """Run the job under a lease and return its outcome: a JobResult dict, a failed, parked or expired
-    outcome, ``duplicate`` (another run holds the job; ``retry_after``: when its lease would lapse) or
-    ``lost`` (this run's lease was taken over mid-run: it stopped without calling or writing).
+) -> Outcome:
+    """Run the job under a lease and return its outcome (jobs/outcomes.py).
 
-    ``queue`` is the queue the message came from (it decides what the operation mode allows). With the
-    database unreachable the job still runs on its Redis lease, its writes buffered (record_buffer.py)."""
-    settings = settings or get_settings()
-    client = shared_redis(settings.redis_url)
-    leases = leases or process_leases(settings, client)
+    ``queue`` is the queue the message came from (it decides what the operation mode allows). ``rt`` is
+    this process's runtime unless given; ``caller``, ``effects``, ``settings`` and ``leases`` replace its
+    parts. With the database unreachable the job still runs on its Redis lease, its writes buffered
+    (record_buffer.py)."""
+    rt = rt or runtime()
+    if caller or effects or settings or leases:
+        rt = Runtime(
+            settings or rt.settings,
+            redis_client=rt.redis,
+            registry=rt.registry,
+            caller=caller or (rt.caller if settings is None else None),
+            effects=effects or (rt.effects if settings is None else None),
+            leases=leases or rt.leases,
+            cache=rt.cache if settings is None else None,
+        )
+    leases = rt.leases
     owner = worker or identity(None)
     if not leases.accepting():
         raise DependencyUnavailableError(
@@ -142,32 +118,30 @@ def execute_job(
     got = leases.acquire(job_id, owner)
     if isinstance(got, Held):
         log.info("job %s is held by %s; this duplicate delivery does nothing", job_id, got.holder)
-        return {"job_id": job_id, "status": "duplicate", "retry_after": got.remaining_s}
+        return Duplicate(job_id, got.remaining_s)
     if isinstance(got, Finished):
         return _recorded_outcome(job_id, got.start)
     lease, start = got.lease, got.start
     if not lease.recorded:
         log.warning("job %s is not in the job table; running it unrecorded", job_id)
-    writer = RecordWriter(client)
-    final = False
+    writer = RecordWriter(rt.redis)
+    outcome: Outcome | None = None
     try:
         if start is None and lease.recorded:
             earlier = _backend_outcome(job_id)
-            if earlier is not None:
-                final = True
-                return earlier
+            if earlier is not None and (outcome := final_outcome(earlier)) is not None:
+                return outcome
             log.warning("job %s runs while the job table is unreachable; its records are buffered", job_id)
             writer.buffer(
                 "started", job_id, utcnow(), worker=owner, token=lease.token, lease_ttl_s=leases.ttl_s
             )
-        outcome = _run(job_id, payload, lease, leases, start, queue, caller, effects, settings, writer)
-        final = outcome.get("status") in FINAL_STATUSES
+        outcome = JobRun(rt, job_id, payload, lease, start, queue, writer).run()
         return outcome
     except LeaseLostError as exc:
         log.warning("job %s: %s; it stopped without calling or writing", job_id, exc)
-        return {"job_id": job_id, "status": "lost"}
+        return Lost(job_id)
     except (DependencyUnavailableError, *REDIS_DOWN) as exc:
-        # Redis or the database going away mid-run is not the job's fault: the claim is given back (so the
+        # Redis or the database going away mid-run is not the job's fault: the lease is given back (so the
         # retry, or any other delivery, can take it) and the task retries the run once the dependency
         # answers, rather than the job failing or staying "running" under a live worker.
         log.warning("job %s interrupted by an unavailable dependency (%s); it will run again", job_id, exc)
@@ -178,19 +152,16 @@ def execute_job(
             raise
         raise DependencyUnavailableError("redis", str(exc)) from exc
     finally:
-        leases.release(lease, final=final)
+        leases.release(lease, final=outcome is not None and outcome.final)
 
 
-FINAL_STATUSES = (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value, JobStatus.EXPIRED.value)
-
-
-def _recorded_outcome(job_id: str, start: records.RunStart) -> dict[str, Any]:
+def _recorded_outcome(job_id: str, start: records.RunStart) -> Outcome:
     if start.status is JobStatus.SUCCEEDED and start.result:
         log.info("job %s already succeeded; returning the recorded result", job_id)
-        return start.result
+        return Succeeded(JobResult.from_dict(start.result))
     if start.status is JobStatus.FAILED:
-        return failed_outcome(job_id, start.error or {})
-    return {"job_id": job_id, "status": JobStatus.EXPIRED.value}
+        return Failed(job_id, start.error or {})
+    return Expired(job_id)
 
 
 def _backend_outcome(job_id: str) -> dict[str, Any] | None:
@@ -205,125 +176,217 @@ def _backend_outcome(job_id: str) -> dict[str, Any] | None:
     return None
 
 
-def _run(
-    job_id: str,
-    payload: dict[str, Any],
-    lease: Lease,
-    leases: Leases,
-    start: records.RunStart | None,
-    queue: str | None,
-    caller: ResilientCaller | None,
-    effects: ModeEffects | None,
-    settings: Settings,
-    writer: RecordWriter,
-) -> dict[str, Any]:
-    """The run itself, once the job is leased (``start`` None: no row, or the database is down)."""
-    record = _Record(writer, job_id, lease)
-    calls_before = lease.charged
-    if start is not None and start.expires_at is not None and utcnow() >= start.expires_at:
-        log.info("job %s expired before it ran", job_id)
-        record.write("expired")
-        return {"job_id": job_id, "status": JobStatus.EXPIRED.value}
+@dataclass
+class _CachePlan:
+    """How the run uses the cache: whether it reads it, where it keeps the answer, and the fill lock that
+    makes it the one run computing this request's answer."""
 
-    # the job's own queue is authoritative (the starvation guard moves jobs up); else the message's
-    queue = (start.queue if start is not None else None) or queue or QUEUE_DEFAULT
-    admission = (effects or mode_effects(settings)).admit(queue, payload)
-
-    request = LLMRequest.from_dict(payload)
-    # ``readable``: NORMAL reads the cache for deterministic requests only (CACHE_NONDETERMINISTIC aside).
-    # DEGRADED and EMERGENCY prefer the cache (MODE_PREFER_CACHE): every answer is kept and any answer
-    # stored for this exact request serves it, so a repeat costs no provider call while the fleet is
-    # short of capacity. (Only then: keeping every answer in NORMAL would cost each job a disk and a
-    # Redis write for answers that are never read.)
-    readable = is_cacheable(request, payload, settings)
-    keep = settings.cache_enabled and payload.get("cache") is not False
-    keep = keep and (readable or admission.prefer_cache)
-    cache = job_cache(settings) if keep else None
+    cache: DistributedCache | None = None
+    digest: str = ""
+    #: NORMAL reads the cache for deterministic requests only (CACHE_NONDETERMINISTIC aside)
+    readable: bool = False
+    #: any stored answer serves this request (DEGRADED and EMERGENCY prefer the cache)
+    read: bool = False
     fill_lock: FillLock | None = None
-    digest = request_digest(request) if cache is not None else ""
-    if cache is not None and (readable or admission.prefer_cache):
-        # A hit returns without touching the breaker, rate limits or the provider.
+
+    def release(self) -> None:
+        if self.fill_lock is not None:
+            self.fill_lock.release()
+
+
+class JobRun:
+    """One run of a leased job. ``run`` goes through the stages; each stage is a method that returns the
+    outcome when the run ends there, or None for the next stage."""
+
+    def __init__(
+        self,
+        rt: Runtime,
+        job_id: str,
+        payload: dict[str, Any],
+        lease: Lease,
+        start: records.RunStart | None,
+        queue: str | None,
+        writer: RecordWriter,
+    ) -> None:
+        self.rt, self.settings = rt, rt.settings
+        self.job_id, self.payload, self.lease = job_id, payload, lease
+        self.start = start
+        # the job's own queue is authoritative (the starvation guard moves jobs up); else the message's
+        self.queue = (start.queue if start is not None else None) or queue or QUEUE_DEFAULT
+        self.record = _Record(writer, job_id, lease)
+        #: the job's provider calls before this run (a run that took it over continues its budget)
+        self.calls_before = lease.charged
+
+    def run(self) -> Outcome:
+        spec = self.spec()
+        if isinstance(spec, Failed):
+            return spec
+        outcome = self.expiry()
+        if outcome is not None:
+            return outcome
+        admission = self.admission(spec)
+        plan = self.cache_plan(spec, admission)
+        try:
+            return self.from_cache(plan, admission) or self.parked_by_mode(admission) or self.call(spec, plan)
+        finally:
+            plan.release()
+
+    # --- stages ----------------------------------------------------------------------------------------
+    def spec(self) -> JobSpec | Failed:
+        """The job's request, read from its signed message. A malformed one (a producer of another
+        version) fails the job at once, naming the field: no provider is asked something half-read."""
+        try:
+            return JobSpec.from_payload(self.payload)
+        except JobValidationError as exc:
+            log.warning("job %s has a malformed request: %s", self.job_id, exc)
+            return self.failed({"type": type(exc).__name__, "kind": "invalid_request", "message": str(exc)})
+
+    def expiry(self) -> Expired | None:
+        expires_at = self.start.expires_at if self.start is not None else None
+        if expires_at is None or utcnow() < expires_at:
+            return None
+        log.info("job %s expired before it ran", self.job_id)
+        self.record.write("expired")
+        return Expired(self.job_id)
+
+    def admission(self, spec: JobSpec) -> Admission:
+        """What the operation mode allows this job's queue now."""
+        return self.rt.effects.admit(self.queue, self.payload)
+
+    def cache_plan(self, spec: JobSpec, admission: Admission) -> _CachePlan:
+        # DEGRADED and EMERGENCY prefer the cache (MODE_PREFER_CACHE): every answer is kept and any answer
+        # stored for this exact request serves it, so a repeat costs no provider call while the fleet is
+        # short of capacity. Only then: keeping every answer in NORMAL would cost each job a disk and a
+        # Redis write for answers that are never read.
+        request = spec.request
+        readable = is_cacheable(request, self.payload, self.settings)
+        keep = self.settings.cache_enabled and spec.cache and (readable or admission.prefer_cache)
+        if not keep:
+            return _CachePlan()
+        return _CachePlan(
+            cache=self.rt.cache,
+            digest=request_digest(request),
+            readable=readable,
+            read=readable or admission.prefer_cache,
+        )
+
+    def from_cache(self, plan: _CachePlan, admission: Admission) -> Succeeded | None:
+        """A stored answer, without touching the breaker, rate limits or the provider. A run that will call
+        takes the fill lock first; identical jobs wait (bounded) for its answer."""
+        if plan.cache is None or not plan.read:
+            return None
         started = time.perf_counter()
-        hit = cache.get_sync(digest, CACHE_NAMESPACE)
-        if hit is None and readable and admission.run:
-            fill_lock = FillLock(cache, digest, lease_s=settings.provider_timeout + 5)
-            if not fill_lock.acquire():
-                hit = fill_lock.wait_for_value(settings.cache_stampede_wait)
-                fill_lock = None
-        if hit is not None:
-            served_ms = (time.perf_counter() - started) * 1000
-            result = _result(job_id, hit, calls=calls_before, latency_ms=served_ms, cached=True)
-            record.write("succeeded", result=result)
-            return result
+        hit = plan.cache.get_sync(plan.digest, CACHE_NAMESPACE)
+        if hit is None and plan.readable and admission.run:
+            lock = FillLock(plan.cache, plan.digest, lease_s=self.settings.provider_timeout + 5)
+            if lock.acquire():
+                plan.fill_lock = lock
+            else:
+                hit = lock.wait_for_value(self.settings.cache_stampede_wait)
+        if hit is None:
+            return None
+        served_ms = (time.perf_counter() - started) * 1000
+        return self.succeeded(hit, calls=self.calls_before, latency_ms=served_ms, cached=True)
 
-    if not admission.run:
-        log.info("job %s parked for %.1fs: %s", job_id, admission.wait_s, admission.reason)
+    def parked_by_mode(self, admission: Admission) -> Parked | None:
+        if admission.run:
+            return None
+        log.info("job %s parked for %.1fs: %s", self.job_id, admission.wait_s, admission.reason)
         cause = CAUSE_SLOT if admission.slot_reserved else CAUSE_MODE
-        return _park(
-            record,
-            job_id,
-            queue,
-            admission.wait_s,
-            admission.reason,
-            cause,
-            slot_reserved=admission.slot_reserved,
+        return self.parked(admission.wait_s, admission.reason, cause, slot_reserved=admission.slot_reserved)
+
+    def call(self, spec: JobSpec, plan: _CachePlan) -> Outcome:
+        """The provider call through the resilient pipeline, along the job's chain."""
+        budget = LeasedBudget(
+            max(0, self.settings.effective_attempt_budget - self.calls_before), self.rt.leases, self.lease
+        )
+        request = spec.request
+        try:
+            chain = chain_for(
+                request,
+                self.settings,
+                override=list(spec.chain) if spec.chain is not None else None,
+                fallback=spec.fallback,
+            )
+            outcome = self.rt.caller.call(request, chain, budget)
+            answer = {
+                "text": outcome.response.text,
+                "model": outcome.response.model,
+                "provider": outcome.response.provider,
+                "usage": outcome.response.usage.to_dict(),
+                "finish_reason": outcome.response.finish_reason,
+            }
+            if plan.cache is not None:
+                plan.cache.put_sync(plan.digest, answer, CACHE_NAMESPACE)
+        except NoProviderAvailableError as exc:
+            log.info("job %s parked: %s", self.job_id, exc)
+            return self.parked(exc.retry_after, str(exc), CAUSE_PROVIDER)
+        except ChainFailed as exc:
+            log.warning("job %s failed: %s", self.job_id, exc.error)
+            return self.failed(
+                {
+                    **exc.error.to_dict(),
+                    "attempts": exc.attempts,
+                    "provider_calls": self.calls_before + budget.used,
+                }
+            )
+        except (DependencyUnavailableError, LeaseLostError, *REDIS_DOWN):
+            raise  # execute_job gives the lease back (or stops, its lease lost); the task retries the run
+        except Exception as exc:
+            # A bug must not leave the job "running" forever: record it as failed, with what happened.
+            log.exception("job %s failed unexpectedly", self.job_id)
+            return self.failed(
+                {
+                    "type": type(exc).__name__,
+                    "kind": "internal",
+                    "message": str(exc)[:2000],
+                    "provider_calls": self.calls_before + budget.used,
+                }
+            )
+        return self.succeeded(
+            answer,
+            calls=self.calls_before + budget.used,
+            latency_ms=outcome.response.latency_ms,
+            cached=False,
+            fallback_used=outcome.fallback_used,
+            attempt_errors=outcome.attempts,
         )
 
-    caller = caller or resilient_caller(settings=settings)
-    budget = LeasedBudget(max(0, settings.effective_attempt_budget - calls_before), leases, lease)
-    try:
-        chain = chain_for(
-            request, settings, override=payload.get("chain"), fallback=payload.get("fallback", True)
+    # --- recording: every outcome is written (fenced) before it is returned ------------------------------
+    def succeeded(
+        self,
+        answer: dict[str, Any],
+        *,
+        calls: int,
+        latency_ms: float,
+        cached: bool,
+        fallback_used: bool = False,
+        attempt_errors: list[dict[str, Any]] | None = None,
+    ) -> Succeeded:
+        result = JobResult(
+            job_id=self.job_id,
+            text=answer["text"],
+            model=answer["model"],
+            provider=answer["provider"],
+            usage=dict(answer.get("usage") or {}),
+            latency_ms=round(latency_ms, 3),
+            finish_reason=answer.get("finish_reason"),
+            cached=cached,
+            fallback_used=fallback_used,
+            attempts=calls,
+            attempt_errors=list(attempt_errors or []),
         )
-        outcome = caller.call(request, chain, budget)
-        answer = {
-            "text": outcome.response.text,
-            "model": outcome.response.model,
-            "provider": outcome.response.provider,
-            "usage": outcome.response.usage.to_dict(),
-            "finish_reason": outcome.response.finish_reason,
-        }
-        if cache is not None:
-            cache.put_sync(digest, answer, CACHE_NAMESPACE)
-    except NoProviderAvailableError as exc:
-        log.info("job %s parked: %s", job_id, exc)
-        return _park(record, job_id, queue, exc.retry_after, str(exc), CAUSE_PROVIDER)
-    except ChainFailed as exc:
-        error = {
-            **exc.error.to_dict(),
-            "attempts": exc.attempts,
-            "provider_calls": calls_before + budget.used,
-        }
-        log.warning("job %s failed: %s", job_id, exc.error)
-        record.write("failed", error=error)
-        return failed_outcome(job_id, error)
-    except (DependencyUnavailableError, LeaseLostError, *REDIS_DOWN):
-        raise  # execute_job gives the claim back (or stops, its lease lost); the task retries the run
-    except Exception as exc:
-        # A bug must not leave the job "running" forever: record it as failed, with what happened.
-        log.exception("job %s failed unexpectedly", job_id)
-        error = {
-            "type": type(exc).__name__,
-            "kind": "internal",
-            "message": str(exc)[:2000],
-            "provider_calls": calls_before + budget.used,
-        }
-        record.write("failed", error=error)
-        return failed_outcome(job_id, error)
-    finally:
-        if fill_lock is not None:
-            fill_lock.release()
-    result = _result(
-        job_id,
-        answer,
-        calls=calls_before + budget.used,
-        latency_ms=outcome.response.latency_ms,
-        cached=False,
-        fallback_used=outcome.fallback_used,
-        attempt_errors=outcome.attempts,
-    )
-    record.write("succeeded", result=result)
-    return result
+        self.record.write("succeeded", result=result.to_dict())
+        return Succeeded(result)
+
+    def failed(self, error: dict[str, Any]) -> Failed:
+        self.record.write("failed", error=error)
+        return Failed(self.job_id, error)
+
+    def parked(self, wait_s: float, reason: str, cause: str, *, slot_reserved: bool = False) -> Parked:
+        """Record the job as parked (the task then parks it in Redis) and say so."""
+        self.record.write("parked", wait_s=wait_s, reason=reason)
+        return Parked(self.job_id, self.queue, wait_s, reason, cause, slot_reserved)
 
 
 class _Record:
@@ -343,43 +406,3 @@ class _Record:
         if applied is False:  # the row has seen a newer run: this one's outcome is not the job's
             self.lease.lost = True
             self.lease.check()
-
-
-def _park(
-    record: _Record,
-    job_id: str,
-    queue: str,
-    wait_s: float,
-    reason: str,
-    cause: str,
-    *,
-    slot_reserved: bool = False,
-) -> dict[str, Any]:
-    """Record the job as parked (the task then parks it in Redis) and say so."""
-    record.write("parked", wait_s=wait_s, reason=reason)
-    return parked_outcome(job_id, queue, wait_s, reason, cause, slot_reserved=slot_reserved)
-
-
-def _result(
-    job_id: str,
-    answer: dict[str, Any],
-    *,
-    calls: int,
-    latency_ms: float,
-    cached: bool,
-    fallback_used: bool = False,
-    attempt_errors: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    return JobResult(
-        job_id=job_id,
-        text=answer["text"],
-        model=answer["model"],
-        provider=answer["provider"],
-        usage=dict(answer.get("usage") or {}),
-        latency_ms=round(latency_ms, 3),
-        finish_reason=answer.get("finish_reason"),
-        cached=cached,
-        fallback_used=fallback_used,
-        attempts=calls,
-        attempt_errors=list(attempt_errors or []),
-    ).to_dict()

@@ -34,6 +34,7 @@ from ultra_tasks.jobs.validation import validate_submission
 from ultra_tasks.keys import LLM_QUEUES, PRIORITY_QUEUES
 from ultra_tasks.mode.policy import Mode
 from ultra_tasks.redis_client import shared_redis
+from ultra_tasks.runtime import runtime
 from ultra_tasks.signing import sign
 
 log = logging.getLogger(__name__)
@@ -129,9 +130,7 @@ def submit(
 
 def _mode_notice(queue: str) -> str | None:
     """Why a job just accepted will not run soon, if the operation mode holds its queue back."""
-    from ultra_tasks.jobs.runner import mode_effects
-
-    effects = mode_effects()
+    effects = runtime().effects
     if effects.reader.current() is not Mode.EMERGENCY or queue in effects.settings.mode_emergency_run_queues:
         return None
     return (

@@ -14,8 +14,8 @@ from ultra_tasks.celery_app import app
 from ultra_tasks.config import get_settings
 from ultra_tasks.errors import DependencyUnavailableError
 from ultra_tasks.jobs.liveness import identity
-from ultra_tasks.jobs.models import JobStatus
-from ultra_tasks.jobs.parking import CAUSE_PROVIDER, Parking, park_delay
+from ultra_tasks.jobs.outcomes import Duplicate, Lost, Parked
+from ultra_tasks.jobs.parking import Parking, park_delay
 from ultra_tasks.jobs.runner import execute_job
 from ultra_tasks.mode.effects import SLOT_FLAG
 from ultra_tasks.redis_client import REDIS_DOWN, shared_redis
@@ -50,36 +50,31 @@ def run_job(self: Task, job_id: str, payload: dict[str, Any], sig: str | None = 
             raise
         delay = min(DB_RETRY_MAX_S, DB_RETRY_BASE_S * 2 ** min(self.request.retries, 10))
         raise self.retry(exc=exc, countdown=delay) from exc
-    if outcome.get("status") == "duplicate" and 0 < self.request.retries < DB_MAX_RETRIES:
+    if isinstance(outcome, Duplicate) and 0 < self.request.retries < DB_MAX_RETRIES:
         # A retry of a run that an outage interrupted, finding the job still leased: the interrupted run
         # could not give its lease back (Redis or the database was down). Dropped, the job would wait for
         # the sweeper; instead it looks again once that lease has lapsed.
-        raise self.retry(countdown=float(outcome.get("retry_after") or 0) + 1.0)
-    if outcome.get("status") in ("duplicate", "lost"):
+        raise self.retry(countdown=outcome.retry_after + 1.0)
+    if isinstance(outcome, Duplicate | Lost):
         raise Ignore()  # acknowledged, and no result stored over the real run's
-    if outcome.get("status") == JobStatus.PARKED.value:
+    if isinstance(outcome, Parked):
         _park(self, job_id, payload, outcome)
-    return outcome
+    return outcome.to_dict()
 
 
-def _park(task: Task, job_id: str, payload: dict[str, Any], outcome: dict[str, Any]) -> None:
+def _park(task: Task, job_id: str, payload: dict[str, Any], outcome: Parked) -> None:
     """Park the job in Redis until it is due; this message is then done (acknowledged, no result stored:
     the run after release stores the real one). Not an error and not a failed attempt."""
     settings = get_settings()
-    wait = park_delay(float(outcome.get("retry_after") or 0), at_most=settings.park_max_wait)
-    if outcome.get("slot_reserved"):
-        wait = float(outcome.get("retry_after") or 0)  # its own reserved start slot: no jitter
+    wait = park_delay(outcome.retry_after, at_most=settings.park_max_wait)
+    if outcome.slot_reserved:
+        wait = outcome.retry_after  # its own reserved start slot: no jitter
     payload = {k: v for k, v in payload.items() if k != SLOT_FLAG}
-    if outcome.get("slot_reserved"):
+    if outcome.slot_reserved:
         payload[SLOT_FLAG] = True
     try:
         Parking(shared_redis()).park(
-            job_id,
-            outcome["queue"],
-            payload,
-            time.time() + wait,
-            outcome["reason"],
-            outcome.get("cause") or CAUSE_PROVIDER,
+            job_id, outcome.queue, payload, time.time() + wait, outcome.reason, outcome.cause
         )
     except REDIS_DOWN as exc:
         log.warning("job %s cannot be parked (Redis: %s); it waits as a retry instead", job_id, exc)
