@@ -238,10 +238,11 @@ def _job_error(exc: ValidationError) -> JobValidationError:
         return original
     loc = list(error["loc"])
     message = str(error["msg"]).removeprefix("Value error, ")
-    if error["type"] == "extra_forbidden":
+    if error["type"] == "extra_forbidden" and len(loc) == 1:
+        message = f"unknown field (a job has: {', '.join(JobSpec.model_fields)})"
+    elif error["type"] == "extra_forbidden":
         unknown = loc.pop()
-        expected = "role and content" if loc and isinstance(loc[-1], int) else "the fields of submit"
-        message = f"unknown key {unknown!r}; expected {expected}"
+        message = f"unknown key {unknown!r}; expected role and content"
     elif error["type"] == "model_type" and loc and isinstance(loc[-1], int):
         message = "expected an object with role and content"
     elif error["type"] in _PLAIN:
