@@ -44,7 +44,7 @@ def test_a_payload_without_a_chain_has_no_chain_key_and_an_older_payload_reads_w
 def test_a_spec_cannot_be_changed_after_it_is_made() -> None:
     spec = JobSpec.parse(GOOD)
     with pytest.raises(ValidationError):
-        spec.model = "gpt-4o"  # type: ignore[misc]
+        spec.model = "gpt-4o"
 
 
 @pytest.mark.parametrize(
