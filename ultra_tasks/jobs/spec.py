@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+from functools import cached_property
 from typing import Any, Literal
 
 from pydantic import (
@@ -130,18 +131,21 @@ class JobSpec(BaseModel):
                 raise JobValidationError(
                     f"params.{key}", f"unknown parameter (allowed: {', '.join(ALLOWED_PARAMS)})"
                 )
-            _json_bytes(f"params.{key}", params[key])
         settings = _settings(info)
-        if settings is not None:
+        if settings is not None:  # accepting a job (a worker's payload was JSON already)
+            for key in params:
+                _json_bytes(f"params.{key}", params[key])
             _bounded("params", params, settings.job_max_params_bytes, "JOB_MAX_PARAMS_BYTES")
         return params
 
     @field_validator("metadata")
     @classmethod
     def _metadata(cls, metadata: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        size = _json_bytes("metadata", metadata)
         settings = _settings(info)
-        if settings is not None and size > settings.job_max_metadata_bytes:
+        if settings is None:  # a worker's payload was JSON already, and the bound is the producer's
+            return metadata
+        size = _json_bytes("metadata", metadata)
+        if size > settings.job_max_metadata_bytes:
             raise JobValidationError(
                 "metadata",
                 f"is {size} bytes as JSON, over the limit of {settings.job_max_metadata_bytes} "
@@ -212,9 +216,9 @@ class JobSpec(BaseModel):
             del data["chain"]
         return data
 
-    @property
+    @cached_property
     def request(self) -> LLMRequest:
-        """What the providers are asked."""
+        """What the providers are asked (made once per spec: the spec is frozen)."""
         return LLMRequest(
             model=self.model,
             messages=tuple(ChatMessage(m.role, m.content) for m in self.messages),
