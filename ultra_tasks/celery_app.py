@@ -48,6 +48,7 @@ def _prepare_worker(sender: Any = None, **_: Any) -> None:
     # A worker must not take jobs before the schema it writes to exists.
     from ultra_tasks.db.migrate import upgrade_schema
     from ultra_tasks.providers.registry import default_registry
+    from ultra_tasks.runtime import runtime
 
     upgrade_schema()
     # The SDKs cost 1 to 2.5 s of CPU to import. Imported by the first job instead, every job the pool
@@ -61,14 +62,19 @@ def _prepare_worker(sender: Any = None, **_: Any) -> None:
     concurrency = getattr(sender, "concurrency", None)
     if isinstance(concurrency, int) and concurrency > 0:
         default_registry().pool_size = concurrency
+    # the process's parts, made before the pool takes its first job rather than by it
+    rt = runtime()
+    rt.caller, rt.effects, rt.leases, rt.cache  # noqa: B018 - each made on first use
 
 
 @worker_process_init.connect
 def _after_fork(**_: Any) -> None:
     # Connection pools must not be shared across fork (prefork pool only; threads share one process).
     from ultra_tasks.db.engine import dispose_engines
+    from ultra_tasks.runtime import reset_runtime
 
     dispose_engines()
+    reset_runtime()  # its cache's disk level and its pools are the parent's: the child makes its own
 
 
 _threads: list[Any] = []
