@@ -30,7 +30,9 @@ def test_job_retention_defaults_to_thirty_days_and_zero_or_none_keeps_jobs_forev
         assert load_settings(job_retention=forever).job_retention is None
 
 
-def test_a_malformed_job_retention_stops_start_up_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_malformed_job_retention_stops_start_up_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("JOB_RETENTION", "a month")
     with pytest.raises(ConfigurationError, match="JOB_RETENTION='a month'"):
         load_settings()
