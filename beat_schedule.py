@@ -10,6 +10,9 @@ from typing import Any
 
 from ultra_tasks.config import Settings
 
+#: seconds between two retention runs (each deletes at most jobs.retention.MAX_ROWS_PER_RUN rows)
+RETENTION_INTERVAL_S = 600.0
+
 
 def build_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     interval = settings.health_check_interval
@@ -24,5 +27,11 @@ def build_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "task": "ultra.ops.sweep",
             "schedule": interval,
             "options": {"queue": "ops", "expires": interval},
+        },
+        # finished jobs older than JOB_RETENTION leave the job table in small batches (jobs/retention.py)
+        "retention": {
+            "task": "ultra.ops.retention",
+            "schedule": RETENTION_INTERVAL_S,
+            "options": {"queue": "ops", "expires": RETENTION_INTERVAL_S},
         },
     }

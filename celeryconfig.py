@@ -51,6 +51,7 @@ _transport_options = {
 broker_transport_options = _transport_options
 result_backend_transport_options = {"visibility_timeout": _s.broker_visibility_timeout}
 visibility_timeout = _s.broker_visibility_timeout
+# queued operations (PersistentRequestQueue) only: an LLM job stores nothing here, its row is the result
 result_expires = _s.job_result_ttl
 result_extended = False  # the job table keeps the request; no second copy of prompts in Redis
 

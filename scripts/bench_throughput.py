@@ -109,7 +109,8 @@ def _start_worker(concurrency: int, tmp: Path) -> subprocess.Popen[bytes]:
 
 
 def _wait_all(ids: list[str], timeout: float) -> list[float]:
-    """Wait for every result; return their completion times (epoch seconds, from the result backend)."""
+    """Wait for every no-op's result; return their completion times (epoch seconds, from the result
+    backend)."""
     from datetime import datetime
 
     from celery.result import AsyncResult
@@ -123,6 +124,33 @@ def _wait_all(ids: list[str], timeout: float) -> list[float]:
         res.get(timeout=max(0.1, deadline - time.monotonic()), propagate=True)
         done.append(datetime.fromisoformat(str(res.date_done)).timestamp())
     return done
+
+
+def _wait_jobs(ids: list[str], timeout: float) -> list[float]:
+    """Wait until every job's row is final; return their finish times (epoch seconds, from the job table:
+    a job's row is its result, the result backend holds nothing for it)."""
+    from sqlalchemy import select
+
+    from ultra_tasks.db.engine import transaction
+    from ultra_tasks.jobs.records import FINAL, jobs
+
+    deadline = time.monotonic() + timeout
+    done: dict[str, float] = {}
+    while len(done) < len(ids):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(ids) - len(done)} of {len(ids)} jobs not finished in {timeout:g}s")
+        waiting = [i for i in ids if i not in done]
+        for start in range(0, len(waiting), 1000):
+            with transaction() as conn:
+                rows = conn.execute(
+                    select(jobs.c.id, jobs.c.finished_at).where(
+                        jobs.c.id.in_(waiting[start : start + 1000]), jobs.c.status.in_(FINAL)
+                    )
+                ).all()
+            done.update((r.id, r.finished_at.timestamp()) for r in rows)
+        if len(done) < len(ids):
+            time.sleep(0.05)
+    return [done[i] for i in ids]
 
 
 def _publish_noops(n: int) -> list[str]:
@@ -149,13 +177,17 @@ def _submit_jobs(n: int, producers: int = 1) -> list[str]:
         return list(pool.map(one, range(n)))
 
 
+def _waiter(publish: Callable[[int], list[str]]) -> Callable[[list[str], float], list[float]]:
+    return _wait_jobs if publish is _submit_jobs else _wait_all
+
+
 def end_to_end_rate(
     publish: Callable[[int], list[str]], n: int, worker_pid: int
 ) -> tuple[float, float | None]:
     """Producer and worker together: first publish to last result. Also the worker's CPU per job (ms)."""
     cpu_before = _cpu_s(worker_pid)
     started = time.perf_counter()
-    _wait_all(publish(n), timeout=600)
+    _waiter(publish)(publish(n), 600)
     rate = n / (time.perf_counter() - started)
     cpu_after = _cpu_s(worker_pid)
     if cpu_before is None or cpu_after is None:
@@ -169,7 +201,7 @@ def drain_rate(publish: Callable[[int], list[str]], n: int, concurrency: int, tm
     ids = publish(n)
     worker = _start_worker(concurrency, tmp)
     try:
-        done = sorted(_wait_all(ids, timeout=600))
+        done = sorted(_waiter(publish)(ids, 600))
     finally:
         _stop(worker)
     return (n - 1) / (done[-1] - done[0])
@@ -194,7 +226,7 @@ def busy_rates(n: int, concurrency: int, latency_s: float, tmp: Path) -> tuple[f
     ids = _submit_jobs(n, producers=4)
     worker = _start_worker(concurrency, tmp)
     try:
-        _wait_all(ids, timeout=600)
+        _wait_jobs(ids, timeout=600)
     finally:
         _stop(worker)
     with transaction() as conn:

@@ -415,6 +415,54 @@ def jobs_list(
     console.print(table)
 
 
+@jobs_cli.command("purge")
+@_guarded
+def jobs_purge(
+    older_than: str = typer.Option(
+        ..., "--older-than", help="Delete finished jobs that finished longer ago than this: 30d, 12h, 90m."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Count what would be deleted; delete nothing."),
+    batch: int = typer.Option(500, "--batch", min=1, max=10_000, help="Rows per transaction."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Delete succeeded, failed and expired jobs older than --older-than, in small batches (queued,
+    running and parked jobs are never touched). Beat does the same with JOB_RETENTION."""
+    from ultra_tasks.db.migrate import upgrade_schema
+    from ultra_tasks.durations import parse_duration
+    from ultra_tasks.jobs.retention import purge_finished
+
+    try:
+        older_than_s = parse_duration(older_than)
+    except ValueError as exc:
+        _fail(Exit.BAD_INPUT, f"--older-than: {exc}")
+    if older_than_s <= 0:
+        _fail(Exit.BAD_INPUT, f"--older-than: {older_than!r} must be longer than zero")
+    upgrade_schema()
+    progress = None if as_json or dry_run else lambda n, total: err.print(f"batch {n}: {total} deleted")
+    report = purge_finished(
+        older_than_s, dry_run=dry_run, batch_rows=batch, max_rows=sys.maxsize, on_batch=progress
+    )
+    oldest = report.oldest_finished_at.isoformat() if report.oldest_finished_at else None
+    newest = report.newest_finished_at.isoformat() if report.newest_finished_at else None
+    if as_json:
+        out = {
+            "dry_run": report.dry_run,
+            "cutoff": report.cutoff.isoformat(),
+            "deleted" if not report.dry_run else "would_delete": report.deleted,
+            "batches": report.batches,
+            "oldest_finished_at": oldest,
+            "newest_finished_at": newest,
+        }
+        print(json.dumps(out))
+        return
+    verb = "would delete" if report.dry_run else "deleted"
+    span = f" (finished {oldest} .. {newest})" if oldest else ""
+    console.print(
+        f"{verb} {report.deleted} finished jobs that finished before {report.cutoff.isoformat()}{span}",
+        highlight=False,
+    )
+
+
 @breakers_cli.command("list")
 @_guarded
 def breakers_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:

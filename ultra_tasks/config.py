@@ -195,7 +195,15 @@ class Settings(BaseSettings):
     job_soft_time_limit: int | None = None  #: default: JOB_TIME_LIMIT - 15
     #: seconds before an unacknowledged message is redelivered; must exceed JOB_TIME_LIMIT
     broker_visibility_timeout: int = Field(3600, ge=1)
-    job_result_ttl: int = Field(7 * 24 * 3600, ge=60)  #: seconds results stay in the result backend
+    #: seconds a queued operation's (PersistentRequestQueue) result stays in the result backend; LLM jobs
+    #: store nothing there (their job row is the result)
+    job_result_ttl: int = Field(7 * 24 * 3600, ge=60)
+    #: minutes a job's outcome stays readable in Redis while its record write waits in the write buffer
+    #: (the database is down); the key is deleted as soon as the write lands
+    job_outcome_buffer_ttl: int = Field(60, ge=1, le=7 * 24 * 60)
+    #: how long finished jobs are kept in the job table (``30d``, ``12h``, ``90m``, a number of seconds;
+    #: ``0`` or ``none``: forever); older ones are deleted in small batches on beat (jobs/retention.py)
+    job_retention: float | None = 30 * 86400.0
     #: seconds a run's lease on its job lasts without renewal (renewed every third of it while the run
     #: lasts): how soon a job whose worker died can run elsewhere, not how long a run may take
     job_lease_ttl: float = Field(30.0, ge=3, le=600)
@@ -263,6 +271,13 @@ class Settings(BaseSettings):
             if queue not in _LLM_QUEUE_NAMES:
                 raise ValueError(f"unknown queue {queue!r}; expected some of {', '.join(_LLM_QUEUE_NAMES)}")
         return v
+
+    @field_validator("job_retention", mode="before")
+    @classmethod
+    def _retention(cls, v: Any) -> Any:
+        from ultra_tasks.durations import parse_retention
+
+        return parse_retention(v)
 
     @field_validator("database_replica_urls", mode="before")
     @classmethod

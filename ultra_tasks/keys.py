@@ -1,7 +1,12 @@
 """Every Redis key and channel ultra-tasks uses, under one configurable namespace (ULTRA_REDIS_NAMESPACE).
 
-Celery's own keys (queues named below, ``celery-task-meta-*``, ``unacked*``) are managed by kombu and the
-result backend; everything else lives here so an operator can find, inspect or clear it.
+Celery's own keys (queues named below, ``unacked*``, ``_kombu.binding.*``, and ``celery-task-meta-*`` of
+queued operations only: LLM jobs store nothing in the result backend) are managed by kombu and the result
+backend; everything else lives here so an operator can find, inspect or clear it.
+
+Every key named after one job lives no longer than the job's work: a lease until a few minutes after the
+outcome, a parked entry until release, an outcome only while its record write waits for the database.
+tests/integration/test_redis_footprint.py fails on any key family that grows with the number of jobs run.
 """
 
 from __future__ import annotations
@@ -210,9 +215,17 @@ def record_buffer_lock() -> str:
 
 def job_lease(job_id: str) -> str:
     """Hash: the lease of the run holding a job (owner, fencing token, expiry in Redis time ms) and the
-    provider calls made for the job so far, across runs. Expires a day after its last write, an hour
-    after the job's final outcome; ``ultra jobs retry`` deletes it (jobs/lease.py)."""
+    provider calls made for the job so far, across runs. Expires a day after its last write, and
+    max(JOB_TIME_LIMIT, 5 x JOB_LEASE_TTL) after the job's final outcome; ``ultra jobs retry`` deletes it
+    (jobs/lease.py)."""
     return f"{_ns()}:job:lease:{job_id}"
+
+
+def job_outcome(job_id: str) -> str:
+    """String with expiry (JOB_OUTCOME_BUFFER_TTL minutes): a job's final outcome (JSON) while its record
+    write waits in the write buffer (the database is down), for ``JobHandle`` and a redelivered run to
+    read; deleted when the write lands (jobs/outcome_buffer.py)."""
+    return f"{_ns()}:job:outcome:{job_id}"
 
 
 def operation_done(request_id: str) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from ultra_tasks import JobStatus, SystemOperationMode, submit
+from ultra_tasks import JobStatus, SystemOperationMode, keys, submit
 from ultra_tasks.config import reset_settings
 from ultra_tasks.db.migrate import upgrade_schema
 from ultra_tasks.errors import DependencyUnavailableError
@@ -89,3 +89,42 @@ def test_jobs_complete_while_postgres_is_down_and_their_records_arrive_after_it_
     assert history[1]["reasons"][0]["component"] == "database"
     assert [c.status for c in mode.component_states()] == ["ok"]
     mode.close()
+
+
+def test_results_of_jobs_finished_while_postgres_is_down_are_read_from_redis_only_until_their_rows_land(
+    private_postgres: Any, worker_factory: Any, fake_provider: Any, redis_client: Any
+) -> None:
+    os.environ["DATABASE_URL"] = private_postgres.url
+    reset_settings()
+    upgrade_schema()
+    worker_factory(concurrency=2, env={"DATABASE_URL": private_postgres.url})
+    writer = RecordWriter(redis_client)
+    fake_provider.add_fault("latency", model="gpt-4.1-mini", ms=500)
+    handles = [submit(f"kept {i}", model="gpt-4.1-mini") for i in range(4)]
+    time.sleep(0.3)  # the first two are running
+    private_postgres.stop()
+
+    # While the database is down, result() and status() answer from the outcome each worker kept in Redis
+    # (JOB_OUTCOME_BUFFER_TTL minutes at most), not from the Celery result backend
+    results = [h.result(timeout=60) for h in handles]
+    assert [r.text for r in results] == [f"echo: kept {i}" for i in range(4)]
+    assert [h.status() for h in handles] == [JobStatus.SUCCEEDED] * 4
+    for handle in handles:
+        assert 0 < redis_client.ttl(keys.job_outcome(handle.id)) <= 60 * 60
+        assert not redis_client.exists(f"celery-task-meta-{handle.id}")
+
+    # Once the buffered writes land, the rows answer and nothing of these jobs' outcomes is left in Redis
+    private_postgres.start()
+    deadline = time.monotonic() + 60
+    while writer.depth() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert writer.depth() == 0
+    assert not any(redis_client.exists(keys.job_outcome(h.id)) for h in handles)
+    while time.monotonic() < deadline:
+        try:
+            records.count_jobs()
+            break
+        except DependencyUnavailableError:
+            time.sleep(0.5)
+    assert [h.result(timeout=10).text for h in handles] == [r.text for r in results]
+    assert [h.record()["status"] for h in handles] == [JobStatus.SUCCEEDED.value] * 4

@@ -114,3 +114,18 @@ def sweep() -> int:
             log.info("sweeper moved %d waiting jobs one queue up", moved)
         sent += moved
     return sent
+
+
+@app.task(name="ultra.ops.retention", ignore_result=True)
+def retention() -> int:
+    """Delete finished jobs older than JOB_RETENTION (none when it is 0/none), in small batches
+    (jobs/retention.py); returns how many. Idempotent: a second beat's run finds fewer or none."""
+    from ultra_tasks.jobs.retention import purge_finished
+
+    keep_s = get_settings().job_retention
+    if keep_s is None:
+        return 0
+    report = purge_finished(keep_s)
+    if report.capped:
+        log.info("retention: %d jobs deleted, more are due; the next run goes on", report.deleted)
+    return report.deleted

@@ -47,6 +47,17 @@ log = logging.getLogger(__name__)
 #: seconds a job's lease hash (its token and its provider calls) outlives its last write
 LEASE_RECORD_TTL_S = 24 * 3600
 
+
+def tombstone_s(settings: Settings) -> int:
+    """Seconds a finished job's lease hash stays as a tombstone: its token keeps a stale run of the job
+    (its lease taken over while its process was frozen or cut off) from writing the lease back and making
+    a call. Such a run learns it lost at its next renewal, a third of JOB_LEASE_TTL after it wakes; the
+    tombstone covers a run as long as JOB_TIME_LIMIT, or five lease lifetimes. A run stale for longer
+    still writes nothing (the row's token fences its outcome) but may make one call. Tied to the job's
+    life, not to history: Redis holds a tombstone per job finished in that window only."""
+    return int(max(settings.job_time_limit, 5 * settings.job_lease_ttl))
+
+
 # Redis' clock, shared by every script: milliseconds and microseconds since the epoch.
 _NOW = r"""
 local t = redis.call('TIME')
@@ -103,11 +114,13 @@ return calls
 
 #: how a run gives its Redis lease back
 END, FINAL, ABANDON = 0, 1, 2
-# KEYS[1] lease hash; ARGV: token, mode, refund (1: a call counted at acquire never went out).
+# KEYS[1] lease hash; ARGV: token, mode, refund (1: a call counted at acquire never went out), tombstone
+# seconds (0: keep the expiry).
 # END: the lease ends now, the job's calls stay for its next run. FINAL: the job has its outcome; the
-# hash stays as a tombstone (its token keeps a late, older run from writing itself back) for an hour.
-# ABANDON: the run never used the lease (the job table says another run holds the job, or the job is
-# final): the token it replaced goes back, so that run's renewals still match.
+# hash stays as a tombstone (its token keeps a late, older run from writing itself back) for the
+# tombstone's seconds. ABANDON: the run never used the lease (the job table says another run holds the
+# job, or the job is final: then it expires as a tombstone too): the token it replaced goes back, so that
+# run's renewals still match.
 RELEASE_LUA = r"""
 local cur = redis.call('HMGET', KEYS[1], 'token', 'prev')
 if cur[1] ~= ARGV[1] then
@@ -119,9 +132,10 @@ if ARGV[3] == '1' then
 end
 if ARGV[2] == '2' then
   redis.call('HSET', KEYS[1], 'token', cur[2] or '0', 'exp', 0)
+  if tonumber(ARGV[4]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
 elseif ARGV[2] == '1' then
   redis.call('HSET', KEYS[1], 'exp', 0)
-  redis.call('EXPIRE', KEYS[1], 3600)
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
 else
   redis.call('HSET', KEYS[1], 'exp', 0)
 end
@@ -204,6 +218,7 @@ class Leases:
         self.client = client
         self.settings = settings
         self.ttl_s = settings.job_lease_ttl
+        self.tombstone_s = tombstone_s(settings)
         self._clock, self._now = clock, now
         self._acquire = client.register_script(ACQUIRE_LUA)
         self._extend = client.register_script(EXTEND_LUA)
@@ -275,9 +290,11 @@ class Leases:
             )
             return Acquired(self._hold(lease), None)
         if not start.claimed:
+            final = JobStatus(start.status).is_final
             if token is not None:
-                self._give_back(job_id, token, ABANDON, refund=True)
-            if JobStatus(start.status).is_final:
+                # a finished job's redelivery must not leave its hash for LEASE_RECORD_TTL_S
+                self._give_back(job_id, token, ABANDON, refund=True, tombstone=final)
+            if final:
                 return Finished(start)
             return Held(start.holder or "unknown", start.held_for_s)
         assert start.token is not None
@@ -442,14 +459,19 @@ class Leases:
         try:
             pipe = self.client.pipeline(transaction=False)
             for job_id, token in pending:
-                self._release(keys=[keys.job_lease(job_id)], args=[token, FINAL, 0], client=pipe)
+                self._release(
+                    keys=[keys.job_lease(job_id)], args=[token, FINAL, 0, self.tombstone_s], client=pipe
+                )
             pipe.execute()
         except REDIS_DOWN as exc:
             log.info("%d final lease releases not sent (%s); they lapse by themselves", len(pending), exc)
 
-    def _give_back(self, job_id: str, token: int, mode: int, *, refund: bool = False) -> None:
+    def _give_back(
+        self, job_id: str, token: int, mode: int, *, refund: bool = False, tombstone: bool = False
+    ) -> None:
+        ttl = self.tombstone_s if tombstone else 0
         try:
-            self._release(keys=[keys.job_lease(job_id)], args=[token, mode, 1 if refund else 0])
+            self._release(keys=[keys.job_lease(job_id)], args=[token, mode, 1 if refund else 0, ttl])
         except REDIS_DOWN as exc:
             log.info("job %s: lease not given back in Redis (%s); it lapses by itself", job_id, exc)
 

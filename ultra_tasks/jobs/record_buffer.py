@@ -4,9 +4,10 @@ order when the database answers again.
 Workers keep running jobs while PostgreSQL is down (the message carries the request; the mode is read from
 Redis); what they would have written to the job table goes to one Redis list (``keys.record_buffer()``)
 as JSON ``{"op", "job_id", "args", "at", "seq"}``, with the time it happened, so the recorded timings are
-the real ones. A flusher (a thread in every worker, and the sweeper on beat) moves entries out one at a
-time under a lock it renews; an entry whose write fails because the database went away again goes back
-to the head of the list.
+the real ones. A write that ends a job also keeps the job's outcome readable in Redis until it lands
+(outcome_buffer.py): the job's row is its result, and the result backend holds nothing. A flusher (a
+thread in every worker, and the sweeper on beat) moves entries out one at a time under a lock it renews;
+an entry whose write fails because the database went away again goes back to the head of the list.
 
 Every write is idempotent, so order and repetition cannot corrupt a row: each carries its run's fencing
 token (a write applies only while the row has seen no newer run: jobs/lease.py) and the job's calls as an
@@ -34,7 +35,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ultra_tasks import keys
 from ultra_tasks.clock import utcnow
 from ultra_tasks.errors import DependencyUnavailableError
-from ultra_tasks.jobs import records
+from ultra_tasks.jobs import outcome_buffer, records
 from ultra_tasks.redis_client import REDIS_DOWN
 
 log = logging.getLogger(__name__)
@@ -103,10 +104,17 @@ class RecordWriter:
             return None
 
     def buffer(self, op: str, job_id: str, at: datetime, **args: Any) -> None:
+        """Keep the write for later; a write that ends the job also keeps its outcome readable
+        (outcome_buffer.py), in the same transaction, until the write lands."""
+        outcome = outcome_buffer.outcome_of(op, job_id, args)
         try:
             seq = int(self.client.incr(keys.record_buffer_seq()))
             entry = json.dumps({"op": op, "job_id": job_id, "args": args, "at": at.isoformat(), "seq": seq})
-            self.client.rpush(keys.record_buffer(), entry)
+            pipe = self.client.pipeline(transaction=outcome is not None)
+            pipe.rpush(keys.record_buffer(), entry)
+            if outcome is not None:
+                outcome_buffer.keep(pipe, job_id, outcome)
+            pipe.execute()
         except REDIS_DOWN as exc:
             raise DependencyUnavailableError("redis", f"job record write buffer: {exc}") from exc
 
@@ -139,6 +147,7 @@ class RecordWriter:
                 if moved is None:
                     break
                 raw = str(moved)
+                entry = None
                 try:
                     entry = json.loads(raw)
                     apply(entry["op"], entry["job_id"], datetime.fromisoformat(entry["at"]), entry["args"])
@@ -148,7 +157,12 @@ class RecordWriter:
                 except Exception:
                     # a write that can never apply (a bug, a job deleted meanwhile) must not block the rest
                     log.exception("dropping unappliable buffered write %s", raw[:500])
-                self.client.lrem(keys.record_buffer_inflight(), 1, raw)
+                pipe = self.client.pipeline(transaction=False)
+                pipe.lrem(keys.record_buffer_inflight(), 1, raw)
+                if isinstance(entry, dict) and entry.get("op") in outcome_buffer.FINAL_OPS:
+                    # the row answers now: the outcome kept for the outage is no longer needed
+                    outcome_buffer.forget(pipe, str(entry.get("job_id")))
+                pipe.execute()
                 applied += 1
         finally:
             self._release(lock, token)

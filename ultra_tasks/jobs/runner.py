@@ -165,15 +165,11 @@ def _recorded_outcome(job_id: str, start: records.RunStart) -> Outcome:
 
 
 def _backend_outcome(job_id: str) -> dict[str, Any] | None:
-    """A run that finished earlier, from the result backend (while the job table cannot say)."""
-    from celery.result import AsyncResult
+    """A run that finished earlier, from the outcome its worker kept in Redis while the job table cannot
+    say (jobs/outcome_buffer.py)."""
+    from ultra_tasks.jobs import outcome_buffer
 
-    from ultra_tasks.celery_app import app
-
-    earlier = AsyncResult(job_id, app=app)
-    if earlier.successful() and isinstance(earlier.result, dict):
-        return dict(earlier.result)
-    return None
+    return outcome_buffer.read(shared_redis(), job_id)
 
 
 @dataclass

@@ -9,8 +9,6 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from celery.exceptions import TimeoutError as CeleryTimeoutError
-from celery.result import AsyncResult
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
 
@@ -28,7 +26,7 @@ from ultra_tasks.errors import (
     QueueFullError,
     SubmitOutcomeUnknownError,
 )
-from ultra_tasks.jobs import records
+from ultra_tasks.jobs import outcome_buffer, records
 from ultra_tasks.jobs.models import JobResult, JobStatus
 from ultra_tasks.jobs.validation import validate_submission
 from ultra_tasks.keys import LLM_QUEUES, PRIORITY_QUEUES
@@ -39,7 +37,6 @@ from ultra_tasks.signing import sign
 
 log = logging.getLogger(__name__)
 
-_FINAL_STATUSES = (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value, JobStatus.EXPIRED.value)
 #: Celery task name of the job path
 RUN_JOB_TASK = "ultra.run_job"
 
@@ -173,7 +170,8 @@ def _send(job_id: str, queue: str, payload: dict[str, Any]) -> None:
     # ``argsrepr`` names the job, not its request: Celery would otherwise copy a repr of the request
     # (prompt structure, metadata) into every message's headers, where Flower and logs show it, and
     # building that repr was a sixth of a submit's CPU. ``sig``: workers run only messages signed with
-    # the key they share with producers (signing.py).
+    # the key they share with producers (signing.py). ``ignore_result``: the job's row is its result, so
+    # the producer does not subscribe to a backend channel that nothing will ever publish on.
     app.send_task(
         RUN_JOB_TASK,
         args=[job_id, payload],
@@ -181,6 +179,7 @@ def _send(job_id: str, queue: str, payload: dict[str, Any]) -> None:
         task_id=job_id,
         argsrepr=f"[{job_id!r}, <request>]",
         kwargsrepr="{'sig': <signature>}",
+        ignore_result=True,
         **publish_options(queue),
     )
 
@@ -208,10 +207,16 @@ def _check_backpressure(limit: int) -> None:
 
 
 class JobHandle:
-    """Follows one job by id, from any process: ``JobHandle(job_id)``."""
+    """Follows one job by id, from any process: ``JobHandle(job_id)``.
 
-    #: how often result() re-reads the job table when the result backend has nothing (seconds)
-    POLL_INTERVAL_S = 0.5
+    The job's row is its result. While the database is down, a job that finished meanwhile is read from
+    the outcome its worker kept in Redis until the row can take it (jobs/outcome_buffer.py).
+    """
+
+    #: the longest result() waits between two looks at the job (seconds); it starts at FIRST_POLL_S and
+    #: grows by half each time, so a quick job is seen within milliseconds and a long one costs few reads
+    POLL_INTERVAL_S = 0.25
+    FIRST_POLL_S = 0.01
 
     def __init__(self, job_id: str) -> None:
         self.id = str(job_id)
@@ -232,7 +237,7 @@ class JobHandle:
         return records.get_job(self.id).status_reason
 
     def status(self) -> JobStatus:
-        """The job's current status, from the job table (the result backend if the database is down)."""
+        """The job's current status, from the job table (its buffered outcome if the database is down)."""
         try:
             return JobStatus(records.get_job(self.id).status)
         except DependencyUnavailableError:
@@ -268,43 +273,32 @@ class JobHandle:
     def result(self, timeout: float | None = None) -> JobResult:
         """Wait for the job to finish and return its result.
 
-        Raises ``JobFailedError`` if it failed and ``JobTimeoutError`` after ``timeout`` seconds.
+        Raises ``JobFailedError`` if it failed and ``JobTimeoutError`` after ``timeout`` seconds. Reads
+        the job table; while the database is down, the outcome buffered in Redis.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        outcome = self._backend_outcome(wait=timeout)
-        while outcome is None:
+        pause = self.FIRST_POLL_S
+        while True:
             outcome = self._table_outcome()
+            if outcome is None:
+                outcome = self._backend_outcome()
             if outcome is not None:
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 raise JobTimeoutError(self.id, timeout or 0.0)
-            time.sleep(self.POLL_INTERVAL_S)
-            outcome = self._backend_outcome()
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            time.sleep(pause if left is None else min(pause, left))
+            pause = min(self.POLL_INTERVAL_S, pause * 1.5)
         if outcome.get("status") == JobStatus.FAILED.value:
             raise JobFailedError(self.id, outcome.get("error") or {})
         if outcome.get("status") == JobStatus.EXPIRED.value:
             raise JobExpiredError(self.id)
         return JobResult.from_dict(outcome)
 
-    def _backend_outcome(self, wait: float | None = 0) -> dict[str, Any] | None:
-        """The final outcome from Celery's result backend, waiting up to ``wait`` seconds (None: forever).
-
-        Anything else the backend holds (a retry's exception info while the job waits) is not an outcome.
-        """
-        res = AsyncResult(self.id, app=app)
-        try:
-            if wait == 0:
-                value = res.result if res.successful() else None
-            else:
-                value = res.get(timeout=wait, propagate=False, disable_sync_subtasks=False)
-        except CeleryTimeoutError:
-            return None
-        except (RedisError, KombuOperationalError, OSError) as exc:
-            log.warning("result backend unreachable for job %s: %s", self.id, exc)
-            return None
-        if isinstance(value, dict) and value.get("status") in _FINAL_STATUSES:
-            return value
-        return None
+    def _backend_outcome(self) -> dict[str, Any] | None:
+        """The final outcome a worker kept in Redis while its record write waits for the database, or None
+        (nothing kept: the job is not final, or its row has it)."""
+        return outcome_buffer.read(shared_redis(), self.id)
 
     def _table_outcome(self) -> dict[str, Any] | None:
         try:
@@ -332,8 +326,8 @@ class JobHandle:
                 self.id, f"job {self.id} is {self.status().value}: only failed or expired jobs retry"
             )
         queue, payload = reset
-        # the result backend still holds the failed outcome under this id: drop it so result() waits anew
-        with contextlib.suppress(RedisError, KombuOperationalError, OSError):
-            AsyncResult(self.id, app=app).forget()
+        # an outcome kept from an outage would answer result() with the old failure: drop it
+        with contextlib.suppress(RedisError, OSError):
+            outcome_buffer.forget(shared_redis(), self.id)
         publish(self.id, queue, payload)
         return self

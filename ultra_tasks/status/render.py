@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ultra_tasks.durations import format_duration
+
 _MODE_STYLE = {"NORMAL": "bold green", "DEGRADED": "bold yellow", "EMERGENCY": "bold red"}
 _STATUS_STYLE = {"ok": "green", "degraded": "yellow", "critical": "red"}
 _BREAKER_STYLE = {"closed": "green", "half-open": "yellow", "open": "red", "forced-open": "red"}
@@ -107,6 +109,23 @@ def render_snapshot(snap: dict[str, Any], console: Console) -> None:
             _pct(s["success_rate"]),
             _secs(s["avg_wait_s"]),
             _secs(s["max_wait_s"]),
+        )
+        console.print(table)
+
+    if "job_table" in snap:
+        t = snap["job_table"]
+        rows = f"~{t['rows']}" if t.get("rows_estimated") else str(t["rows"])
+        keep = "forever" if t.get("retention_s") is None else format_duration(t["retention_s"])
+        table = Table(
+            "jobs kept", "size on disk", "oldest kept job", "oldest finished", "retention", title="job table"
+        )
+        size = t.get("size_bytes")
+        table.add_row(
+            rows,
+            "-" if size is None else f"{size / 1_048_576:.1f} MiB",
+            Text(str(t.get("oldest_created_at") or "-")),
+            Text(str(t.get("oldest_finished_at") or "-")),
+            keep,
         )
         console.print(table)
 

@@ -5,8 +5,9 @@ Two stores are read, each in its own thread with its own deadline, and each degr
 - Redis (the mode mirror, breakers, parked jobs) and the broker (queue depths): unreachable → ``queues``
   and ``breakers`` are left out, the mode comes from SQL, and ``errors["redis"]`` (or ``errors["broker"]``
   for a separate broker) says why;
-- the database (mode record, component history, mode timeline, queue statistics): unreachable →
-  ``components``, ``timeline`` and ``queue_stats`` are left out, the mode comes from the Redis mirror, and
+- the database (mode record, component history, mode timeline, queue statistics, the job table's size
+  and oldest kept job): unreachable → ``components``, ``timeline``, ``queue_stats`` and ``job_table``
+  are left out, the mode comes from the Redis mirror, and
   ``errors["database"]`` says why.
 
 With neither readable the mode is ``"UNKNOWN"`` (``mode["source"]`` is None). A store that does not answer
@@ -34,6 +35,7 @@ from ultra_tasks.db.engine import session_scope
 from ultra_tasks.db.migrate import upgrade_schema
 from ultra_tasks.db.models import ComponentStatus, ModeTransition, OperationModeRecord
 from ultra_tasks.errors import DependencyUnavailableError
+from ultra_tasks.jobs.retention import job_table_summary
 from ultra_tasks.jobs.stats import parked_depths, queue_depths, queue_stats, redis_location
 from ultra_tasks.mode.policy import Mode
 from ultra_tasks.redaction import known_secrets, redact_value
@@ -101,6 +103,7 @@ def fleet_snapshot(
             errors["broker"] = from_redis["broker_error"]
     if from_db is not None:
         snap["queue_stats"] = from_db["queue_stats"]
+        snap["job_table"] = from_db["job_table"]
     snap["cache"] = from_redis["cache"] if from_redis is not None else {}
     if from_db is not None:
         snap["timeline"] = from_db["timeline"]
@@ -318,4 +321,5 @@ def _read_database(window_s: float, now: datetime) -> dict[str, Any]:
         "components": components,
         "timeline": timeline,
         "queue_stats": queue_stats(window_s, now=now),
+        "job_table": job_table_summary(),
     }

@@ -343,6 +343,38 @@ def _number(value: Any) -> str:
     return str(value)
 
 
+def _job_table(snap: dict[str, Any]) -> str:
+    table = snap.get("job_table")
+    if not isinstance(table, dict):
+        return _table("job-table", ["job table"], [], "not available (database unreadable)")
+    rows = table.get("rows")
+    retention = table.get("retention_s")
+    labels = [
+        ("rows", f"~{rows}" if table.get("rows_estimated") else _number(rows)),
+        ("size_bytes", _number(table.get("size_bytes"))),
+        ("oldest_created_at", _number(table.get("oldest_created_at"))),
+        ("oldest_finished_at", _number(table.get("oldest_finished_at"))),
+        ("retention_s", "forever" if retention is None else _duration(retention)),
+    ]
+    names = {
+        "rows": "jobs kept",
+        "size_bytes": "size on disk (bytes)",
+        "oldest_created_at": "oldest kept job (created)",
+        "oldest_finished_at": "oldest kept finished job",
+        "retention_s": "finished jobs kept for (JOB_RETENTION)",
+    }
+    cells = "".join(
+        f'<tr data-stat="{key}"><th>{_e(names[key])}</th><td>{_e(value)}</td></tr>' for key, value in labels
+    )
+    return f'<table id="job-table"><tbody>{cells}</tbody></table>'
+
+
+def _duration(seconds: Any) -> str:
+    from ultra_tasks.durations import format_duration
+
+    return format_duration(float(seconds)) if isinstance(seconds, (int, float)) else _number(seconds)
+
+
 def _cache(snap: dict[str, Any]) -> str:
     cache = snap.get("cache") or {}
     levels = cache.get("levels", cache) if isinstance(cache, dict) else {}
@@ -407,6 +439,7 @@ def render_page(snap: dict[str, Any]) -> str:
         f"<section><h2>Components</h2>{_components(snap)}</section>"
         f"<section><h2>Circuit breakers</h2>{_breakers(snap)}</section>"
         f"<section><h2>Queues</h2>{_queues(snap)}</section>"
+        f"<section><h2>Job table</h2>{_job_table(snap)}</section>"
         f"<section><h2>Cache</h2>{_cache(snap)}</section>"
         f"<section><h2>Mode changes</h2>{_timeline(snap)}</section>"
         f'<footer>generated <span id="generated-at">{_e(snap.get("generated_at"))}</span>; '

@@ -1,0 +1,66 @@
+"""Redis holds live work only: after a drained run, no family of keys has grown with the number of jobs
+run (the job table is where finished jobs are kept)."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from ultra_tasks import keys, submit
+from ultra_tasks.config import load_settings
+from ultra_tasks.jobs.lease import tombstone_s
+
+pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("closed_provider_breakers")]
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_HEX = re.compile(r"[0-9a-f]{16,}")
+_NUMBER = re.compile(r"\d+")
+#: a short job life for this test's worker, so its finished jobs' lease tombstones lapse within seconds
+WORKER_ENV = {"JOB_TIME_LIMIT": "15", "JOB_SOFT_TIME_LIMIT": "10", "JOB_LEASE_TTL": "3"}
+
+
+def family(key: str) -> str:
+    """A key with the ids in it (job ids, digests, numbers) replaced by placeholders."""
+    return _NUMBER.sub("<n>", _HEX.sub("<hex>", _UUID.sub("<id>", key)))
+
+
+def families(client: Any) -> Counter[str]:
+    return Counter(family(k) for k in client.scan_iter(count=1000))
+
+
+def run_and_drain(n: int, tag: str) -> None:
+    handles = [submit(f"footprint {tag} {i}", model="gpt-4o-mini") for i in range(n)]
+    for handle in handles:
+        handle.result(timeout=120)
+
+
+def test_no_redis_key_family_grows_with_the_number_of_jobs_run(
+    worker_factory: Any, fake_provider: Any, redis_client: Any
+) -> None:
+    worker_factory(concurrency=8, env=WORKER_ENV)
+    # how long a finished job's last key (its lease tombstone) outlives the job, on this worker
+    settle_s = tombstone_s(load_settings(**{k.lower(): v for k, v in WORKER_ENV.items()})) + 2
+
+    run_and_drain(60, "a")
+    time.sleep(settle_s)
+    after_60 = families(redis_client)
+    run_and_drain(120, "b")
+    time.sleep(settle_s)
+    after_180 = families(redis_client)
+
+    # The cache level has its own bound (CACHE_DEFAULT_TTL, and Redis' maxmemory): every entry expires.
+    cache = keys.cache_prefix()
+    cache_entries = [k for k in redis_client.scan_iter(match=f"{cache}*", count=1000)]
+    assert all(redis_client.ttl(k) > 0 for k in cache_entries)
+    grown = {
+        f: (after_60.get(f, 0), n)
+        for f, n in after_180.items()
+        if n > after_60.get(f, 0) and not f.startswith(family(cache))
+    }
+    assert grown == {}, f"key families that grew from 60 to 180 jobs run (count after 60, after 180): {grown}"
+    # and the result backend stores nothing per job
+    assert not [f for f in after_180 if f.startswith("celery-task-meta-")]
