@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import redis
+
 from ultra_tasks.cache.layered import DistributedCache
 from ultra_tasks.cache.llm import NAMESPACE as CACHE_NAMESPACE
 from ultra_tasks.cache.llm import FillLock, is_cacheable, request_digest
@@ -29,7 +31,7 @@ from ultra_tasks.errors import (
     LeaseLostError,
     NoProviderAvailableError,
 )
-from ultra_tasks.jobs import records
+from ultra_tasks.jobs import outcome_buffer, records
 from ultra_tasks.jobs.lease import Finished, Held, Lease, Leases
 from ultra_tasks.jobs.liveness import identity
 from ultra_tasks.jobs.models import JobResult, JobStatus
@@ -128,7 +130,7 @@ def execute_job(
     outcome: Outcome | None = None
     try:
         if start is None and lease.recorded:
-            earlier = _backend_outcome(job_id)
+            earlier = _backend_outcome(rt.redis, job_id)
             if earlier is not None and (outcome := final_outcome(earlier)) is not None:
                 return outcome
             log.warning("job %s runs while the job table is unreachable; its records are buffered", job_id)
@@ -164,12 +166,10 @@ def _recorded_outcome(job_id: str, start: records.RunStart) -> Outcome:
     return Expired(job_id)
 
 
-def _backend_outcome(job_id: str) -> dict[str, Any] | None:
+def _backend_outcome(client: redis.Redis, job_id: str) -> dict[str, Any] | None:
     """A run that finished earlier, from the outcome its worker kept in Redis while the job table cannot
     say (jobs/outcome_buffer.py)."""
-    from ultra_tasks.jobs import outcome_buffer
-
-    return outcome_buffer.read(shared_redis(), job_id)
+    return outcome_buffer.read(client, job_id)
 
 
 @dataclass
