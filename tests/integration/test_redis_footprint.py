@@ -20,6 +20,8 @@ _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 _HEX = re.compile(r"[0-9a-f]{16,}")
 _NUMBER = re.compile(r"\d+")
 #: a short job life for this test's worker, so its finished jobs' lease tombstones lapse within seconds
+#: keys a family may gain between the two drains without growing with the number of jobs
+GROWTH = 3
 WORKER_ENV = {"JOB_TIME_LIMIT": "15", "JOB_SOFT_TIME_LIMIT": "10", "JOB_LEASE_TTL": "3"}
 
 
@@ -56,10 +58,13 @@ def test_no_redis_key_family_grows_with_the_number_of_jobs_run(
     cache = keys.cache_prefix()
     cache_entries = [k for k in redis_client.scan_iter(match=f"{cache}*", count=1000)]
     assert all(redis_client.ttl(k) > 0 for k in cache_entries)
+    # A family of per-job keys that leaks grows by a share of the 120 jobs run in between; one that is per
+    # model or per process (a provider's latency window, first written when it is first flushed) may
+    # appear once in between, and is no growth with the number of jobs.
     grown = {
         f: (after_60.get(f, 0), n)
         for f, n in after_180.items()
-        if n > after_60.get(f, 0) and not f.startswith(family(cache))
+        if n - after_60.get(f, 0) >= GROWTH and not f.startswith(family(cache))
     }
     assert grown == {}, f"key families that grew from 60 to 180 jobs run (count after 60, after 180): {grown}"
     # and the result backend stores nothing per job
