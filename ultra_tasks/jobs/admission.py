@@ -299,7 +299,7 @@ def _ms(at: datetime) -> int:
     return int(aware.timestamp() * 1000)
 
 
-def reconcile(client: redis.Redis | None = None, *, grace_s: float = ADMISSION_GRACE_S) -> Reconciled:
+def reconcile(client: redis.Redis | None = None, *, grace_s: float | None = None) -> Reconciled:
     """Make the admitted sets the live rows of the job table, and mark them synced.
 
     Runs under the job table's admission lock, so no admission through SQL falls between the read and
@@ -307,6 +307,7 @@ def reconcile(client: redis.Redis | None = None, *, grace_s: float = ADMISSION_G
     Redis connection error): the sets stay as they are until the next run.
     """
     client = client or _client(get_settings())
+    grace_s = ADMISSION_GRACE_S if grace_s is None else grace_s
     jobs = records.jobs
     with transaction() as conn:
         _serialize(conn)
