@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import ON_AMQP, TEST_BROKER_URL, TEST_REDIS_URL, _free_port
+from conftest import ON_AMQP, TEST_BROKER_URL, TEST_REDIS_URL, _free_port, ultra_cli
 from sqlalchemy import create_engine, delete, text
 from sqlalchemy.engine import make_url
 
@@ -408,3 +408,52 @@ def test_a_job_whose_worker_is_killed_keeps_its_slot_until_it_ends_on_another_wo
     ops_tasks.sweep()  # republishes the job whose lease nobody renews
     assert handle.result(timeout=60).text == "echo: outlives its worker"
     _wait_for(lambda: store.held() == 0, 10, "the slot of the job that ended")
+
+
+def _hold(store: Store, n: int) -> None:
+    """``n`` slots taken by jobs admitted just now (within the grace period, so nothing frees them)."""
+    now_ms = int(time.time() * 1000)
+    store.client.zadd(keys.admitted("high"), {f"held-{i}": now_ms for i in range(n)})
+
+
+def test_a_batch_waits_for_room_at_its_own_priority_and_stops_there_with_the_threshold(
+    store: Store, tmp_path: Path
+) -> None:
+    os.environ.update({"QUEUE_MAX_SIZE": "10", "QUEUE_SHED_AT": "low=0.7,default=0.9,high=1.0"})
+    reset_settings()
+    _hold(store, 8)
+    low = tmp_path / "low.jsonl"
+    low.write_text(json.dumps({"prompt": "bulk", "model": "gpt-4o", "priority": "low"}) + "\n")
+    high = tmp_path / "high.jsonl"
+    high.write_text(json.dumps({"prompt": "urgent", "model": "gpt-4o", "priority": "high"}) + "\n")
+    # low work finds no room at 8 of 10 (its threshold is 7): the batch waits, then stops saying why
+    refused = ultra_cli("submit", "--batch", str(low), "--timeout", "1")
+    assert refused.returncode == 7, refused.stderr
+    assert "low is refused from 7 (70% of QUEUE_MAX_SIZE 10" in refused.stderr
+    # high work still has room
+    accepted = ultra_cli("submit", "--batch", str(high), "--timeout", "1")
+    assert accepted.returncode == 0, accepted.stderr
+    assert store.rows() == 1 and store.held() == 9
+
+
+def test_the_request_spool_sheds_low_priority_requests_first(tmp_path: Path) -> None:
+    from ultra_tasks.jobs.queue import PersistentRequestQueue, RetryableRequest
+
+    queue = PersistentRequestQueue(storage_path=tmp_path / "spool.jsonl", max_size=10)
+    entry = RetryableRequest("llm.generate", ["spooled", "gpt-4o"]).to_dict()
+    down = RuntimeError("broker and database down")
+
+    def spool(level: str) -> int:
+        spooled = 0
+        while True:
+            try:
+                queue._spool(entry, level, str(uuid.uuid4()), down)
+                spooled += 1
+            except QueueFullError as exc:
+                assert exc.priority == level and "PersistentRequestQueue max_size" in str(exc)
+                return spooled
+
+    assert spool("low") == 7
+    assert spool("default") == 2
+    assert spool("high") == 1
+    assert queue.pending() == 10
