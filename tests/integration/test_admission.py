@@ -457,3 +457,43 @@ def test_the_request_spool_sheds_low_priority_requests_first(tmp_path: Path) -> 
     assert spool("default") == 2
     assert spool("high") == 1
     assert queue.pending() == 10
+
+
+def test_metrics_and_ultra_status_show_the_fill_against_each_threshold(store: Store) -> None:
+    from ultra_tasks.metrics.collector import FleetCollector
+
+    os.environ.update({"QUEUE_MAX_SIZE": "10", "QUEUE_SHED_AT": "low=0.5,default=0.8"})
+    reset_settings()
+    for i in range(3):
+        submit(f"high {i}", model="gpt-4o", priority="high")
+    for i in range(2):
+        submit(f"low {i}", model="gpt-4o", priority="low")
+
+    collector = FleetCollector()
+    samples = {
+        (s.name, s.labels.get("priority")): s.value
+        for family in collector.collect()
+        if family.name.startswith("ultra_queue_")
+        for s in family.samples
+    }
+    assert samples[("ultra_queue_admitted", "high")] == 3 and samples[("ultra_queue_admitted", "low")] == 2
+    assert samples[("ultra_queue_admission_limit", "low")] == 5
+    assert samples[("ultra_queue_admission_limit", "default")] == 8
+    assert samples[("ultra_queue_admission_limit", "high")] == 10
+    assert samples[("ultra_queue_max_size", None)] == 10
+    assert samples[("ultra_queue_fill_ratio", None)] == 0.5
+
+    out = ultra_cli("status", "--json")
+    assert json.loads(out.stdout)["admission"] == {
+        "held": 5,
+        "max_size": 10,
+        "fill": 0.5,
+        "by_priority": {"high": 3, "default": 0, "low": 2},
+        "thresholds": {
+            "high": {"share": 1.0, "limit": 10, "room": 5},
+            "default": {"share": 0.8, "limit": 8, "room": 3},
+            "low": {"share": 0.5, "limit": 5, "room": 0},
+        },
+    }
+    text = ultra_cli("status").stdout
+    assert "admission: 5 of QUEUE_MAX_SIZE 10 held (50% full)" in text

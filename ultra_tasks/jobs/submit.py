@@ -100,11 +100,11 @@ def submit(
     payload, expires_in = job.payload, job.expires_in
     queue = PRIORITY_QUEUES[job.priority]
     new_id = job.job_id or str(uuid.uuid4())
+    upgrade_schema()
     # the slot is taken before anything is recorded, so concurrent producers cannot overfill the bound
     slot = admission.reserve(new_id, job.priority, settings=settings)
     now = utcnow()
     try:
-        upgrade_schema()
         recorded_id = records.insert_job(
             job_id=new_id,
             priority=job.priority,

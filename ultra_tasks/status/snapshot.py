@@ -2,9 +2,9 @@
 
 Two stores are read, each in its own thread with its own deadline, and each degrades alone:
 
-- Redis (the mode mirror, breakers, parked jobs) and the broker (queue depths): unreachable → ``queues``
-  and ``breakers`` are left out, the mode comes from SQL, and ``errors["redis"]`` (or ``errors["broker"]``
-  for a separate broker) says why;
+- Redis (the mode mirror, breakers, parked jobs, the admission bound's fill) and the broker (queue
+  depths): unreachable → ``queues``, ``admission`` and ``breakers`` are left out, the mode comes from SQL,
+  and ``errors["redis"]`` (or ``errors["broker"]`` for a separate broker) says why;
 - the database (mode record, component history, mode timeline, queue statistics): unreachable →
   ``components``, ``timeline`` and ``queue_stats`` are left out, the mode comes from the Redis mirror, and
   ``errors["database"]`` says why.
@@ -34,6 +34,7 @@ from ultra_tasks.db.engine import session_scope
 from ultra_tasks.db.migrate import upgrade_schema
 from ultra_tasks.db.models import ComponentStatus, ModeTransition, OperationModeRecord
 from ultra_tasks.errors import DependencyUnavailableError
+from ultra_tasks.jobs.admission import fill
 from ultra_tasks.jobs.stats import parked_depths, queue_depths, queue_stats, redis_location
 from ultra_tasks.mode.policy import Mode
 from ultra_tasks.redaction import known_secrets, redact_value
@@ -97,6 +98,7 @@ def fleet_snapshot(
         snap["all_providers_down"] = from_redis["all_providers_down"]
         if from_redis["queues"] is not None:
             snap["queues"] = from_redis["queues"]
+        snap["admission"] = from_redis["admission"]
         if from_redis["broker_error"]:
             errors["broker"] = from_redis["broker_error"]
     if from_db is not None:
@@ -198,6 +200,7 @@ def _read_redis_unmapped(state: redis.Redis, broker: redis.Redis | None) -> dict
         "breakers": breakers,
         "all_providers_down": all_providers_down(breakers),
         "queues": queues,
+        "admission": fill(state).to_dict(),
         "broker_error": broker_error,
         "cache": _fleet_cache(state),
     }
