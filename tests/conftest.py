@@ -193,6 +193,23 @@ def redis_client() -> Iterator[object]:
 
 
 @pytest.fixture(autouse=True)
+def _empty_admission_bound() -> None:
+    """Every test starts with no admission slot taken: the jobs earlier tests left waiting (no worker ran
+    them, their messages were purged) would otherwise count against QUEUE_MAX_SIZE for the rest of the
+    session. The sets are marked synced, so they are not rebuilt from those jobs' rows."""
+    if not _state.get("redis_ok"):
+        return
+    from ultra_tasks import keys
+
+    client = redis.Redis.from_url(TEST_REDIS_URL)
+    try:
+        client.delete(*keys.admission_keys())
+        client.set(keys.admission_synced(), "1")
+    finally:
+        client.close()
+
+
+@pytest.fixture(autouse=True)
 def _normal_mode_after(request: pytest.FixtureRequest) -> Iterator[None]:
     """A test that leaves the operation mode worse than NORMAL (or overridden) must not make workers park
     the next tests' jobs: the mode state is wiped after it."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ultra_tasks.errors import ConfigurationError
@@ -43,6 +43,32 @@ def is_secret_field(name: str) -> bool:
     """Whether the setting ``name`` (field or variable name) holds a secret that is never shown."""
     name = name.lower()
     return name in SECRET_FIELDS or bool(_SECRET_NAME.search(name))
+
+
+class ShedAt(BaseModel):
+    """QUEUE_SHED_AT: the share of QUEUE_MAX_SIZE up to which each priority is admitted. Work of a lower
+    priority is shed first, so a queue filled with bulk work still has room for urgent work."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    low: float = Field(default=0.7, gt=0, le=1)
+    default: float = Field(default=0.9, gt=0, le=1)
+    high: float = Field(default=1.0, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ShedAt:
+        if not self.low <= self.default <= self.high:
+            raise ValueError(
+                f"shares must not fall as priority rises (low <= default <= high), got low={self.low:g}, "
+                f"default={self.default:g}, high={self.high:g}"
+            )
+        return self
+
+    def share(self, priority: str) -> float:
+        return float(getattr(self, priority))
+
+    def __str__(self) -> str:
+        return f"low={self.low:g},default={self.default:g},high={self.high:g}"
 
 
 def _require_scheme(value: str | None, schemes: set[str], what: str) -> str | None:
@@ -109,6 +135,9 @@ class Settings(BaseSettings):
     # --- seed: queue
     queue_storage_path: Path | None = None  #: default ./var/spool/requests.jsonl (JSON lines, never pickle)
     queue_max_size: int = Field(1000, ge=1)
+    #: the share of QUEUE_MAX_SIZE each priority may fill: a job is refused once the jobs held reach its
+    #: priority's share ("low=0.7,default=0.9,high=1.0"; jobs/admission.py)
+    queue_shed_at: Annotated[ShedAt, NoDecode] = Field(default_factory=lambda: ShedAt())
     #: jobs one LLM worker process runs at once (its thread count)
     queue_worker_count: int = Field(5, ge=1)
     #: seconds a low or default job may wait before the sweeper moves it one queue up (0: never)
@@ -278,6 +307,35 @@ class Settings(BaseSettings):
         from ultra_tasks.durations import parse_retention
 
         return parse_retention(v)
+
+    @field_validator("queue_shed_at", mode="before")
+    @classmethod
+    def _shed_at(cls, v: Any) -> Any:
+        """ "low=0.7,default=0.9" (or a JSON object); a priority left out keeps its default share."""
+        if not isinstance(v, str):
+            return v
+        if v.strip().startswith("{"):
+            try:
+                return json.loads(v)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"expected a JSON object ({exc.msg})") from exc
+        shares: dict[str, Any] = {}
+        for part in (p.strip() for p in v.split(",")):
+            if not part:
+                continue
+            name, sep, value = part.partition("=")
+            name = name.strip()
+            if not sep or name not in ShedAt.model_fields:
+                raise ValueError(
+                    f"expected priority=share pairs such as 'low=0.7,default=0.9,high=1.0', got {part!r}"
+                )
+            try:
+                shares[name] = float(value)
+            except ValueError:
+                raise ValueError(f"the share of {name} is not a number: {value.strip()!r}") from None
+            if not 0 < shares[name] <= 1:
+                raise ValueError(f"the share of {name} must be above 0 and at most 1, got {value.strip()}")
+        return shares
 
     @field_validator("database_replica_urls", mode="before")
     @classmethod

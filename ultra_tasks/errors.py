@@ -11,7 +11,7 @@ Third-party errors (redis, SQLAlchemy, the provider SDKs) are mapped to these at
     │   ├── SubmitOutcomeUnknownError   submit() cannot tell whether its job was recorded; carries the id
     │   └── DatabaseTimeoutError        a statement outran DATABASE_STATEMENT_TIMEOUT_MS (a TimeoutException)
     │       └── DatabasePoolExhaustedError  no pooled connection came free within DATABASE_POOL_TIMEOUT
-    ├── QueueFullError                  QUEUE_MAX_SIZE jobs are already waiting; nothing was recorded
+    ├── QueueFullError                  the jobs held reached this priority's share of QUEUE_MAX_SIZE
     ├── JobError
     │   ├── JobNotFoundError            no job with that id
     │   ├── JobFailedError              the job ended failed; carries its error record
@@ -88,14 +88,51 @@ class SubmitOutcomeUnknownError(DependencyUnavailableError):
 
 
 class QueueFullError(UltraTasksError):
-    """Backpressure: the LLM queues already hold ``limit`` jobs or more."""
+    """Backpressure: the system already holds as many jobs as this job's priority may fill; nothing was
+    recorded. ``depth``: jobs held (accepted and not final); ``limit``: the bound (QUEUE_MAX_SIZE).
+    ``priority`` and ``threshold`` say which threshold refused the job: jobs of ``priority`` are refused
+    once ``threshold`` jobs are held (its share of the bound, QUEUE_SHED_AT); ``share`` is that share.
+    Raised without them (``QueueFullError(depth, limit)``) the threshold is the bound itself."""
 
-    def __init__(self, depth: int, limit: int) -> None:
-        super().__init__(
-            f"queue full: {depth} jobs waiting, limit {limit} (QUEUE_MAX_SIZE); nothing was recorded"
-        )
+    def __init__(
+        self,
+        depth: int,
+        limit: int,
+        *,
+        priority: str | None = None,
+        threshold: int | None = None,
+        share: float | None = None,
+        setting: str = "QUEUE_MAX_SIZE",
+    ) -> None:
         self.depth = depth
         self.limit = limit
+        self.priority = priority
+        self.threshold = limit if threshold is None else threshold
+        self.share = share
+        self.setting = setting
+        if priority is None:
+            message = f"queue full: {depth} jobs waiting, limit {limit} ({setting}); nothing was recorded"
+        else:
+            of = f"{share:.0%} of " if share is not None else ""
+            message = (
+                f"queue full for {priority}-priority jobs: {depth} jobs held (accepted, not final); "
+                f"{priority} is refused from {self.threshold} ({of}{setting} {limit}, QUEUE_SHED_AT); "
+                "nothing was recorded"
+            )
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # keyword arguments survive pickling (Celery results, multiprocessing)
+        return (
+            _rebuild_queue_full,
+            (self.depth, self.limit, self.priority, self.threshold, self.share, self.setting),
+        )
+
+
+def _rebuild_queue_full(
+    depth: int, limit: int, priority: str | None, threshold: int, share: float | None, setting: str
+) -> QueueFullError:
+    return QueueFullError(depth, limit, priority=priority, threshold=threshold, share=share, setting=setting)
 
 
 class JobError(UltraTasksError):

@@ -115,6 +115,26 @@ def health_runs() -> str:
     return f"{_ns()}:health:runs"
 
 
+def admitted(priority: str) -> str:
+    """Sorted set: ids of the jobs of ``priority`` (high, default, low) that were admitted and have not
+    reached a final state (queued, running or parked), scored by their admission time (Redis time, ms).
+    The three sets together are what QUEUE_MAX_SIZE bounds (jobs/admission.py). The ``{admission}`` hash
+    tag keeps them and ``admission_synced`` in one cluster slot, as the admission script requires."""
+    return f"{_ns()}:{{admission}}:admitted:{priority}"
+
+
+def admission_synced() -> str:
+    """String: present while the ``admitted`` sets hold every live job of the job table. Rebuilding them
+    from the table sets it; a Redis restart or flush loses it, so nothing is admitted against sets that
+    forgot jobs until they are rebuilt."""
+    return f"{_ns()}:{{admission}}:synced"
+
+
+def admission_keys() -> list[str]:
+    """Every key of the admission bound (what clearing it must delete)."""
+    return [*(admitted(p) for p in PRIORITY_QUEUES), admission_synced()]
+
+
 def parked(queue: str) -> str:
     """Sorted set: ids of jobs parked off ``queue`` (one of LLM_QUEUES), scored by the time (epoch seconds)
     they are due to be released back onto it. Parked jobs hold no worker slot and keep their queue."""

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ import redis
 from conftest import RedisServer
 from conftest import ultra_cli as ultra
 
+from ultra_tasks import keys
+from ultra_tasks.config import reset_settings
 from ultra_tasks.jobs import records
 from ultra_tasks.jobs.stats import queue_depths
 from ultra_tasks.jobs.submit import JobHandle
@@ -136,10 +139,12 @@ def test_a_failed_job_in_a_batch_exits_1_and_names_its_line(
 def test_a_batch_that_meets_full_queues_stops_with_exit_7_and_says_where(
     tmp_path: Path, private_redis: RedisServer
 ) -> None:
-    # Given a broker whose LLM queues already hold QUEUE_MAX_SIZE messages (no worker reads them)
-    broker = redis.Redis.from_url(private_redis.url)
-    broker.rpush("llm.default", "a", "b")
+    # Given a system that already holds QUEUE_MAX_SIZE jobs (no worker runs them)
     os.environ.update({"BROKER_URL": private_redis.url, "QUEUE_MAX_SIZE": "2"})
+    reset_settings()
+    held = redis.Redis.from_url(os.environ["REDIS_URL"])
+    now_ms = int(time.time() * 1000)
+    held.zadd(keys.admitted("high"), {"held-1": now_ms, "held-2": now_ms})
     jobs_before = records.count_jobs()
     batch = _write(tmp_path / "full.jsonl", [{"prompt": "one"}, {"prompt": "two"}])
     # When a batch is submitted, waiting at most 1 s for room

@@ -204,7 +204,7 @@ def test_metrics_after_a_scripted_run_match_breaker_transitions_jobs_queues_and_
     assert total(degraded, "ultra_operation_mode_reason", component="operator") == 1
     assert total(degraded, "ultra_operation_mode_stays_total", mode="DEGRADED") >= 1
     parts = [v for (n, _), v in degraded.items() if n == "ultra_metrics_part_up"]
-    assert len(parts) == 7 and all(v == 1 for v in parts)
+    assert len(parts) == 8 and all(v == 1 for v in parts)
 
 
 def test_metrics_report_a_store_that_cannot_be_read_and_still_answer(

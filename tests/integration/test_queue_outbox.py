@@ -30,14 +30,14 @@ def test_submit_refuses_with_queue_full_when_queue_max_size_jobs_wait_and_record
     reset_settings()
     try:
         for i in range(3):
-            submit(f"waiting {i}", model="gpt-4o", priority="low")
+            submit(f"waiting {i}", model="gpt-4o", priority="high")
         before = count_jobs()
-        with pytest.raises(QueueFullError, match="3 jobs waiting, limit 3"):
+        with pytest.raises(QueueFullError, match=r"3 jobs held .* high is refused from 3"):
             submit("one too many", model="gpt-4o", priority="high")
         assert count_jobs() == before
-        assert broker_queues.llm_depth() == 3  # the three low jobs: the high one was not enqueued
+        assert broker_queues.llm_depth() == 3  # the three waiting jobs: the fourth was not enqueued
     finally:
-        broker_queues.purge("llm.low")
+        broker_queues.purge("llm.high")
 
 
 def test_same_idempotency_key_returns_the_first_job_and_enqueues_once(broker_queues: Any) -> None:

@@ -83,6 +83,18 @@ def _lost_messages(waiting: list[tuple[str, str, dict[str, Any]]]) -> list[tuple
     return [job for job in waiting if job[1] in empty]
 
 
+def _reconcile_admission() -> None:
+    """The admission bound's sets follow the job table: slots of jobs that ended unseen (a worker killed
+    between its final write and giving the slot back) come back, live jobs the sets lost count again."""
+    from ultra_tasks.errors import DependencyUnavailableError
+    from ultra_tasks.jobs.admission import reconcile
+
+    try:
+        reconcile()
+    except (DependencyUnavailableError, *REDIS_DOWN) as exc:
+        log.warning("admission sets not reconciled (%s); the next sweep tries again", exc)
+
+
 @app.task(name="ultra.ops.sweep", ignore_result=True)
 def sweep() -> int:
     """Publish jobs the outbox holds (recorded while the broker was down) and jobs whose run's lease
@@ -96,6 +108,7 @@ def sweep() -> int:
     client = breaker_redis()
     # writes buffered while the database was down go first: the sweeps below read the table
     RecordWriter(client).flush()
+    _reconcile_admission()
     # Running jobs whose lease nobody renews (their worker died) go out again at once, rather than after
     # the broker's visibility timeout (an hour by default); the run that gets the message takes the lapsed
     # lease over and continues the job's attempt budget (jobs/lease.py).

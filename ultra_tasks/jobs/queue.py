@@ -13,7 +13,9 @@ second job. Many processes may share one spool: appends take a file lock; a repl
 away under that lock (appends meanwhile start a new one), works on its own copy under a lock of its own,
 and hands back what it could not send; a copy whose replayer died is taken up by the next replay. A line
 that is not JSON is set aside in ``<spool>.bad``; one the system refuses (validation, a full queue) in
-``<spool>.rejected`` with why; the rest go on.
+``<spool>.rejected`` with why; the rest go on. The spool holds at most ``max_size`` requests, shed by
+priority with the shares of QUEUE_SHED_AT (a low request is refused first), and an ``llm.generate``
+request is a job admitted under QUEUE_MAX_SIZE like any other submit.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from ultra_tasks.broker import publish_options
 from ultra_tasks.celery_app import app
 from ultra_tasks.config import get_settings
 from ultra_tasks.errors import DependencyUnavailableError, JobValidationError, QueueFullError
+from ultra_tasks.jobs.admission import threshold
 from ultra_tasks.keys import PRIORITY_QUEUES
 from ultra_tasks.redis_client import REDIS_DOWN, shared_redis
 from ultra_tasks.signing import sign, verify
@@ -179,9 +182,12 @@ class PersistentRequestQueue:
 
     def _spool(self, entry: dict[str, Any], level: str, request_id: str, reason: Exception) -> str:
         line = json.dumps({"id": request_id, "priority": level, "request": entry}) + "\n"
+        # the spool sheds by priority as the job bound does: its own bound is ``max_size``, under the lock
+        limit = threshold(level, self.max_size)
         with self._locked():
-            if self.pending() >= self.max_size:
-                raise QueueFullError(self.max_size, self.max_size) from reason
+            pending = self.pending()
+            if pending >= limit.limit:
+                raise limit.refusal(pending, setting="PersistentRequestQueue max_size") from reason
             _append(self.storage_path, [line])
         log.warning("request %s spooled to %s (%s)", request_id, self.storage_path, reason)
         return request_id

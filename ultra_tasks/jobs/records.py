@@ -9,11 +9,12 @@ its cache key on each call cost more CPU than SQLite took to run it (a claim: 0.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, case, func, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, case, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ultra_tasks.clock import utcnow
@@ -167,13 +168,17 @@ def insert_job(
     now: datetime | None = None,
     expires_at: datetime | None = None,
     idempotency_key: str | None = None,
+    guard: Callable[[Connection], None] | None = None,
 ) -> str:
     """Record a queued, not yet published job; returns its id. With an idempotency key already used,
     nothing is written and the earlier job's id is returned; so too with a job id already recorded (a
-    submit retried after an outcome it could not know, or a spool replayed twice)."""
+    submit retried after an outcome it could not know, or a spool replayed twice). ``guard`` runs first in
+    the insert's transaction and refuses the insert by raising (the admission bound while Redis is down)."""
     now = now or utcnow()
     try:
         with transaction() as conn:
+            if guard is not None:
+                guard(conn)
             conn.execute(
                 _INSERT,
                 {
@@ -230,7 +235,17 @@ def mark_expired(job_id: str, at: datetime | None = None, token: int | None = No
             ),
             {"token": token},
         )
-    return result.rowcount > 0
+    return _ended(job_id, result.rowcount > 0)
+
+
+def _ended(job_id: str, written: bool) -> bool:
+    """A final outcome was written: the job gives its admission slot back (jobs/admission.py). Every
+    final write of a job goes through here, whether a run makes it or the write buffer applies it."""
+    if written:
+        from ultra_tasks.jobs.admission import release
+
+        release(job_id)
+    return written
 
 
 def jobs_to_republish(
@@ -319,10 +334,15 @@ def promote_starved(age_s: float, limit: int = 500) -> list[tuple[str, str, dict
     return [(r.id, r.queue, r.request) for r in rows]
 
 
-def reset_for_retry(job_id: str) -> tuple[str, dict[str, Any]] | None:
-    """Give a failed or expired job a fresh start (a new attempt budget); (queue, request) or None."""
+def reset_for_retry(
+    job_id: str, guard: Callable[[Connection], None] | None = None
+) -> tuple[str, dict[str, Any]] | None:
+    """Give a failed or expired job a fresh start (a new attempt budget); (queue, request) or None.
+    ``guard`` runs first in the transaction and refuses the retry by raising (the admission bound)."""
     now = utcnow()
     with transaction() as conn:
+        if guard is not None:
+            guard(conn)
         row = conn.execute(
             update(jobs)
             .where(jobs.c.id == job_id, jobs.c.status.in_((JobStatus.FAILED.value, JobStatus.EXPIRED.value)))
@@ -590,7 +610,8 @@ def mark_succeeded(
         "token": token,
     }
     with transaction() as conn:
-        return conn.execute(_SUCCEEDED, params).rowcount > 0
+        written = conn.execute(_SUCCEEDED, params).rowcount > 0
+    return _ended(job_id, written)
 
 
 def mark_failed(
@@ -612,7 +633,8 @@ def mark_failed(
         "token": token,
     }
     with transaction() as conn:
-        return conn.execute(_FAILED, params).rowcount > 0
+        written = conn.execute(_FAILED, params).rowcount > 0
+    return _ended(job_id, written)
 
 
 def count_jobs(status: JobStatus | None = None) -> int:

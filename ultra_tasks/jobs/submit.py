@@ -12,7 +12,7 @@ from typing import Any
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
 
-from ultra_tasks.broker import AMQP_LLM_QUEUE, amqp_depths, is_amqp, publish_options
+from ultra_tasks.broker import publish_options
 from ultra_tasks.celery_app import app
 from ultra_tasks.clock import utcnow
 from ultra_tasks.config import get_settings
@@ -23,13 +23,12 @@ from ultra_tasks.errors import (
     JobExpiredError,
     JobFailedError,
     JobTimeoutError,
-    QueueFullError,
     SubmitOutcomeUnknownError,
 )
-from ultra_tasks.jobs import outcome_buffer, records
+from ultra_tasks.jobs import admission, outcome_buffer, records
 from ultra_tasks.jobs.models import JobResult, JobStatus
 from ultra_tasks.jobs.validation import validate_submission
-from ultra_tasks.keys import LLM_QUEUES, PRIORITY_QUEUES
+from ultra_tasks.keys import PRIORITY_QUEUES
 from ultra_tasks.mode.policy import Mode
 from ultra_tasks.redis_client import shared_redis
 from ultra_tasks.runtime import runtime
@@ -74,7 +73,8 @@ def submit(
     handed out).
 
     The job table is the outbox: a job recorded while the broker is unreachable is accepted and published
-    by the sweeper on beat once the broker is back. ``QueueFullError`` when QUEUE_MAX_SIZE jobs wait.
+    by the sweeper on beat once the broker is back. ``QueueFullError`` when the jobs held (accepted, not
+    final) reach this priority's share of QUEUE_MAX_SIZE (QUEUE_SHED_AT; jobs/admission.py).
     """
     settings = get_settings()
     job = validate_submission(
@@ -97,10 +97,11 @@ def submit(
     )
     payload, expires_in = job.payload, job.expires_in
     queue = PRIORITY_QUEUES[job.priority]
-    _check_backpressure(settings.queue_max_size)
-    upgrade_schema()
-    now = utcnow()
     new_id = job.job_id or str(uuid.uuid4())
+    upgrade_schema()
+    # the slot is taken before anything is recorded, so concurrent producers cannot overfill the bound
+    slot = admission.reserve(new_id, job.priority, settings=settings)
+    now = utcnow()
     try:
         recorded_id = records.insert_job(
             job_id=new_id,
@@ -111,9 +112,17 @@ def submit(
             now=now,
             expires_at=now + timedelta(seconds=expires_in) if expires_in is not None else None,
             idempotency_key=job.idempotency_key,
+            guard=slot.guard(idempotency_key=job.idempotency_key),
         )
     except DependencyUnavailableError as exc:
+        # the job may be recorded: the slot stays (a submit retried with this job id reuses it; if nothing
+        # was recorded, the admission reconcile frees it)
         raise SubmitOutcomeUnknownError(new_id, str(exc)) from exc
+    except BaseException:
+        admission.give_back(slot)
+        raise
+    if recorded_id != new_id:  # an idempotency key used before: the earlier job holds its own slot
+        admission.give_back(slot)
     # not a repeat of an earlier submit with the same idempotency key (a repeat with the same job id is
     # published again: harmless, and it may not have been the first time)
     if recorded_id == new_id:
@@ -182,28 +191,6 @@ def _send(job_id: str, queue: str, payload: dict[str, Any]) -> None:
         ignore_result=True,
         **publish_options(queue),
     )
-
-
-def _check_backpressure(limit: int) -> None:
-    """Refuse new jobs while the LLM queues already hold ``limit`` (QUEUE_MAX_SIZE) jobs in all."""
-    if is_amqp():
-        try:
-            depth = amqp_depths()[AMQP_LLM_QUEUE]
-        except Exception:
-            return  # broker unreachable: the outbox takes the job and the sweeper publishes it later
-        if depth >= limit:
-            raise QueueFullError(depth, limit)
-        return
-    client = shared_redis(get_settings().effective_broker_url)
-    try:
-        pipe = client.pipeline(transaction=False)
-        for queue in LLM_QUEUES:
-            pipe.llen(queue)
-        depth = sum(int(n) for n in pipe.execute())
-    except RedisError:
-        return  # broker unreachable: the outbox takes the job and the sweeper publishes it later
-    if depth >= limit:
-        raise QueueFullError(depth, limit)
 
 
 class JobHandle:
@@ -320,7 +307,10 @@ class JobHandle:
             raise JobError(self.id, f"job {self.id} is {status.value}: only failed or expired jobs retry")
         # the lease record counts the job's provider calls across runs: the fresh budget starts at zero
         forget_job_lease(shared_redis(), self.id)
-        reset = records.reset_for_retry(self.id)
+        # a dead letter retried is admitted again, through the same bound
+        reset = admission.readmit(
+            self.id, self.record()["priority"], lambda guard: records.reset_for_retry(self.id, guard=guard)
+        )
         if reset is None:
             raise JobError(
                 self.id, f"job {self.id} is {self.status().value}: only failed or expired jobs retry"

@@ -103,6 +103,7 @@ class FleetCollector(Collector):
             "jobs": ("redis", self._jobs),
             "cache": ("redis", self._cache),
             "queues": ("broker", self._queues),
+            "admission": ("redis", self._admission),
             "mode": ("redis", self._current_mode),
             "mode_history": ("database", self._mode),
             "queue_stats": ("database", self._queue_stats),
@@ -308,6 +309,32 @@ class FleetCollector(Collector):
         for queue, n in parked_depths(self.state_redis).items():
             parked.add_metric([queue], n)
         return [depth, parked]
+
+    # --- the admission bound (QUEUE_MAX_SIZE shed by priority) -------------------------------------------
+    def _admission(self) -> list[Metric]:
+        from ultra_tasks.jobs.admission import fill
+
+        now = fill(self.state_redis)
+        held = GaugeMetricFamily(
+            "ultra_queue_admitted",
+            "Jobs admitted and not final (queued, running or parked), per priority",
+            labels=["priority"],
+        )
+        limit = GaugeMetricFamily(
+            "ultra_queue_admission_limit",
+            "Jobs held from which this priority is refused (its QUEUE_SHED_AT share of QUEUE_MAX_SIZE)",
+            labels=["priority"],
+        )
+        for priority, n in now.held.items():
+            held.add_metric([priority], n)
+            limit.add_metric([priority], now.thresholds[priority].limit)
+        bound = GaugeMetricFamily(
+            "ultra_queue_max_size", "QUEUE_MAX_SIZE: the jobs the system holds at most", value=now.max_size
+        )
+        ratio = GaugeMetricFamily(
+            "ultra_queue_fill_ratio", "Jobs held over QUEUE_MAX_SIZE", value=now.total / now.max_size
+        )
+        return [held, limit, bound, ratio]
 
     # --- queue statistics over a window (the job table) ---------------------------------------------------
     def _queue_stats(self) -> list[Metric]:

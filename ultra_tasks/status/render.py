@@ -95,6 +95,26 @@ def render_snapshot(snap: dict[str, Any], console: Console) -> None:
             table.add_row(Text(str(name)), str(q["depth"]), str(q["parked"]))
         console.print(table)
 
+    if "admission" in snap:
+        a = snap["admission"]
+        table = Table(
+            "priority",
+            "held",
+            "refused from",
+            "share",
+            "room",
+            title=f"admission: {a['held']} of QUEUE_MAX_SIZE {a['max_size']} held ({a['fill']:.0%} full)",
+        )
+        for priority, t in a["thresholds"].items():
+            table.add_row(
+                priority,
+                str(a["by_priority"].get(priority, 0)),
+                str(t["limit"]),
+                f"{t['share']:.0%}",
+                str(t["room"]),
+            )
+        console.print(table)
+
     if "queue_stats" in snap:
         s = snap["queue_stats"]
         table = Table(

@@ -2,9 +2,9 @@
 
 Two stores are read, each in its own thread with its own deadline, and each degrades alone:
 
-- Redis (the mode mirror, breakers, parked jobs) and the broker (queue depths): unreachable → ``queues``
-  and ``breakers`` are left out, the mode comes from SQL, and ``errors["redis"]`` (or ``errors["broker"]``
-  for a separate broker) says why;
+- Redis (the mode mirror, breakers, parked jobs, the admission bound's fill) and the broker (queue
+  depths): unreachable → ``queues``, ``admission`` and ``breakers`` are left out, the mode comes from SQL,
+  and ``errors["redis"]`` (or ``errors["broker"]`` for a separate broker) says why;
 - the database (mode record, component history, mode timeline, queue statistics, the job table's size
   and oldest kept job): unreachable → ``components``, ``timeline``, ``queue_stats`` and ``job_table``
   are left out, the mode comes from the Redis mirror, and
@@ -35,6 +35,7 @@ from ultra_tasks.db.engine import session_scope
 from ultra_tasks.db.migrate import upgrade_schema
 from ultra_tasks.db.models import ComponentStatus, ModeTransition, OperationModeRecord
 from ultra_tasks.errors import DependencyUnavailableError
+from ultra_tasks.jobs.admission import fill
 from ultra_tasks.jobs.retention import job_table_summary
 from ultra_tasks.jobs.stats import parked_depths, queue_depths, queue_stats, redis_location
 from ultra_tasks.mode.policy import Mode
@@ -99,6 +100,7 @@ def fleet_snapshot(
         snap["all_providers_down"] = from_redis["all_providers_down"]
         if from_redis["queues"] is not None:
             snap["queues"] = from_redis["queues"]
+        snap["admission"] = from_redis["admission"]
         if from_redis["broker_error"]:
             errors["broker"] = from_redis["broker_error"]
     if from_db is not None:
@@ -201,6 +203,7 @@ def _read_redis_unmapped(state: redis.Redis, broker: redis.Redis | None) -> dict
         "breakers": breakers,
         "all_providers_down": all_providers_down(breakers),
         "queues": queues,
+        "admission": fill(state).to_dict(),
         "broker_error": broker_error,
         "cache": _fleet_cache(state),
     }

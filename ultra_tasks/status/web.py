@@ -305,6 +305,24 @@ def _breakers(snap: dict[str, Any]) -> str:
     return table + (f'<p id="all-providers-down">{_e(notice)}</p>' if notice else "")
 
 
+def _admission(snap: dict[str, Any]) -> str:
+    """The admission bound's fill against each priority's threshold (QUEUE_MAX_SIZE, QUEUE_SHED_AT)."""
+    a = snap.get("admission")
+    rows: list[str] = []
+    if isinstance(a, dict):
+        held = a.get("by_priority") or {}
+        for priority, t in (a.get("thresholds") or {}).items():
+            share = f"{float(t.get('share') or 0):.0%}"
+            rows.append(
+                f'<tr data-priority="{_e(priority)}"><td>{_e(priority)}</td>'
+                f'<td class="held">{_e(held.get(priority, 0))}</td>'
+                f'<td class="limit">{_e(t.get("limit"))}</td><td>{_e(share)}</td>'
+                f'<td class="room">{_e(t.get("room"))}</td></tr>'
+            )
+    headers = ["priority", "held", "refused from", "share of QUEUE_MAX_SIZE", "room"]
+    return _table("admission", headers, rows, "not available (Redis unreadable)")
+
+
 def _queues(snap: dict[str, Any]) -> str:
     queues = snap.get("queues") or {}
     rows = [
@@ -314,7 +332,7 @@ def _queues(snap: dict[str, Any]) -> str:
         if isinstance(q, dict)
     ]
     missing = "not available (Redis or broker unreadable)"
-    table = _table("queues", ["queue", "waiting", "parked"], rows, missing)
+    table = _table("queues", ["queue", "waiting", "parked"], rows, missing) + _admission(snap)
     stats = snap.get("queue_stats")
     if not isinstance(stats, dict):
         return table
