@@ -31,7 +31,8 @@ def test_kill_9_with_200_jobs_in_flight_every_job_succeeds_once_within_the_call_
     fleet: Fleet, fake_provider: Any, tmp_path: Path
 ) -> None:
     jobs = 220
-    fake_provider.add_fault("latency", model=MODEL, ms=5000)
+    # long enough that the producer's 220 submits are all in flight at once on a busy machine
+    fake_provider.add_fault("latency", model=MODEL, ms=8000)
     victim = fleet.worker("victim", concurrency=210, queues="llm.high,llm.default,llm.low")
     ids_file = tmp_path / "ids"
     fleet.producer("producer", jobs, ids_file).wait(120)
