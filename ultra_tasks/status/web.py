@@ -479,13 +479,13 @@ def _plots(history: History | str | None) -> str:
     if isinstance(history, str):
         return f'<section id="plots"><h2>Over time</h2><p class="errors">{_e(history)}</p></section>'
     links = " · ".join(
-        f'<b aria-current="true">{_e(w.label)}</b>'
+        f'<strong aria-current="true">{_e(w.label)}</strong>'
         if w.name == history.window.name
         else f'<a href="?window={_e(w.name)}">{_e(w.label)}</a>'
         for w in WINDOWS.values()
     )
     missing = "".join(
-        f"<li><b>{_e(store)}</b>: {_e(why)}</li>" for store, why in sorted(history.errors.items())
+        f"<li><strong>{_e(store)}</strong>: {_e(why)}</li>" for store, why in sorted(history.errors.items())
     )
     notes = f'<ul class="errors">{missing}</ul>' if missing else ""
     band = mode_band_svg(history.mode_spans, history) if history.mode_spans else ""
