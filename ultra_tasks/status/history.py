@@ -69,6 +69,8 @@ class Series:
     values: list[float | None]
     #: drawn dashed (e.g. parked jobs beside queue depth)
     dashed: bool = False
+    #: series of one group share a colour (a queue's depth and its parked jobs); the name when empty
+    group: str = ""
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,7 @@ def read_history(
     except (redis.RedisError, OSError, DependencyUnavailableError) as exc:
         history.errors["redis"] = " ".join(str(exc).split()) or type(exc).__name__
     if rows is not None:
-        history.plots = _plots(rows, window.bin_minutes)
+        history.plots = plots_from_rows(rows, window.bin_minutes)
     try:
         history.mode_spans = _mode_spans(first, now)
         history.mode_source = "database"
@@ -159,7 +161,8 @@ def _chunks(rows: list[dict[str, str]], size: int) -> list[list[dict[str, str]]]
     return [rows[i : i + size] for i in range(0, len(rows), size)]
 
 
-def _plots(rows: list[dict[str, str]], size: int) -> list[Plot]:
+def plots_from_rows(rows: list[dict[str, str]], size: int) -> list[Plot]:
+    """The plots of consecutive minutes' rollup hashes (oldest first), ``size`` minutes per point."""
     chunks = _chunks(rows, size)
     return [
         _jobs_plot(chunks, size),
@@ -186,7 +189,7 @@ def _gauge_max(chunk: list[dict[str, str]], name: str) -> float | None:
 def _queues_plot(rows: list[dict[str, str]], chunks: list[list[dict[str, str]]]) -> Plot:
     series = [Series(q, [_gauge_max(c, f"depth:{q}") for c in chunks]) for q in _names(rows, "depth:")]
     series += [
-        Series(f"{q} parked", [_gauge_max(c, f"parked:{q}") for c in chunks], dashed=True)
+        Series(f"{q} parked", [_gauge_max(c, f"parked:{q}") for c in chunks], dashed=True, group=q)
         for q in _names(rows, "parked:")
     ]
     return Plot("plot-queues", "Queue depth and parked jobs per queue", "jobs", series)
@@ -216,8 +219,8 @@ def _latency_plot(chunks: list[list[dict[str, str]]]) -> Plot:
     series = []
     for name, label in (("wait", "wait"), ("run", "run time")):
         hists = [_histogram(c, name) for c in chunks]
-        series.append(Series(f"{label} p50", [_quantile(h, 0.5) for h in hists]))
-        series.append(Series(f"{label} p95", [_quantile(h, 0.95) for h in hists], dashed=True))
+        series.append(Series(f"{label} p50", [_quantile(h, 0.5) for h in hists], group=name))
+        series.append(Series(f"{label} p95", [_quantile(h, 0.95) for h in hists], dashed=True, group=name))
     return Plot("plot-latency", "Wait and run time, p50 and p95", "s", series)
 
 
@@ -247,8 +250,9 @@ def _rates(rows: list[dict[str, str]], name: str, size: int) -> list[float | Non
 def _providers_plot(rows: list[dict[str, str]], size: int) -> Plot:
     series = []
     for name in _names(rows, "calls:"):
-        series.append(Series(f"{name} calls", _rates(rows, f"calls:{name}", size)))
-        series.append(Series(f"{name} failures", _rates(rows, f"failures:{name}", size), dashed=True))
+        series.append(Series(f"{name} calls", _rates(rows, f"calls:{name}", size), group=name))
+        failures = _rates(rows, f"failures:{name}", size)
+        series.append(Series(f"{name} failures", failures, dashed=True, group=name))
     return Plot("plot-providers", "Provider calls and failures per minute, per breaker", "calls/min", series)
 
 

@@ -94,8 +94,9 @@ def plot_svg(plot: Plot, history: History) -> str:
     bin_s = history.window.bin_minutes * 60
     body = [_frame(axes, plot.unit, history)]
     legend = []
-    for i, series in enumerate(plot.series):
-        colour = PALETTE[i % len(PALETTE)]
+    groups: dict[str, str] = {}
+    for series in plot.series:
+        colour = groups.setdefault(series.group or series.name, PALETTE[len(groups) % len(PALETTE)])
         dash = ' stroke-dasharray="4 3"' if series.dashed else ""
         coords: list[tuple[float, float] | None] = []
         dots = []
