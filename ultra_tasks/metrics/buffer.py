@@ -67,6 +67,14 @@ class MetricsBuffer:
             if (key, field) in self._ints or self._room():
                 self._ints[(key, field)] = self._ints.get((key, field), 0) + amount
 
+    def incr_fields(self, key: str, fields: tuple[str, ...]) -> None:
+        """Add one to each of ``fields`` of ``key`` under one lock (a per-job hot path)."""
+        self._ensure_thread()
+        with self._lock:
+            for field in fields:
+                if (key, field) in self._ints or self._room():
+                    self._ints[(key, field)] = self._ints.get((key, field), 0) + 1
+
     def incr_float(self, key: str, field: str, amount: float) -> None:
         self._ensure_thread()
         with self._lock:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -50,10 +51,12 @@ def minute_start(minute: str) -> datetime:
 
 
 def bucket_of(seconds: float) -> int:
-    for i, bound in enumerate(HISTOGRAM_BOUNDS_S):
-        if seconds <= bound:
-            return i
-    return OVERFLOW_BUCKET
+    return bisect_left(HISTOGRAM_BOUNDS_S, seconds)
+
+
+#: hash fields made once, not per job
+_WAIT_FIELDS = tuple(f"wait:{i}" for i in range(OVERFLOW_BUCKET + 1))
+_RUN_FIELDS = tuple(f"run:{i}" for i in range(OVERFLOW_BUCKET + 1))
 
 
 class _MinuteKeys:
@@ -84,11 +87,12 @@ def count_job(
 ) -> None:
     """Count one finished job in this minute's rollup (buffered; flushed with the other job metrics)."""
     key = _MINUTE.current(buffer, time.time())
-    buffer.incr(key, f"jobs:{status}")
+    fields: tuple[str, ...] = (f"jobs:{status}",)
     if wait_s is not None:
-        buffer.incr(key, f"wait:{bucket_of(max(0.0, wait_s))}")
+        fields += (_WAIT_FIELDS[bucket_of(wait_s)],)
     if run_s is not None:
-        buffer.incr(key, f"run:{bucket_of(max(0.0, run_s))}")
+        fields += (_RUN_FIELDS[bucket_of(run_s)],)
+    buffer.incr_fields(key, fields)
 
 
 @dataclass(frozen=True)
