@@ -23,7 +23,7 @@ def no_live_worker(redis_client: Any) -> None:
     """No worker of an earlier test is still taken for alive (a killed one's key lingers ALIVE_TTL_S)."""
     from ultra_tasks import keys
 
-    for key in redis_client.scan_iter(match=keys.worker_alive_pattern()):
+    for key in redis_client.scan_iter(match=keys.worker_alive("*")):
         redis_client.delete(key)
 
 
