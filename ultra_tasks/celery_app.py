@@ -86,7 +86,7 @@ def _start_worker_threads(sender: Any = None, **_: Any) -> None:
     # its lease lapses, and never while it lives), releases parked jobs that are due (any number may:
     # each job is claimed by one releaser) and applies job-record writes buffered while the database was
     # down (one flusher at a time, under a lock).
-    from ultra_tasks.jobs.liveness import Heartbeat, identity
+    from ultra_tasks.jobs.liveness import Heartbeat, consumed_logical_queues, identity
     from ultra_tasks.jobs.parking import Releaser
     from ultra_tasks.jobs.record_buffer import BufferFlusher
     from ultra_tasks.jobs.submit import publish_released
@@ -94,7 +94,15 @@ def _start_worker_threads(sender: Any = None, **_: Any) -> None:
 
     rt = runtime()  # the one the pool's first jobs may already use: its leases are the ones to renew
     settings, client = rt.settings, rt.redis
-    heartbeat = Heartbeat(client, identity(getattr(sender, "hostname", None)), rt.leases)
+    # the queues this worker was started on (-Q): its alive key says them, for `ultra submit` to tell a
+    # user when no live worker consumes a job's queue
+    consumed = list((getattr(sender, "app", None) or app).amqp.queues.consume_from or {})
+    heartbeat = Heartbeat(
+        client,
+        identity(getattr(sender, "hostname", None)),
+        rt.leases,
+        queues=consumed_logical_queues(consumed),
+    )
     heartbeat.beat()
     _threads.extend(
         [

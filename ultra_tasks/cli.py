@@ -3,7 +3,10 @@
 Exit codes scripts can rely on: 0 success; 1 a job failed; 2 bad input or configuration; 3 a dependency
 (Redis, broker, database) is unreachable; 4 timed out waiting; 5 the operation mode is DEGRADED and 6 it is
 EMERGENCY (`ultra status`; it exits 0 for NORMAL and 3 when neither Redis nor the database can be read);
-7 the queues are full (QUEUE_MAX_SIZE backpressure), nothing more was submitted.
+7 the queues are full (QUEUE_MAX_SIZE backpressure), nothing more was submitted; 130 interrupted (Ctrl-C).
+
+Known outcomes (timeouts, refusals, unreachable services) print one line on stderr, never a traceback;
+``--debug`` (or ULTRA_DEBUG=1) adds the traceback.
 
 Both consoles print with markup off: job models, answers, errors, component reasons and breaker names are
 user or provider text, and rich would read ``[/x]`` in them as a tag (and crash). Styles are given as
@@ -48,6 +51,7 @@ class Exit(IntEnum):
     DEGRADED = 5
     EMERGENCY = 6
     QUEUE_FULL = 7
+    INTERRUPTED = 130
 
 
 cli = typer.Typer(
@@ -67,6 +71,23 @@ cli.add_typer(breakers_cli, name="breakers")
 cli.add_typer(db_cli, name="db")
 console = Console(markup=False)
 err = Console(stderr=True, soft_wrap=True, markup=False)
+#: set by --debug (or ULTRA_DEBUG=1): known errors print their traceback too
+_debug = False
+#: seconds `ultra submit` waits before it says why a job has no result, then between looks
+EXPLAIN_AFTER_S = 1.0
+EXPLAIN_EVERY_S = 2.0
+#: the shortest refresh interval of `ultra status --watch` (seconds)
+MIN_WATCH_INTERVAL_S = 0.5
+
+
+@cli.callback()
+def _options(
+    debug: bool = typer.Option(
+        False, "--debug", envvar="ULTRA_DEBUG", help="Show the traceback of an error, not only its line."
+    ),
+) -> None:
+    global _debug
+    _debug = debug
 
 
 def _styled(label: str, style: str, rest: str = "") -> Text:
@@ -75,6 +96,8 @@ def _styled(label: str, style: str, rest: str = "") -> Text:
 
 
 def _fail(code: Exit, message: str) -> NoReturn:
+    if _debug and sys.exc_info()[1] is not None:
+        err.print_exception()
     err.print(_styled("error:", "red", f" {message}"), highlight=False)
     raise typer.Exit(int(code))
 
@@ -101,6 +124,8 @@ def _guarded(fn: Any) -> Any:
             _fail(Exit.TIMEOUT, str(exc))
         except (JobFailedError, JobExpiredError) as exc:
             _fail(Exit.JOB_FAILED, str(exc))
+        except KeyboardInterrupt:
+            _fail(Exit.INTERRUPTED, "interrupted")
 
     return wrapper
 
@@ -147,7 +172,7 @@ def submit(
     if not wait:
         console.print_json(json.dumps({"id": handle.id})) if as_json else console.print(handle.id)
         return
-    result = handle.result(timeout=timeout)
+    result = _wait_explaining(handle, timeout)
     if as_json:
         console.print_json(json.dumps(result.to_dict()))
     else:
@@ -159,6 +184,41 @@ def submit(
                 style="dim",
             )
         )
+
+
+def _wait_explaining(handle: Any, timeout: float) -> Any:
+    """``handle.result(timeout)``, saying on stderr why the job has no result yet once it has waited
+    EXPLAIN_AFTER_S, and again whenever the reasons change; a timeout's error line repeats the last ones.
+    Ctrl-C says the job goes on without this command."""
+    from ultra_tasks.jobs.waiting import explain_wait
+
+    deadline = time.monotonic() + timeout
+    shown: set[tuple[str, str]] = set()
+    last: list[str] = []
+    step = EXPLAIN_AFTER_S
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                return handle.result(timeout=max(0.0, min(step, left)))
+            except JobTimeoutError:
+                if time.monotonic() >= deadline:
+                    why = f": {'; '.join(last)}" if last else ""
+                    _fail(Exit.TIMEOUT, f"{JobTimeoutError(handle.id, timeout)}{why}")
+            step = EXPLAIN_EVERY_S
+            try:
+                reasons = explain_wait(handle.id)
+            except Exception as exc:  # the explanation is a courtesy: the wait goes on without it
+                reasons = []
+                if _debug:
+                    err.print(f"(could not tell why: {exc})", highlight=False)
+            last = [r.text for r in reasons]
+            for reason in reasons:
+                if reason.key not in shown:
+                    err.print(_styled("waiting:", "yellow", f" {reason.text}"), highlight=False)
+            shown = {r.key for r in reasons}
+    except KeyboardInterrupt:
+        _fail(Exit.INTERRUPTED, f"interrupted; job {handle.id} goes on (`ultra jobs show {handle.id}`)")
 
 
 def _progress() -> Any:
@@ -266,14 +326,24 @@ def status(
     window: float = typer.Option(
         300.0, "--window", min=1, help="Seconds of history for the queue statistics."
     ),
+    watch: bool = typer.Option(False, "--watch", "-w", help="Refresh in place until Ctrl-C, like top."),
+    interval: float = typer.Option(
+        2.0, "--interval", "-n", min=MIN_WATCH_INTERVAL_S, help="Seconds between refreshes with --watch."
+    ),
 ) -> None:
     """Mode, components, breakers, queue depths, queue statistics and cache hit rates of the whole fleet.
 
     Exit 0 NORMAL, 5 DEGRADED, 6 EMERGENCY; 3 when neither Redis nor the database can be read.
+    With --watch: refreshed every --interval seconds until Ctrl-C, which exits 0.
     """
     from ultra_tasks.status.render import render_snapshot
     from ultra_tasks.status.snapshot import fleet_snapshot
 
+    if watch:
+        if as_json:
+            _fail(Exit.BAD_INPUT, "--watch shows the tables; --json prints one snapshot")
+        _watch_status(window, interval)
+        raise typer.Exit(int(Exit.OK))
     snap = fleet_snapshot(window_s=window)
     if as_json:
         print(json.dumps(snap, indent=2))
@@ -285,6 +355,34 @@ def status(
         raise typer.Exit(int(Exit.UNAVAILABLE))
     code = {"DEGRADED": Exit.DEGRADED, "EMERGENCY": Exit.EMERGENCY}.get(snap["mode"]["mode"], Exit.OK)
     raise typer.Exit(int(code))
+
+
+def _watch_status(window: float, interval: float) -> None:
+    """The status tables redrawn in place every ``interval`` seconds until Ctrl-C."""
+    from rich.console import Group
+    from rich.live import Live
+
+    from ultra_tasks.status.render import snapshot_renderables
+    from ultra_tasks.status.snapshot import fleet_snapshot
+
+    def frame() -> Group:
+        snap = fleet_snapshot(window_s=window)
+        head = Text(
+            f"ultra status · every {interval:g}s · {time.strftime('%H:%M:%S')} · Ctrl-C to stop", style="dim"
+        )
+        warnings = [
+            _styled("warning:", "yellow", f" {part} unreadable: {why}")
+            for part, why in snap["errors"].items()
+        ]
+        return Group(head, *snapshot_renderables(snap), *warnings)
+
+    try:
+        with Live(frame(), console=console, auto_refresh=False, screen=False) as live:
+            while True:
+                time.sleep(interval)
+                live.update(frame(), refresh=True)
+    except KeyboardInterrupt:
+        pass
 
 
 @cache_cli.command("stats")

@@ -207,9 +207,23 @@ def metrics_cache_sizes() -> str:
 
 
 def worker_alive(identity: str) -> str:
-    """String with expiry: present while the worker process ``identity`` (node name/pid) beats, for
-    operators; takeovers follow the job leases, not this key (jobs/liveness.py)."""
+    """String with expiry: present while the worker process ``identity`` (node name/pid) beats, holding
+    JSON {"queues": [...]} (the queues it consumes), for operators and for ``ultra submit`` to say when no
+    live worker consumes a job's queue; takeovers follow the job leases, not this key (jobs/liveness.py)."""
     return f"{_ns()}:worker:alive:{identity}"
+
+
+def worker_alive_pattern() -> str:
+    """SCAN pattern matching every ``worker_alive`` key."""
+    return f"{_ns()}:worker:alive:*"
+
+
+def rollup_minute(minute: str) -> str:
+    """Hash with expiry (ROLLUP_TTL_S in status/rollup.py, a bit over a day): the fleet's figures of one
+    UTC minute (``minute`` is yyyymmddHHMM): jobs finished per status and wait/run histograms (HINCRBY'd
+    by workers in batches), and queue depths, parked jobs, breaker and cache counters and the mode
+    (sampled by beat's health check and the status page). Read by the status page's plots."""
+    return f"{_ns()}:rollup:{minute}"
 
 
 def record_buffer() -> str:

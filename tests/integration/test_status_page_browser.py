@@ -227,3 +227,55 @@ def test_status_page_reloads_itself_sends_a_strict_content_policy_and_its_json_a
     status, _, body = status_server.get("/readyz")
     assert status == 200 and json.loads(body)["ready"] is True
     assert status_server.get("/healthz")[0] == 200
+
+
+def test_plots_draw_a_short_run_of_jobs_and_a_degraded_episode_in_chromium_within_the_csp(
+    chromium: str, status_server: Any, components: list[str], worker_factory: Any, tmp_path: Path
+) -> None:
+    import re
+    import time
+
+    from ultra_tasks import SystemOperationMode, submit
+
+    # Given a short run of jobs on a real worker
+    worker_factory(concurrency=4)
+    for handle in [submit(f"browser plot {i} {time.time()}", model="gpt-4o-mini") for i in range(5)]:
+        handle.result(timeout=60)
+    # and a DEGRADED episode that is over
+    mode = SystemOperationMode()
+    mode.set_override("DEGRADED", 60, reason="browser plot test")
+    assert mode.current_mode == "DEGRADED"
+    time.sleep(1.5)
+    force_normal_mode()
+    time.sleep(2.5)  # the worker's buffered counts reach Redis within a second or two
+
+    # When the page for the last 15 minutes is loaded in Chromium, with its console on stderr
+    url = status_server.url + "/?window=15m"
+    dumped = _chromium(
+        chromium, tmp_path / "profile-plots", "--enable-logging=stderr", "--v=0", "--dump-dom", url
+    )
+    assert dumped.returncode == 0, dumped.stderr[-2000:]
+    html = dumped.stdout
+
+    # Then nothing on the page breaks its content security policy
+    assert "Content Security Policy" not in dumped.stderr, dumped.stderr[-3000:]
+    # every plot is an <svg> with points, the jobs plot counts the run
+    for plot_id in ("plot-jobs", "plot-queues", "plot-latency", "plot-providers", "plot-cache"):
+        figure = re.search(rf'<figure class="plot" id="{plot_id}">(.*?)</figure>', html, re.S)
+        assert figure and "<svg" in figure.group(1), plot_id
+    jobs = re.search(r'id="plot-jobs">(.*?)</figure>', html, re.S)
+    assert jobs and "<polyline" in jobs.group(1) and "<circle" in jobs.group(1)
+    succeeded = [float(v) for v in re.findall(r"<title>succeeded: ([0-9.]+) ", jobs.group(1))]
+    assert sum(succeeded) >= 5
+    latency = re.search(r'id="plot-latency">(.*?)</figure>', html, re.S)
+    assert latency and re.search(r"<title>wait p50: [0-9.]+ ", latency.group(1))
+    # and the mode band shows the DEGRADED episode between NORMAL stretches
+    band = re.search(r'id="plot-mode">(.*?)</figure>', html, re.S)
+    assert band, html[:2000]
+    modes = re.findall(r'<rect class="mode-span" data-mode="([A-Z]+)"', band.group(1))
+    assert "DEGRADED" in modes and modes[-1] == "NORMAL", modes
+    shot = tmp_path / "status-plots.png"
+    taken = _chromium(
+        chromium, tmp_path / "profile-plots-shot", f"--screenshot={shot}", "--window-size=1280,1400", url
+    )
+    assert taken.returncode == 0 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

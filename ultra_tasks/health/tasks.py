@@ -38,6 +38,11 @@ def health_check() -> dict[str, Any] | None:
     if _mode is None:
         _mode = SystemOperationMode()
     summary = check_and_evaluate(_mode)
+    # the status page's plots: queue depths, parked jobs, breaker and cache counters and the mode, once
+    # per interval whoever watches the page
+    from ultra_tasks.metrics.rollup import sample_fleet
+
+    sample_fleet(client)
     log.info("health: mode %s, checks %s", summary["mode"], summary["checks"])
     return summary
 

@@ -14,6 +14,7 @@ next beat tries again. A process whose leases go unrenewed for half their lifeti
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import threading
@@ -52,17 +53,20 @@ class Heartbeat(threading.Thread):
         *,
         interval_s: float | None = None,
         alive: Callable[[], None] | None = None,
+        queues: tuple[str, ...] = (),
     ) -> None:
         super().__init__(name="worker-heartbeat", daemon=True)
         self.client, self.holder, self.leases = client, holder, leases
         self.interval_s = interval_s or (leases.ttl_s / 3 if leases is not None else ALIVE_TTL_S / 3)
         self._alive = alive or self._write_alive
+        #: the queues this process consumes, written in its alive key (``live_consumers`` reads them)
+        self._alive_value = json.dumps({"queues": list(queues)})
         self._stop_event = threading.Event()
         #: the error of the outage in progress (logged once), None while beats succeed
         self.failing: str | None = None
 
     def _write_alive(self) -> None:
-        self.client.set(keys.worker_alive(self.holder), "1", ex=ALIVE_TTL_S)
+        self.client.set(keys.worker_alive(self.holder), self._alive_value, ex=ALIVE_TTL_S)
 
     def beat(self) -> None:
         """Renew this process's leases and its alive key; never raises."""
@@ -95,3 +99,37 @@ class Heartbeat(threading.Thread):
             self.leases.flush_releases()
         with contextlib.suppress(*REDIS_DOWN):
             self.client.delete(keys.worker_alive(self.holder))
+
+
+def consumed_logical_queues(names: list[str]) -> tuple[str, ...]:
+    """The logical queues behind the broker queues a worker consumes (on RabbitMQ one queue, ``llm``,
+    carries the three LLM levels)."""
+    from ultra_tasks.broker import AMQP_LLM_QUEUE
+
+    out: list[str] = []
+    for name in names:
+        for logical in keys.LLM_QUEUES if name == AMQP_LLM_QUEUE else (name,):
+            if logical not in out:
+                out.append(logical)
+    return tuple(out)
+
+
+def live_consumers(client: redis.Redis) -> dict[str, tuple[str, ...] | None]:
+    """Every live worker process (alive key present) and the queues it consumes (None when its key does
+    not say). A SCAN of the alive keys and one GET each: for operators' tools, not the job path."""
+    names = list(client.scan_iter(match=keys.worker_alive_pattern(), count=500))
+    if not names:
+        return {}
+    values = client.mget(names)
+    prefix = keys.worker_alive("")
+    out: dict[str, tuple[str, ...] | None] = {}
+    for name, value in zip(names, values, strict=True):
+        key = name.decode() if isinstance(name, bytes) else str(name)
+        if value is None:  # expired between SCAN and MGET
+            continue
+        try:
+            queues = json.loads(value)["queues"]
+            out[key.removeprefix(prefix)] = tuple(str(q) for q in queues)
+        except (ValueError, KeyError, TypeError):
+            out[key.removeprefix(prefix)] = None
+    return out

@@ -76,7 +76,7 @@ _CLAIM = (
         jobs.c.lease_token.is_(None) | (jobs.c.lease_token < bindparam("token")),
     )
     .values(**_CLAIM_VALUES, lease_token=bindparam("token"))
-    .returning(jobs.c.attempts, jobs.c.expires_at, jobs.c.queue, jobs.c.lease_token)
+    .returning(jobs.c.attempts, jobs.c.expires_at, jobs.c.queue, jobs.c.lease_token, jobs.c.created_at)
 )
 #: the claim of a run while Redis is down: the database issues the token (the clock's microseconds, or one
 #: past the row's token when that is newer), so tokens keep growing whichever store issued them
@@ -90,7 +90,7 @@ _CLAIM_SQL_ONLY = (
             else_=jobs.c.lease_token + 1,
         ),
     )
-    .returning(jobs.c.attempts, jobs.c.expires_at, jobs.c.queue, jobs.c.lease_token)
+    .returning(jobs.c.attempts, jobs.c.expires_at, jobs.c.queue, jobs.c.lease_token, jobs.c.created_at)
 )
 #: a write of a run's outcome applies while the row has seen no newer run (its token is not greater), and
 #: installs the run's token: a run that held its lease only in Redis (the database was down) is recorded
@@ -156,6 +156,8 @@ class RunStart:
     token: int | None = None
     #: seconds the holder's lease still runs when this run could not claim the job
     held_for_s: float = 0.0
+    #: when the job was submitted (its wait ends with this claim)
+    created_at: datetime | None = None
 
 
 def insert_job(
@@ -417,6 +419,7 @@ def claim(
                 expires_at=_aware(row.expires_at),
                 queue=row.queue,
                 token=int(row.lease_token),
+                created_at=_aware(row.created_at),
             )
         current = conn.execute(
             select(

@@ -49,6 +49,7 @@ from ultra_tasks.jobs.parking import CAUSE_MODE, CAUSE_PROVIDER, CAUSE_SLOT
 from ultra_tasks.jobs.record_buffer import RecordWriter
 from ultra_tasks.jobs.spec import JobSpec
 from ultra_tasks.keys import QUEUE_DEFAULT
+from ultra_tasks.metrics import rollup
 from ultra_tasks.mode.effects import Admission, ModeEffects
 from ultra_tasks.redis_client import REDIS_DOWN
 from ultra_tasks.resilience.chains import chain_for
@@ -137,7 +138,10 @@ def execute_job(
             writer.buffer(
                 "started", job_id, utcnow(), worker=owner, token=lease.token, lease_ttl_s=leases.ttl_s
             )
+        picked_up = time.monotonic()
         outcome = JobRun(rt, job_id, payload, lease, start, queue, writer).run()
+        if outcome.final:
+            _count_in_rollup(outcome.status, start, picked_up)
         return outcome
     except LeaseLostError as exc:
         log.warning("job %s: %s; it stopped without calling or writing", job_id, exc)
@@ -155,6 +159,16 @@ def execute_job(
         raise DependencyUnavailableError("redis", str(exc)) from exc
     finally:
         leases.release(lease, final=outcome is not None and outcome.final)
+
+
+def _count_in_rollup(status: str, start: records.RunStart | None, picked_up: float) -> None:
+    """The status page's per-minute figures: a few in-process increments, flushed in batches."""
+    created = start.created_at if start is not None else None
+    wait_s = (utcnow() - created).total_seconds() - (time.monotonic() - picked_up) if created else None
+    try:
+        rollup.count_job(status, wait_s, time.monotonic() - picked_up)
+    except Exception:  # metrics must never fail a job
+        log.exception("could not count job in the rollup")
 
 
 def _recorded_outcome(job_id: str, start: records.RunStart) -> Outcome:

@@ -52,6 +52,7 @@ class MetricsBuffer:
         self._ints: dict[tuple[str, str], int] = {}
         self._floats: dict[tuple[str, str], float] = {}
         self._sets: dict[tuple[str, str], str] = {}
+        self._expiries: dict[str, int] = {}
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
@@ -66,6 +67,14 @@ class MetricsBuffer:
             if (key, field) in self._ints or self._room():
                 self._ints[(key, field)] = self._ints.get((key, field), 0) + amount
 
+    def incr_fields(self, key: str, fields: tuple[str, ...]) -> None:
+        """Add one to each of ``fields`` of ``key`` under one lock (a per-job hot path)."""
+        self._ensure_thread()
+        with self._lock:
+            for field in fields:
+                if (key, field) in self._ints or self._room():
+                    self._ints[(key, field)] = self._ints.get((key, field), 0) + 1
+
     def incr_float(self, key: str, field: str, amount: float) -> None:
         self._ensure_thread()
         with self._lock:
@@ -77,6 +86,12 @@ class MetricsBuffer:
         self._ensure_thread()
         with self._lock:
             self._sets[(key, field)] = value
+
+    def expire(self, key: str, seconds: int) -> None:
+        """EXPIRE ``key`` on the next flush that writes anything (keys whose life is bounded, like the
+        per-minute rollup; the caller sets it once per key, not per increment)."""
+        with self._lock:
+            self._expiries[key] = seconds
 
     def _room(self) -> bool:
         if len(self._ints) + len(self._floats) < MAX_PENDING_FIELDS:
@@ -107,6 +122,7 @@ class MetricsBuffer:
             ints, self._ints = self._ints, {}
             floats, self._floats = self._floats, {}
             sets, self._sets = self._sets, {}
+            expiries, self._expiries = self._expiries, {}
         if not (ints or floats or sets):
             return True
         try:
@@ -117,9 +133,14 @@ class MetricsBuffer:
                 pipe.hincrbyfloat(key, field, x)
             for (key, field), value in sets.items():
                 pipe.hset(key, field, value)
+            for key, seconds in expiries.items():
+                pipe.expire(key, seconds)
             pipe.execute()
         except (*REDIS_DOWN, redis.ReadOnlyError) as exc:
             self._merge_back(ints, floats, sets)
+            with self._lock:
+                for key, seconds in expiries.items():
+                    self._expiries.setdefault(key, seconds)
             if not self._down:
                 log.warning("metrics not sent: Redis unreachable (%s); keeping them in process", exc)
                 self._down = True

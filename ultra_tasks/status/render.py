@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
@@ -36,6 +36,13 @@ def _styled(text: Any, styles: dict[str, str]) -> Text:
 
 def render_snapshot(snap: dict[str, Any], console: Console) -> None:
     """Mode and reasons, then a table per part the snapshot has (``errors`` are the caller's to show)."""
+    for part in snapshot_renderables(snap):
+        console.print(part, highlight=False)
+
+
+def snapshot_renderables(snap: dict[str, Any]) -> list[RenderableType]:
+    """What ``render_snapshot`` prints, as renderables (``ultra status --watch`` redraws them in place)."""
+    out: list[RenderableType] = []
     mode = snap["mode"]
     line = Text.assemble("mode: ", _styled(mode["mode"], _MODE_STYLE))
     if mode.get("override"):
@@ -44,18 +51,12 @@ def render_snapshot(snap: dict[str, Any], console: Console) -> None:
         line.append(f"  since {mode['changed_at']}")
     if mode.get("source") == "redis":
         line.append("  (from the Redis mirror)", style="dim")
-    console.print(line, highlight=False)
+    out.append(line)
     for reason in mode.get("reasons") or []:
-        console.print(
-            f"  {reason.get('component')}: {reason.get('status')} - {reason.get('reason')}",
-            highlight=False,
-            markup=False,
-        )
+        out.append(Text(f"  {reason.get('component')}: {reason.get('status')} - {reason.get('reason')}"))
 
     if "components" in snap and not snap["components"]:
-        console.print(
-            "components: none reported yet (health checks run on beat)", highlight=False, markup=False
-        )
+        out.append(Text("components: none reported yet (health checks run on beat)"))
     elif "components" in snap:
         table = Table("component", "kind", "status", "reason", "at", title="components")
         for c in snap["components"]:
@@ -66,10 +67,10 @@ def render_snapshot(snap: dict[str, Any], console: Console) -> None:
                 Text(str(c["reason"])),
                 Text(str(c["at"])),
             )
-        console.print(table)
+        out.append(table)
 
     if "breakers" in snap and not snap["breakers"]:
-        console.print("circuit breakers: none used yet", highlight=False)
+        out.append(Text("circuit breakers: none used yet"))
     elif "breakers" in snap:
         table = Table(
             "breaker", "state", "consecutive failures", "successes", "failures", "rejections", "success rate",
@@ -85,15 +86,15 @@ def render_snapshot(snap: dict[str, Any], console: Console) -> None:
                 str(b["rejections"]),
                 _pct(b["success_rate"]),
             )
-        console.print(table)
+        out.append(table)
         if snap.get("all_providers_down"):
-            console.print(Text(str(snap["all_providers_down"]), style="yellow"))
+            out.append(Text(str(snap["all_providers_down"]), style="yellow"))
 
     if "queues" in snap:
         table = Table("queue", "waiting", "parked", title="queues")
         for name, q in snap["queues"].items():
             table.add_row(Text(str(name)), str(q["depth"]), str(q["parked"]))
-        console.print(table)
+        out.append(table)
 
     if "admission" in snap:
         a = snap["admission"]
@@ -130,7 +131,7 @@ def render_snapshot(snap: dict[str, Any], console: Console) -> None:
             _secs(s["avg_wait_s"]),
             _secs(s["max_wait_s"]),
         )
-        console.print(table)
+        out.append(table)
 
     if "job_table" in snap:
         t = snap["job_table"]
@@ -147,7 +148,7 @@ def render_snapshot(snap: dict[str, Any], console: Console) -> None:
             Text(str(t.get("oldest_finished_at") or "-")),
             keep,
         )
-        console.print(table)
+        out.append(table)
 
     cache = snap.get("cache") or {}
     if cache:
@@ -156,11 +157,12 @@ def render_snapshot(snap: dict[str, Any], console: Console) -> None:
             table.add_row(
                 Text(str(level)), str(c.get("hits", 0)), str(c.get("misses", 0)), _pct(c.get("hit_rate"))
             )
-        console.print(table)
+        out.append(table)
     elif "redis" not in snap["errors"]:
-        console.print("cache: no fleet-wide counters reported yet", highlight=False)
+        out.append(Text("cache: no fleet-wide counters reported yet"))
 
     if snap.get("timeline"):
-        console.print("mode changes, newest first:", highlight=False)
+        out.append(Text("mode changes, newest first:"))
     for change in (snap.get("timeline") or [])[:TIMELINE_SHOWN]:
-        console.print(f"  {change['at']}  {change['from']} -> {change['to']}", highlight=False, markup=False)
+        out.append(Text(f"  {change['at']}  {change['from']} -> {change['to']}"))
+    return out

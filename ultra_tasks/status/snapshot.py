@@ -165,6 +165,13 @@ def _iso(at: datetime | None) -> str | None:
 
 
 # --- Redis ---------------------------------------------------------------------------------------------
+def read_redis_state(state: redis.Redis) -> dict[str, Any]:
+    """The snapshot's Redis part alone (mode mirror, breakers, queues, cache), for the rollup's sampler;
+    raises DependencyUnavailableError when Redis is unreachable."""
+    broker = _broker_client(get_settings())
+    return _read_redis(state, broker)
+
+
 def _read_redis(state: redis.Redis, broker: redis.Redis | None) -> dict[str, Any]:
     try:
         return _read_redis_unmapped(state, broker)

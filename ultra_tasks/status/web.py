@@ -1,9 +1,12 @@
 """The status web app (aiohttp): a page for people, its JSON, Prometheus metrics, and probes.
 
 - ``/``: the current mode with a banner (``#mode-banner``, class ``mode-normal``, ``mode-degraded`` or
-  ``mode-emergency``), the component table (``#components``), breaker states (``#breakers``), queue
+  ``mode-emergency``), plots over a window (``?window=15m|1h|24h``, default 1h; anything else is a 400):
+  jobs finished per minute by status, queue depth and parked jobs, p50/p95 wait and run time, provider
+  calls and failures, cache hit rate, and a band of the mode (status/history.py, drawn as inline SVG by
+  status/plots.py), then the component table (``#components``), breaker states (``#breakers``), queue
   depths with parked jobs (``#queues``), queue statistics, fleet cache counters and the timeline of mode
-  changes (``#timeline``).
+  changes (``#timeline``). Times show relative ("12 s ago") with the exact time on hover.
   It reloads itself every ``REFRESH_S`` seconds; everything shown is HTML-escaped (component reasons are
   text from checks and providers).
 - ``/status.json``: the fleet snapshot (ultra_tasks/status/snapshot.py).
@@ -30,12 +33,16 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from html import escape
 from typing import Any
 
 from aiohttp import web
 
 from ultra_tasks.metrics import FleetCollector, fleet_registry
+from ultra_tasks.status.history import WINDOWS, History, Window, parse_window
+from ultra_tasks.status.plots import mode_band_svg, plot_svg
+from ultra_tasks.status.times import time_html
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +72,9 @@ SECURITY_HEADERS = {
 OPEN_PATHS = frozenset({"/healthz"})
 
 SnapshotReader = Callable[[], dict[str, Any]]
+HistoryReader = Callable[[Window], History]
 SNAPSHOT_KEY: web.AppKey[SnapshotReader] = web.AppKey("snapshot")
+HISTORY_KEY: web.AppKey[HistoryReader] = web.AppKey("history")
 COLLECTOR_KEY = web.AppKey("collector", FleetCollector)
 TOKEN_KEY: web.AppKey[str | None] = web.AppKey("token")
 # Basic too, so a browser shows its login prompt (any user name, the token as password)
@@ -73,9 +82,24 @@ _CHALLENGE = 'Bearer realm="ultra-tasks status", Basic realm="ultra-tasks status
 
 
 def _default_snapshot() -> dict[str, Any]:
+    from ultra_tasks.metrics.rollup import record_sample, sample_from_snapshot
+    from ultra_tasks.redis_client import shared_redis
     from ultra_tasks.status.snapshot import fleet_snapshot
 
-    return fleet_snapshot()
+    snap = fleet_snapshot()
+    if "redis" not in snap["errors"]:
+        # what the page just read is this minute's sample for the plots (beat samples too, unwatched)
+        try:
+            record_sample(shared_redis(), sample_from_snapshot(snap))
+        except Exception as exc:  # a gap in the plots, never a failed page
+            log.info("rollup sample not recorded: %s", exc)
+    return snap
+
+
+def _default_history(window: Window) -> History:
+    from ultra_tasks.status.history import read_history
+
+    return read_history(window)
 
 
 # --- handlers -------------------------------------------------------------------------------------------
@@ -93,8 +117,18 @@ async def _snapshot(request: web.Request) -> dict[str, Any]:
 
 
 async def page(request: web.Request) -> web.Response:
+    try:
+        window = parse_window(request.query.get("window"))
+    except ValueError as exc:
+        raise web.HTTPBadRequest(text=f"400: {exc}\n") from None
     snap = await _snapshot(request)
-    return web.Response(text=render_page(snap), content_type="text/html", charset="utf-8")
+    read = request.app[HISTORY_KEY]
+    history: History | str
+    try:
+        history = await asyncio.wait_for(asyncio.to_thread(read, window), SNAPSHOT_TIMEOUT_S)
+    except TimeoutError:
+        history = f"the history was not read within {SNAPSHOT_TIMEOUT_S:g}s"
+    return web.Response(text=render_page(snap, history), content_type="text/html", charset="utf-8")
 
 
 async def status_json(request: web.Request) -> web.Response:
@@ -195,6 +229,7 @@ def make_app(
     snapshot: SnapshotReader | None = None,
     collector: FleetCollector | None = None,
     token: str | None = None,
+    history: HistoryReader | None = None,
 ) -> web.Application:
     """The app; ``snapshot`` (a no-argument function returning the snapshot dict) is replaceable;
     ``token``, when set, is required on every path but OPEN_PATHS."""
@@ -202,6 +237,7 @@ def make_app(
     app = web.Application(middlewares=[_headers, _token_required])
     app[TOKEN_KEY] = token or None
     app[SNAPSHOT_KEY] = snapshot or _default_snapshot
+    app[HISTORY_KEY] = history or _default_history
     app[COLLECTOR_KEY] = collector or FleetCollector()
     app.router.add_get("/", page)
     app.router.add_get("/status.json", status_json)
@@ -255,7 +291,7 @@ def _reason_text(reason: Any) -> str:
     return str(reason)
 
 
-def _banner(mode: dict[str, Any]) -> str:
+def _banner(mode: dict[str, Any], now: datetime) -> str:
     name = str(mode.get("mode") or "UNKNOWN").upper()
     if name not in BANNER_TEXT:
         name = "UNKNOWN"
@@ -264,8 +300,9 @@ def _banner(mode: dict[str, Any]) -> str:
     extra = ""
     if isinstance(override, dict):
         extra = f'<p id="mode-override">Operator override: {_e(override.get("mode"))} until '
-        extra += f"{_e(override.get('until'))}</p>"
-    changed = f'<p class="since">since {_e(mode.get("changed_at"))}</p>' if mode.get("changed_at") else ""
+        extra += f"{time_html(override.get('until'), now)}</p>"
+    since = time_html(mode.get("changed_at"), now)
+    changed = f'<p class="since">since {since}</p>' if mode.get("changed_at") else ""
     return (
         f'<header id="mode-banner" class="mode-banner mode-{name.lower()}" role="status" '
         f'data-mode="{_e(name)}"><h1><span id="mode-name">{_e(name)}</span></h1>'
@@ -274,19 +311,19 @@ def _banner(mode: dict[str, Any]) -> str:
     )
 
 
-def _components(snap: dict[str, Any]) -> str:
+def _components(snap: dict[str, Any], now: datetime) -> str:
     rows = [
         f'<tr class="status-{_css_word(c.get("status"))}" data-component="{_e(c.get("component"))}">'
         f"<td>{_e(c.get('component'))}</td><td>{_e(c.get('kind'))}</td>"
         f'<td class="status">{_e(c.get("status"))}</td><td>{_e(c.get("severity"))}</td>'
-        f"<td>{_e(c.get('reason'))}</td><td>{_e(c.get('at'))}</td></tr>"
+        f"<td>{_e(c.get('reason'))}</td><td>{time_html(c.get('at'), now)}</td></tr>"
         for c in snap.get("components") or []
     ]
     missing = "not available (database unreadable)" if "components" not in snap else "no component reported"
     return _table("components", ["component", "kind", "status", "severity", "reason", "at"], rows, missing)
 
 
-def _breakers(snap: dict[str, Any]) -> str:
+def _breakers(snap: dict[str, Any], now: datetime) -> str:
     rows = []
     for b in snap.get("breakers") or []:
         rate = b.get("success_rate")
@@ -296,7 +333,7 @@ def _breakers(snap: dict[str, Any]) -> str:
             f"<td>{_e(b.get('failure_count'))}</td><td>{_e(b.get('successes'))}</td>"
             f"<td>{_e(b.get('failures'))}</td><td>{_e(b.get('rejections'))}</td>"
             f"<td>{'' if rate is None else _e(f'{rate:.1%}')}</td>"
-            f"<td>{_e(b.get('last_failure_at'))}</td></tr>"
+            f"<td>{time_html(b.get('last_failure_at'), now)}</td></tr>"
         )
     missing = "not available (Redis unreadable)" if "breakers" not in snap else "no breaker used yet"
     headers = ["breaker", "state", "consecutive failures", "successes", "failures", "rejections"]
@@ -361,7 +398,7 @@ def _number(value: Any) -> str:
     return str(value)
 
 
-def _job_table(snap: dict[str, Any]) -> str:
+def _job_table(snap: dict[str, Any], now: datetime) -> str:
     table = snap.get("job_table")
     if not isinstance(table, dict):
         return _table("job-table", ["job table"], [], "not available (database unreadable)")
@@ -370,8 +407,8 @@ def _job_table(snap: dict[str, Any]) -> str:
     labels = [
         ("rows", f"~{rows}" if table.get("rows_estimated") else _number(rows)),
         ("size_bytes", _number(table.get("size_bytes"))),
-        ("oldest_created_at", _number(table.get("oldest_created_at"))),
-        ("oldest_finished_at", _number(table.get("oldest_finished_at"))),
+        ("oldest_created_at", time_html(table.get("oldest_created_at"), now, empty="n/a")),
+        ("oldest_finished_at", time_html(table.get("oldest_finished_at"), now, empty="n/a")),
         ("retention_s", "forever" if retention is None else _duration(retention)),
     ]
     names = {
@@ -381,8 +418,10 @@ def _job_table(snap: dict[str, Any]) -> str:
         "oldest_finished_at": "oldest kept finished job",
         "retention_s": "finished jobs kept for (JOB_RETENTION)",
     }
+    shown = {"oldest_created_at", "oldest_finished_at"}  # already HTML
     cells = "".join(
-        f'<tr data-stat="{key}"><th>{_e(names[key])}</th><td>{_e(value)}</td></tr>' for key, value in labels
+        f'<tr data-stat="{key}"><th>{_e(names[key])}</th><td>{value if key in shown else _e(value)}</td></tr>'
+        for key, value in labels
     )
     return f'<table id="job-table"><tbody>{cells}</tbody></table>'
 
@@ -405,9 +444,9 @@ def _cache(snap: dict[str, Any]) -> str:
     return _table("cache", ["level", "hits", "misses", "hit rate"], rows, "no cache counters reported yet")
 
 
-def _timeline(snap: dict[str, Any]) -> str:
+def _timeline(snap: dict[str, Any], now: datetime) -> str:
     rows = [
-        f'<tr class="to-{_css_word(str(t.get("to", "")).lower())}"><td>{_e(t.get("at"))}</td>'
+        f'<tr class="to-{_css_word(str(t.get("to", "")).lower())}"><td>{time_html(t.get("at"), now)}</td>'
         f"<td>{_e(t.get('from'))}</td><td>{_e(t.get('to'))}</td>"
         f"<td>{_e('; '.join(_reason_text(r) for r in t.get('reasons') or []))}</td></tr>"
         for t in snap.get("timeline") or []
@@ -441,26 +480,68 @@ thead th{background:#eceff3}
 .status-critical .status,.breaker-open .state,.breaker-forced-open .state{color:#b3141b;font-weight:600}
 .errors{background:#fff4e5;border:1px solid #f0c27b;padding:8px 12px}
 footer{color:#6b7480;margin-top:24px}
+time{border-bottom:1px dotted #9aa3ad}
+.plots{display:flex;flex-wrap:wrap;gap:12px}
+figure.plot{margin:0;background:#fff;border:1px solid #d8dce1;padding:6px 8px}
+figure.plot figcaption{font-weight:600;margin-bottom:4px}
+#plot-mode{margin-bottom:12px}
+.legend{font-size:12px;color:#4b5563;max-width:560px}.legend-item{margin-right:10px;white-space:nowrap}
+.plot-empty,.note{color:#6b7480;font-size:12px;margin:2px 0}
+#windows{margin-bottom:8px}
 """
 
 
-def render_page(snap: dict[str, Any]) -> str:
-    """The status page for ``snap`` (a fleet snapshot), every value escaped."""
+def _plots(history: History | str | None) -> str:
+    if history is None:
+        return ""
+    if isinstance(history, str):
+        return f'<section id="plots"><h2>Over time</h2><p class="errors">{_e(history)}</p></section>'
+    links = " · ".join(
+        f'<strong aria-current="true">{_e(w.label)}</strong>'
+        if w.name == history.window.name
+        else f'<a href="?window={_e(w.name)}">{_e(w.label)}</a>'
+        for w in WINDOWS.values()
+    )
+    missing = "".join(
+        f"<li><strong>{_e(store)}</strong>: {_e(why)}</li>" for store, why in sorted(history.errors.items())
+    )
+    notes = f'<ul class="errors">{missing}</ul>' if missing else ""
+    band = mode_band_svg(history.mode_spans, history) if history.mode_spans else ""
+    if history.mode_source == "rollup":
+        band += '<p class="note">mode as sampled each minute (the mode history is unreadable)</p>'
+    plots = "".join(plot_svg(plot, history) for plot in history.plots)
+    return (
+        f'<section id="plots" data-window="{_e(history.window.name)}"><h2>Over the last '
+        f'{_e(history.window.label)}</h2><nav id="windows">window: {links}</nav>{notes}{band}'
+        f'<div class="plots">{plots}</div></section>'
+    )
+
+
+def _now(snap: dict[str, Any]) -> datetime:
+    from ultra_tasks.status.times import parse_iso
+
+    return parse_iso(snap.get("generated_at")) or datetime.now(UTC)
+
+
+def render_page(snap: dict[str, Any], history: History | str | None = None) -> str:
+    """The status page for ``snap`` (a fleet snapshot) and ``history`` (the plots' window, or why it could
+    not be read; None leaves the plots out), every value escaped."""
     mode = snap.get("mode") if isinstance(snap.get("mode"), dict) else {}
     name = _e(str((mode or {}).get("mode") or "UNKNOWN").upper())
+    now = _now(snap)
     return (
         "<!doctype html>\n"
         f'<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="{REFRESH_S}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>ultra-tasks: {name}</title><style>{STYLE}</style></head><body>"
-        f"{_banner(mode or {})}<main>{_errors(snap)}"
-        f"<section><h2>Components</h2>{_components(snap)}</section>"
-        f"<section><h2>Circuit breakers</h2>{_breakers(snap)}</section>"
+        f"{_banner(mode or {}, now)}<main>{_errors(snap)}{_plots(history)}"
+        f"<section><h2>Components</h2>{_components(snap, now)}</section>"
+        f"<section><h2>Circuit breakers</h2>{_breakers(snap, now)}</section>"
         f"<section><h2>Queues</h2>{_queues(snap)}</section>"
-        f"<section><h2>Job table</h2>{_job_table(snap)}</section>"
+        f"<section><h2>Job table</h2>{_job_table(snap, now)}</section>"
         f"<section><h2>Cache</h2>{_cache(snap)}</section>"
-        f"<section><h2>Mode changes</h2>{_timeline(snap)}</section>"
-        f'<footer>generated <span id="generated-at">{_e(snap.get("generated_at"))}</span>; '
+        f"<section><h2>Mode changes</h2>{_timeline(snap, now)}</section>"
+        f'<footer>generated <span id="generated-at">{time_html(snap.get("generated_at"), now)}</span>; '
         f'reloads every {REFRESH_S} s; <a href="status.json">JSON</a> · <a href="metrics">metrics</a>'
         "</footer></main></body></html>\n"
     )
