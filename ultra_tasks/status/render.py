@@ -114,7 +114,7 @@ def snapshot_renderables(snap: dict[str, Any]) -> list[RenderableType]:
                 f"{t['share']:.0%}",
                 str(t["room"]),
             )
-        console.print(table)
+        out.append(table)
 
     if "queue_stats" in snap:
         s = snap["queue_stats"]
