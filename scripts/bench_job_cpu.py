@@ -92,7 +92,9 @@ def _round(tree: Path, jobs: int, env: dict[str, str]) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tree", action="append", type=Path, help="a checkout to measure (repeatable)")
     parser.add_argument("--jobs", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=5)
@@ -135,7 +137,7 @@ def main() -> None:
             first = first or medians
             ratio = {part: medians[part] / first[part] for part in medians}
             print(
-                f"  {str(tree):40} submit {medians['submit'] * 1e3:6.2f} ms (x{ratio['submit']:.3f})"
+                f"  {tree!s:40} submit {medians['submit'] * 1e3:6.2f} ms (x{ratio['submit']:.3f})"
                 f"   run {medians['run'] * 1e3:6.2f} ms (x{ratio['run']:.3f})"
             )
     finally:
