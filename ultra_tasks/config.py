@@ -1,7 +1,8 @@
 """Typed settings, read once from the environment (and a ``.env`` file).
 
-Every variable of the seed's "Configuration Options" keeps its name and default, except paths under /tmp,
-which live under ``./var/`` (``ULTRA_VAR_DIR``). A malformed value raises ``ConfigurationError`` naming the
+Variable names and defaults are public API that deployments rely on; local paths live under ``./var/``
+(``ULTRA_VAR_DIR``). Each setting's ``#:`` comment is its documentation: docs/configuration.md is generated
+from this module (scripts/gen_config_doc.py). A malformed value raises ``ConfigurationError`` naming the
 variable and what was expected, so a bad deploy stops at start-up rather than at the first job.
 """
 
