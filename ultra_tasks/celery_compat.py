@@ -7,11 +7,11 @@ finished meanwhile) fails in ``_connparams`` with ``AttributeError`` ('NoneType'
 'hostname' / 'client'). That is not a connection error, so neither ``ignore_errors`` nor ``ack_log_error``
 absorbs it, and the consumer dies with "Unrecoverable error" while the process, its threads and its
 heartbeat live on: the worker never takes another job (tests/chaos: after a Redis restart, or a broker
-outage, most jobs stayed queued).
+outage, most jobs would stay queued).
 
-Older releases (5.6.x) reconnect, but their threads pool acknowledges a finished task only when the event
-loop next wakes, up to seconds later: with the prefetch window full, a worker took 11 jobs/s instead of
-175 (scripts/bench_throughput.py). So 5.7 is required, and this module turns the collected connection
+Releases 5.6.x reconnect, but their threads pool acknowledges a finished task only when the event loop
+next wakes, up to seconds later, so a worker with a full prefetch window mostly waits (docs/benchmarks.md
+has the measured rates). So 5.7 is required, and this module turns the collected connection
 into what it is, a connection error, which Celery already handles:
 
 - a channel whose connection was collected raises ``redis.ConnectionError`` when it needs a client, so a

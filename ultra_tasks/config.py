@@ -1,7 +1,8 @@
 """Typed settings, read once from the environment (and a ``.env`` file).
 
-Every variable of the seed's "Configuration Options" keeps its name and default, except paths under /tmp,
-which live under ``./var/`` (``ULTRA_VAR_DIR``). A malformed value raises ``ConfigurationError`` naming the
+Variable names and defaults are public API that deployments rely on; local paths live under ``./var/``
+(``ULTRA_VAR_DIR``). Each setting's ``#:`` comment is its documentation: docs/configuration.md is generated
+from this module (scripts/gen_config_doc.py). A malformed value raises ``ConfigurationError`` naming the
 variable and what was expected, so a bad deploy stops at start-up rather than at the first job.
 """
 
@@ -85,7 +86,8 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
 
-    # --- seed: circuit breaker
+    # --- circuit breakers
+    #: consecutive failures, fleet-wide, that open a breaker
     circuit_breaker_failure_threshold: int = Field(5, ge=1)
     #: seconds an open breaker waits before a half-open probe
     circuit_breaker_reset_timeout: float = Field(60, gt=0)
@@ -94,7 +96,8 @@ class Settings(BaseSettings):
     circuit_breaker_half_open_max_calls: int = Field(1, ge=1)
     #: each repeated trip multiplies the open time by this (1 = constant), up to the maximum below
     circuit_breaker_reset_backoff: float = Field(1.0, ge=1)
-    circuit_breaker_max_reset_timeout: float = Field(600, gt=0)  #: seconds
+    #: the longest an open breaker waits before a probe, however often it tripped (seconds)
+    circuit_breaker_max_reset_timeout: float = Field(600, gt=0)
     #: seconds a half-open probe holds its lease: it must outlive the longest call a probe may make (the
     #: adaptive timeout's ceiling), or a second probe could start while the first still runs; a lease that
     #: lapses counts as a failed probe
@@ -106,10 +109,14 @@ class Settings(BaseSettings):
     #: one breaker per provider, or per provider and model
     circuit_breaker_scope: str = Field("provider", pattern=r"^(provider|model)$")
 
-    # --- seed: retries
+    # --- retries
+    #: tries at one fallback chain entry on a transient or rate-limited error
     retry_max_attempts: int = Field(3, ge=1)
-    retry_initial_delay: float = Field(0.1, ge=0)  #: seconds
-    retry_max_delay: float = Field(2.0, ge=0)  #: seconds
+    #: the first wait between tries (seconds), before jitter
+    retry_initial_delay: float = Field(0.1, ge=0)
+    #: the longest wait between tries (seconds)
+    retry_max_delay: float = Field(2.0, ge=0)
+    #: each wait is the previous one times this
     retry_backoff_factor: float = Field(2.0, ge=1)
 
     #: provider calls one job may make in all, across its fallback chain (default: RETRY_MAX_ATTEMPTS + 2)
@@ -119,11 +126,15 @@ class Settings(BaseSettings):
     #: seconds a provider that said its quota is exhausted is skipped when it did not say until when
     quota_cooldown: float = Field(300.0, gt=0)
 
-    # --- seed: cache
+    # --- cache
+    #: entries each process keeps in its memory level
     cache_memory_size: int = Field(1000, ge=0)
+    #: the disk level, shared by the processes of one machine
     cache_disk_dir: Path | None = None  #: default ./var/cache
-    cache_redis_url: str | None = None
-    cache_default_ttl: int = Field(3600, ge=0)  #: seconds
+    #: the Redis level of the job cache (the fleet's)
+    cache_redis_url: str | None = None  #: default: REDIS_URL
+    #: seconds an entry lives
+    cache_default_ttl: int = Field(3600, ge=0)
 
     #: the job path's result cache (level 3 is CACHE_REDIS_URL, or REDIS_URL when that is unset)
     cache_enabled: bool = True
@@ -132,8 +143,10 @@ class Settings(BaseSettings):
     #: seconds identical jobs wait for the one computing an answer before they call the provider themselves
     cache_stampede_wait: float = Field(30.0, ge=0)
 
-    # --- seed: queue
-    queue_storage_path: Path | None = None  #: default ./var/spool/requests.jsonl (JSON lines, never pickle)
+    # --- queues and parking
+    #: the producer's spool for requests that could be neither recorded nor published (JSON lines)
+    queue_storage_path: Path | None = None  #: default ./var/spool/requests.jsonl
+    #: jobs the system holds at most (queued, running or parked); more are refused with QueueFullError
     queue_max_size: int = Field(1000, ge=1)
     #: the share of QUEUE_MAX_SIZE each priority may fill: a job is refused once the jobs held reach its
     #: priority's share ("low=0.7,default=0.9,high=1.0"; jobs/admission.py)
@@ -149,9 +162,10 @@ class Settings(BaseSettings):
     #: recovery ramp: when a breaker closes or the mode improves, this many of the jobs parked for it go
     #: back at once, then twice as many every PARK_RAMP_INTERVAL seconds (not the whole backlog at once)
     park_ramp_first: int = Field(10, ge=1)
+    #: seconds between the doublings of the recovery ramp
     park_ramp_interval: float = Field(1.0, gt=0, le=60)
 
-    # --- what the operation mode does (see README "Operation modes")
+    # --- operation modes: what each does to jobs
     #: in EMERGENCY only jobs from these queues run; the others are parked until the mode improves
     mode_emergency_run_queues: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["llm.high"])
     #: in DEGRADED, llm.low jobs start at most this often fleet-wide (jobs per minute; 0: not slowed)
@@ -160,13 +174,22 @@ class Settings(BaseSettings):
     mode_prefer_cache: bool = True
 
     # --- infrastructure
+    #: local state: the SQLite job table, the disk cache, the spool, the generated secret key
     ultra_var_dir: Path = Path("./var")
+    #: Redis for the shared state (breakers, rate limits, cache, mode, leases); also the broker and the
+    #: result backend unless they are set apart
     redis_url: str = "redis://localhost:6379/0"
+    #: the Celery broker: Redis, or RabbitMQ (amqp://...; docs/rabbitmq.md)
     broker_url: str | None = None  #: default: REDIS_URL
+    #: the Celery result backend (queued operations only; an LLM job's row is its result)
     result_backend_url: str | None = None  #: default: REDIS_URL
+    #: prefix of every Redis key and channel, so several systems (or test sessions) share one Redis
     ultra_redis_namespace: str = Field("ultra", pattern=r"^[A-Za-z0-9_.-]+$")
+    #: the job table, mode and component history (e.g. postgresql+psycopg2://user:pw@host/db)
     database_url: str | None = None  #: default: SQLite file ./var/ultra.db
+    #: read replicas, comma-separated; reads that may be a moment old go there
     database_replica_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    #: connections each process keeps per database, and the extra ones it may open under load
     database_pool_size: int = Field(10, ge=1)
     database_max_overflow: int = Field(40, ge=0)
     #: seconds a caller waits for a pooled connection when all are busy, before DatabasePoolExhaustedError
@@ -185,10 +208,14 @@ class Settings(BaseSettings):
     database_replica_down_for: float = Field(30.0, gt=0)
 
     # --- providers
+    #: OpenAI's key and server; without a key (and no USE_FAKE_PROVIDER) OpenAI is "not configured"
     openai_api_key: str | None = None
     openai_base_url: str | None = None
+    #: Anthropic's key and server; without a key (and no USE_FAKE_PROVIDER) Anthropic is "not configured"
     anthropic_api_key: str | None = None
     anthropic_base_url: str | None = None
+    #: any OpenAI-compatible server (route models to it with MODEL_MAP); not configured without its base
+    #: URL, never faked
     openai_compat_api_key: str | None = None
     openai_compat_base_url: str | None = None
     #: serve providers that have no API key from the local fake provider (`ultra up` and the tests choose
@@ -198,12 +225,16 @@ class Settings(BaseSettings):
     fake_provider_url: str = "http://127.0.0.1:8787"
     #: extra model routes, JSON object {"glob pattern": "provider"}
     model_map: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
-    provider_timeout: float = Field(60.0, gt=0)  #: seconds for one provider call until history exists
-    #: adaptive timeouts: a high percentile of recent latencies times a factor, clamped to these bounds
+    #: seconds one provider call may take until its model has latency history
+    provider_timeout: float = Field(60.0, gt=0)
+    #: adaptive timeouts: this percentile of recent latencies per provider and model ...
     adaptive_timeout_percentile: float = Field(95.0, gt=0, le=100)
+    #: ... times this factor ...
     adaptive_timeout_factor: float = Field(3.0, ge=1)
-    adaptive_timeout_min: float = Field(2.0, gt=0)  #: seconds
-    adaptive_timeout_max: float = Field(120.0, gt=0)  #: seconds
+    #: ... clamped to these bounds (seconds)
+    adaptive_timeout_min: float = Field(2.0, gt=0)
+    adaptive_timeout_max: float = Field(120.0, gt=0)
+    #: latencies a model needs before its timeout adapts (PROVIDER_TIMEOUT until then)
     adaptive_timeout_min_samples: int = Field(20, ge=1)
     #: fallback chains, JSON {"model": ["provider:model", ...]}; unset models get the default chain
     fallback_chains: Annotated[dict[str, list[str]], NoDecode] = Field(default_factory=dict)
@@ -211,16 +242,21 @@ class Settings(BaseSettings):
     provider_rate_limits: Annotated[dict[str, dict[str, float]], NoDecode] = Field(default_factory=dict)
     #: longest a call waits in place for a rate limit (seconds); beyond it the job is deferred
     rate_limit_max_wait: float = Field(10.0, ge=0)
+    #: max_tokens of a job that does not set it
     default_max_tokens: int = Field(1024, ge=1)
 
     # --- jobs
+    #: characters of input (prompt or messages) a job may carry
     max_input_chars: int = Field(200_000, ge=1)
     #: entries a job's own fallback chain (``chain=``) may name
     job_max_chain_length: int = Field(8, ge=1, le=64)
     #: bytes of a job's ``params`` and of its ``metadata``, as JSON
     job_max_params_bytes: int = Field(4096, ge=64, le=1_048_576)
     job_max_metadata_bytes: int = Field(16 * 1024, ge=64, le=1_048_576)
-    job_time_limit: int = Field(300, ge=1)  #: seconds (hard limit of one job run)
+    #: seconds one job run may take (Celery's hard limit; the threads pool bounds a run by its calls'
+    #: timeouts instead)
+    job_time_limit: int = Field(300, ge=1)
+    #: seconds before Celery's soft time limit interrupts a run
     job_soft_time_limit: int | None = None  #: default: JOB_TIME_LIMIT - 15
     #: seconds before an unacknowledged message is redelivered; must exceed JOB_TIME_LIMIT
     broker_visibility_timeout: int = Field(3600, ge=1)
@@ -239,19 +275,23 @@ class Settings(BaseSettings):
 
     #: signs every job message (HMAC-SHA256) between producers and workers; at least 32 characters. Unset:
     #: a key generated once into ULTRA_VAR_DIR/secret.key (the local stack). See docs/security.md.
-    ultra_secret_key: str | None = Field(None, min_length=32)
+    ultra_secret_key: str | None = Field(None, min_length=32)  #: default: generated
     #: during a rotation only: a key workers still accept (never used to sign)
     ultra_secret_key_previous: str | None = Field(None, min_length=32)
 
     # --- operations
-    health_check_interval: float = Field(30.0, gt=0)  #: seconds
+    #: seconds between beat's health checks (and mode evaluations, sweeps)
+    health_check_interval: float = Field(30.0, gt=0)
+    #: Flower's credentials, user:password pairs comma-separated; beyond loopback a default is refused
     flower_basic_auth: str = Field("ultra:ultra", pattern=r"^[^:,]+:[^,]+(,[^:,]+:[^,]+)*$")
+    #: Flower's port
     flower_port: int = Field(5555, ge=1, le=65535)
     #: port of the status page, its JSON and the fleet's /metrics (`ultra status-server`, `ultra up`)
     status_port: int = Field(8088, ge=1, le=65535)
     #: bearer token the status server requires on every path but /healthz (unset: none; then it may only
     #: listen on loopback). See docs/security.md.
     status_token: str | None = None
+    #: the log level of every process
     log_level: str = Field("INFO", pattern=r"^(?i:debug|info|warning|error|critical)$")
     #: http(s) URL that receives each operation mode change as a JSON POST (retried; unset: none)
     mode_webhook_url: str | None = None

@@ -18,10 +18,10 @@ Third-party errors (redis, SQLAlchemy, the provider SDKs) are mapped to these at
     │   ├── JobExpiredError             the job's deadline passed before it ran
     │   ├── LeaseLostError              a run no longer holds its job's lease: it stops, calling nothing
     │   └── JobTimeoutError             result() waited longer than asked (also a TimeoutException)
-    ├── TimeoutException (TimeoutError) seed name: something took longer than allowed
-    ├── CircuitOpenException            seed name: a breaker refused the call
+    ├── TimeoutException (TimeoutError) public name: something took longer than allowed
+    ├── CircuitOpenException            public name: a breaker refused the call
     └── ProviderError                   a provider call failed; ``kind`` says how to react
-        ├── ServiceUnavailableException seed name: transient (connection, 5xx, 529 overloaded)
+        ├── ServiceUnavailableException public name: transient (connection, 5xx, 529 overloaded)
         │   ├── ProviderTimeoutError    the call timed out (also a TimeoutException)
         │   ├── RateLimitedError        429; ``retry_after`` seconds when the provider said so
         │   └── QuotaExhaustedError     the account is out of quota; never retried
@@ -171,7 +171,7 @@ class LeaseLostError(JobError):
 
 
 class TimeoutException(UltraTasksError, TimeoutError):
-    """Seed name: an operation took longer than it was allowed to."""
+    """Public name: an operation took longer than it was allowed to."""
 
 
 class DatabaseTimeoutError(DependencyUnavailableError, TimeoutException):
@@ -196,7 +196,7 @@ class JobTimeoutError(JobError, TimeoutException):
 
 
 class CircuitOpenException(UltraTasksError):
-    """Seed name: the circuit breaker ``name`` is open; try again in ``retry_after`` seconds."""
+    """Public name: the circuit breaker ``name`` is open; try again in ``retry_after`` seconds."""
 
     def __init__(self, name: str, retry_after: float = 0.0, *, forced: bool = False) -> None:
         what = "forced open by an operator" if forced else "open"
@@ -250,7 +250,7 @@ class ProviderError(UltraTasksError):
 
 
 class ServiceUnavailableException(ProviderError):
-    """Seed name: the provider is unavailable for now (connection error, 5xx, 529); worth retrying."""
+    """Public name: the provider is unavailable for now (connection error, 5xx, 529); worth retrying."""
 
     kind = ErrorKind.TRANSIENT
 

@@ -47,7 +47,7 @@ class CacheValueError(UltraTasksError, ValueError):
 class DistributedCache:
     """Multi-level cache. ``get``/``put``/``invalidate`` are async; ``*_sync`` twins do the same in threads.
 
-    ``disk_cache_dir=None`` or ``redis_url=None`` leave that level out, as in the seed document.
+    ``disk_cache_dir=None`` or ``redis_url=None`` leave that level out.
     """
 
     def __init__(

@@ -176,8 +176,9 @@ def _guarded(engine: Engine, opener: Callable[[], T]) -> T:
 
 def _open(engine: Engine, opener: Callable[[], T], *, retry: bool) -> T:
     # The first attempt goes without retry machinery: a tenacity Retrying built and driven for every
-    # transaction cost about 4% of a busy worker's CPU (two transactions per job), and connecting almost
-    # always works. Only a transient failure pays for the retries, counting itself as their first attempt.
+    # transaction is a measurable share of a busy worker's CPU (two transactions per job;
+    # docs/benchmarks.md), and connecting almost always works. Only a transient failure pays for the
+    # retries, counting itself as their first attempt.
     try:
         return _guarded(engine, opener)
     except DBAPIError as exc:

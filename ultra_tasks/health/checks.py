@@ -1,4 +1,4 @@
-"""Health checks: the seed's ``HealthCheck``, ``HealthStatus`` and breaker-aware ``LLMProviderHealthCheck``,
+"""Health checks: the public ``HealthCheck``, ``HealthStatus`` and breaker-aware ``LLMProviderHealthCheck``,
 and checks for Redis, the broker, the database, live workers, queue depth and the disk cache.
 
 Every check is bounded by a timeout: a hung dependency reports critical instead of hanging the ops queue.
@@ -57,7 +57,7 @@ class HealthCheck(ABC):
 
 
 class LLMProviderHealthCheck(HealthCheck):
-    """Health check for LLM providers with resilience awareness (the seed's class, as written there)."""
+    """Health check for LLM providers with resilience awareness (public API: its signature stays as is)."""
 
     def __init__(self, provider_name: str, client: Any) -> None:
         super().__init__(f"llm_provider_{provider_name}", "llm_provider")

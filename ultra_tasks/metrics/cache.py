@@ -3,9 +3,9 @@
 Each ``DistributedCache`` keeps per-level counters in its own process (cache/base.py ``LevelStats``). A
 tracked cache is read once per flush tick by the metrics buffer's thread: the change of each counter since
 the previous tick goes to one Redis hash (``keys.metrics_cache()``) with HINCRBY, so the fleet's totals add
-up across processes while the 3 µs memory hit stays 3 µs. Every ``SIZE_REPORT_S`` the process also reports
-its levels' sizes (``keys.metrics_cache_sizes()``), so entries and utilization can be summed over the live
-processes.
+up across processes while counting adds nothing to a memory hit. Every ``SIZE_REPORT_S`` the process also
+reports its levels' sizes (``keys.metrics_cache_sizes()``), so entries and utilization can be summed over
+the live processes.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What the operation mode does to a job about to run (documented in the README, "Operation modes").
+"""What the operation mode does to a job about to run (documented in docs/modes.md).
 
 - NORMAL: everything runs.
 - DEGRADED: answers come from the cache where one exists, even for requests that are not deterministic

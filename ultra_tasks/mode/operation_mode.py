@@ -47,7 +47,7 @@ DEFAULT_RECOVERY_CHECKS = 2
 
 
 class SystemOperationMode:
-    """The fleet's operation mode. ``NORMAL``, ``DEGRADED`` and ``EMERGENCY`` are the seed's names."""
+    """The fleet's operation mode. ``NORMAL``, ``DEGRADED`` and ``EMERGENCY`` are public names."""
 
     NORMAL = Mode.NORMAL.value
     DEGRADED = Mode.DEGRADED.value

@@ -1,4 +1,4 @@
-"""How component statuses make an operation mode (documented in the README; pure, so easy to test).
+"""How component statuses make an operation mode (documented in docs/modes.md; pure, so easy to test).
 
 - Redis or the broker critical → EMERGENCY (nothing can be queued or coordinated).
 - Every LLM provider critical → EMERGENCY (no chain can be served).
@@ -39,7 +39,7 @@ NOT_CONFIGURED = "not-configured"
 
 
 def status_for_severity(severity: str) -> str:
-    """The seed's severities (low, medium, high, critical) as a component status."""
+    """A severity of ``mark_component_degraded`` (low, medium, high, critical) as a component status."""
     return CRITICAL if severity in ("high", "critical") else DEGRADED_STATUS
 
 

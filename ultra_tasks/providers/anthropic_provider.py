@@ -39,8 +39,8 @@ class AnthropicProvider(Provider):
         }
         if system:
             kwargs["system"] = system
-        # Sampling parameters go in the body as-is: newer SDK releases no longer list them as arguments,
-        # while the API still accepts them for the models that support sampling.
+        # Sampling parameters go in the body as-is: the SDK's signature does not list them in every release,
+        # while the API accepts them for the models that support sampling.
         sampling: dict[str, Any] = {k: request.params[k] for k in PASSTHROUGH_PARAMS if k in request.params}
         if request.temperature is not None:
             # Anthropic accepts 0..1 where OpenAI accepts 0..2: clamp rather than fail the job.

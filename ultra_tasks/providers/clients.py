@@ -2,13 +2,12 @@
 
 Why not one client per provider: httpcore's connection pool admits every request under one lock and, each
 time a request starts or ends, walks all its connections (probing each idle one's socket). With one client
-shared by a 200-thread worker, calls queued on that lock longer than they waited for the provider:
-``scripts/bench_throughput.py`` (b) reached 0.46 of the ideal rate, and a thread dump showed 167 of 200
-threads in ``ConnectionPool.handle_request``. So each calling thread is given one of
-``ceil(threads / THREADS_PER_CLIENT)`` clients for its life, and a pool serves a handful of threads.
+shared by a 200-thread worker, calls queue on that lock longer than they wait for the provider, and most
+threads sit in ``ConnectionPool.handle_request`` (docs/benchmarks.md). So each calling thread is given one
+of ``ceil(threads / THREADS_PER_CLIENT)`` clients for its life, and a pool serves a handful of threads.
 
-Why one TLS context for all: building one loads the CA bundle, about 40 ms and the largest part of
-building a client. Built as the SDKs build theirs (``verify=True``, honouring SSL_CERT_FILE / SSL_CERT_DIR).
+Why one TLS context for all: building one loads the CA bundle, the largest part of building a client.
+Built as the SDKs build theirs (``verify=True``, honouring SSL_CERT_FILE / SSL_CERT_DIR).
 """
 
 from __future__ import annotations
@@ -58,8 +57,8 @@ class ClientShards(Generic[C]):
     threads say, share them the same way)."""
 
     def __init__(self, build: Callable[[dict[str, Any]], C], threads: int) -> None:
-        # built now, with the provider: later it would cost its first call 40 ms, spent after that call
-        # was granted its rate-limit slot
+        # built now, with the provider: later its cost would fall on the first call, after that call was
+        # granted its rate-limit slot
         shared_tls_context()
         self._build = build
         self._count = max(1, math.ceil(threads / THREADS_PER_CLIENT))

@@ -13,8 +13,8 @@ from ultra_tasks.providers.base import LLMRequest, LLMResponse, Provider, Usage
 from ultra_tasks.providers.clients import ClientShards
 from ultra_tasks.providers.sdk_errors import map_sdk_error
 
-# The SDK imports its chat resource on a process's first ``client.chat`` (about 35 ms, so that first call
-# reached the provider well after the rate-limit slot it was granted); imported with the provider instead.
+# The SDK imports its chat resource on a process's first ``client.chat``, which would make that first call
+# reach the provider well after the rate-limit slot it was granted; it is imported with the provider.
 importlib.import_module("openai.resources.chat.chat")
 
 #: request parameters OpenAI accepts beside messages/max_tokens/temperature

@@ -1,7 +1,7 @@
 """Fallback chains: for a requested model, the ordered (provider, model) entries a job may be served by.
 
 The default chain is the requested model, then the equivalent tier at the other major provider
-(``map_model``, the seed's ``map_to_anthropic_model`` generalized). ``FALLBACK_CHAINS`` overrides it per
+(``map_model``; ``map_to_anthropic_model`` is its Anthropic-only form). ``FALLBACK_CHAINS`` overrides it per
 model, and a job may bring its own chain or none at all. Entries whose context window cannot hold the
 input are skipped, so a too-large input falls back to a larger-context model.
 """
@@ -64,7 +64,7 @@ def map_model(model: str, provider: str) -> str | None:
 
 
 def map_to_anthropic_model(model: str) -> str:
-    """The seed's mapping, kept for its users: the Anthropic model of the same tier."""
+    """Public API: the Anthropic model of the same tier."""
     return map_model(model, ANTHROPIC) or "claude-3-5-sonnet-latest"
 
 

@@ -1,4 +1,4 @@
-"""The seed's ``Fallback`` decorator: call a fallback function when the primary raises one of the
+"""The public ``Fallback`` decorator: call a fallback function when the primary raises one of the
 configured exceptions; sync and async; with metrics.
 """
 

@@ -179,9 +179,9 @@ class ResilientCaller:
                     # The breaker chose this call to test a provider it holds to be down, and the failure
                     # opened it again. It reports on the provider, not on the job: no attempt is charged
                     # (probes are few fleet-wide), and the entry is unavailable now, as for any open
-                    # breaker, so the job moves on or parks at once. Before, the job slept its retry
-                    # backoff holding a worker thread only to be refused, and a long outage failed the
-                    # jobs that had carried its probes once their budget ran out.
+                    # breaker, so the job moves on or parks at once: retrying would sleep its backoff
+                    # holding a worker thread only to be refused, and in a long outage the jobs that carry
+                    # its probes would run out of budget and fail.
                     budget.refund(sent=True)
                     raise CircuitOpenException(breaker.name, breaker.reset_timeout) from exc
                 raise
