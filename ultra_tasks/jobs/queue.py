@@ -1,8 +1,8 @@
-"""The seed's ``PersistentRequestQueue`` and ``RetryableRequest``, on top of the Celery queues.
+"""``PersistentRequestQueue`` and ``RetryableRequest``, the request-queue API, on top of the Celery queues.
 
 A ``RetryableRequest`` names a registered operation and carries JSON arguments: nothing is pickled, so a
-tampered queue entry can never run code. ``llm.generate`` (the seed's ``llm_client.generate(prompt,
-model)``) becomes an ordinary job (``submit``); any other operation registered with ``@operation("name")``
+tampered queue entry can never run code. ``llm.generate`` (an ``llm_client.generate(prompt,
+model)`` call) becomes an ordinary job (``submit``); any other operation registered with ``@operation("name")``
 runs as a Celery task on the same prioritized queues, retried up to ``max_retries`` times.
 
 ``storage_path`` is the producer's local spool, in JSON lines: a request that can be neither recorded nor
@@ -68,7 +68,7 @@ def _operation_name(operation_func: Any) -> str:
         operation_func if isinstance(operation_func, str) else getattr(operation_func, "operation_name", None)
     )
     if name is None and getattr(operation_func, "__name__", "") == "generate":
-        name = GENERATE  # the seed's llm_client.generate
+        name = GENERATE  # an llm_client.generate function, as the request-queue API's users pass it
     if name != GENERATE and name not in _operations:
         raise JobValidationError(
             "operation_func",
@@ -112,7 +112,8 @@ class RetryableRequest:
 
 
 def _priority(priority: int | str) -> str:
-    """The seed passes integers: 0 is default, above 0 high, below 0 low; names work too."""
+    """Integers as the request-queue API takes them: 0 is default, above 0 high, below 0 low; names work
+    too."""
     if isinstance(priority, str):
         if priority not in PRIORITY_QUEUES:
             raise JobValidationError(
@@ -200,7 +201,7 @@ class PersistentRequestQueue:
         return sorted(self.storage_path.parent.glob(self.storage_path.name + ".replaying-*"))
 
     async def process_queue(self) -> int:
-        """Replay the local spool (the seed's name); returns how many requests were sent."""
+        """Replay the local spool (the request-queue API's name); returns how many requests were sent."""
         return await asyncio.to_thread(self.replay)
 
     def replay(self) -> int:

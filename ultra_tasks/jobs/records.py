@@ -3,8 +3,7 @@
 Core rather than ORM sessions: these run several times per job on every worker thread, and one
 ``UPDATE ... RETURNING`` is both cheaper and atomic. The statements every job runs (insert, published,
 claim, succeeded, failed) are built once with bound parameters: building a Core statement and computing
-its cache key on each call cost more CPU than SQLite took to run it (a claim: 0.86 ms built per call,
-0.31 ms prebuilt).
+its cache key on each call costs more CPU than SQLite takes to run it (docs/benchmarks.md).
 """
 
 from __future__ import annotations

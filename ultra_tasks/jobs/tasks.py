@@ -32,14 +32,14 @@ DB_MAX_RETRIES = 30
 PARK_FALLBACK_MAX_S = 60.0
 
 
-# ignore_result: the job's row is its result. A copy in the result backend (celery-task-meta-<id>, about
-# 2 KB, kept for days) made Redis grow with every job ever run; while the database is down the outcome is
+# ignore_result: the job's row is its result. A copy in the result backend (celery-task-meta-<id>, kept
+# for days) would make Redis grow with every job ever run; while the database is down the outcome is
 # kept in Redis only until its record write lands (jobs/outcome_buffer.py). Retries and failures are not
 # stored either (store_errors_even_if_ignored stays off).
 # resultrepr_maxsize: Celery builds a repr of every result (up to 1 KiB by default) for its success log
 # line and the task-succeeded event that Flower shows. A job's result is the model's answer: it belongs
 # in the job table, not in the event stream or logs (celery_app.py drops it from the log line), and
-# walking it cost ~50 us of each job's worker CPU.
+# walking it costs each job worker CPU (docs/benchmarks.md).
 @app.task(name="ultra.run_job", bind=True, max_retries=None, ignore_result=True, resultrepr_maxsize=1)
 def run_job(self: Task, job_id: str, payload: dict[str, Any], sig: str | None = None) -> dict[str, Any]:
     """Run one LLM job. ``payload`` is the validated request (JSON), never a callable; ``sig`` the
