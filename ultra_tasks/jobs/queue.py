@@ -1,8 +1,8 @@
 """``PersistentRequestQueue`` and ``RetryableRequest``, the request-queue API, on top of the Celery queues.
 
 A ``RetryableRequest`` names a registered operation and carries JSON arguments: nothing is pickled, so a
-tampered queue entry can never run code. ``llm.generate`` (an ``llm_client.generate(prompt,
-model)`` call) becomes an ordinary job (``submit``); any other operation registered with ``@operation("name")``
+tampered queue entry can never run code. ``llm.generate`` (an ``llm_client.generate(prompt, model)``
+call) becomes an ordinary job (``submit``); any other operation registered with ``@operation("name")``
 runs as a Celery task on the same prioritized queues, retried up to ``max_retries`` times.
 
 ``storage_path`` is the producer's local spool, in JSON lines: a request that can be neither recorded nor
