@@ -30,7 +30,26 @@ import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 ON_CI = os.environ.get("CI") == "true"
-TEST_REDIS_URL = os.environ.get("ULTRA_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+#: the xdist worker this process is ("gw0", "gw1", ...; "" without xdist): each runs a session of its own,
+#: with its own Redis database and key namespace, SQL database, fake provider and Celery workers
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+
+
+def _session_redis_url(url: str, worker: str) -> str:
+    """The Redis database of this session: the given one, or two below it per xdist worker after the
+    first (db 13 → 13, 11, 9 ...; the RabbitMQ re-run takes 14 or 12)."""
+    if not worker:
+        return url
+    base, _, db = url.rpartition("/")
+    return f"{base}/{max(0, int(db or 0) - 2 * int(worker.removeprefix('gw') or 0))}"
+
+
+TEST_REDIS_URL = _session_redis_url(
+    os.environ.get("ULTRA_TEST_REDIS_URL", "redis://127.0.0.1:6379/13"), XDIST_WORKER
+)
+TEST_NAMESPACE = os.environ.get("ULTRA_TEST_NAMESPACE", "ultra-test") + (
+    f"-{XDIST_WORKER}" if XDIST_WORKER else ""
+)
 #: set (amqp://...) to run the session on RabbitMQ instead of the Redis broker
 TEST_BROKER_URL = os.environ.get("ULTRA_TEST_BROKER_URL", "")
 ON_AMQP = TEST_BROKER_URL.startswith("amqp")
@@ -88,14 +107,14 @@ def _make_database(tmp: Path) -> tuple[str, Callable[[], None]]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    if hasattr(config, "workerinput"):
-        return
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        return  # the xdist controller runs no test: each worker sets up its own session
     tmp = Path(tempfile.mkdtemp(prefix="ultra-test-"))
     _state["tmp"] = tmp
     os.environ.update(
         {
             "REDIS_URL": TEST_REDIS_URL,
-            "ULTRA_REDIS_NAMESPACE": os.environ.get("ULTRA_TEST_NAMESPACE", "ultra-test"),
+            "ULTRA_REDIS_NAMESPACE": TEST_NAMESPACE,
             "ULTRA_VAR_DIR": str(tmp / "var"),
             "LOG_LEVEL": "INFO",
             # chosen explicitly, as `ultra up` does: with no key and no choice a provider is not configured

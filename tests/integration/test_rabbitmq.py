@@ -57,8 +57,10 @@ def test_the_queue_tests_pass_on_rabbitmq() -> None:
         if ON_CI:
             pytest.fail(f"RabbitMQ is not reachable at {RABBITMQ_URL.split('@')[-1]}")
         pytest.skip("RabbitMQ is not reachable")
+    # a session of its own, not an xdist worker's: its own Redis database and namespace
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_XDIST_WORKER", "ULTRA_TEST_NAMESPACE")}
     env = {
-        **os.environ,
+        **env,
         "ULTRA_TEST_BROKER_URL": RABBITMQ_URL,
         "ULTRA_TEST_REDIS_URL": _other_redis_db(TEST_REDIS_URL),
     }
