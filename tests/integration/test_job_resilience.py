@@ -54,7 +54,9 @@ def test_two_worker_processes_together_never_exceed_the_configured_requests_per_
     for i, start in enumerate(arrivals):
         in_window = [a for a in arrivals[i:] if a - start < 1.0]
         assert len(in_window) <= burst + 1.0 / interval, arrivals
-    assert arrivals[-1] - arrivals[0] >= (len(arrivals) - burst) * interval - 0.05
+    # (arrivals are stamped by the provider: a first request slowed on its way by a busy machine shortens
+    # the span it measures by that much)
+    assert arrivals[-1] - arrivals[0] >= (len(arrivals) - burst) * interval - 0.25
     assert len({h.record()["worker"] for h in handles}) == 2
 
 
