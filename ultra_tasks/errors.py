@@ -121,19 +121,6 @@ class QueueFullError(UltraTasksError):
             )
         super().__init__(message)
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        # keyword arguments survive pickling (Celery results, multiprocessing)
-        return (
-            _rebuild_queue_full,
-            (self.depth, self.limit, self.priority, self.threshold, self.share, self.setting),
-        )
-
-
-def _rebuild_queue_full(
-    depth: int, limit: int, priority: str | None, threshold: int, share: float | None, setting: str
-) -> QueueFullError:
-    return QueueFullError(depth, limit, priority=priority, threshold=threshold, share=share, setting=setting)
-
 
 class JobError(UltraTasksError):
     """Something about one job."""

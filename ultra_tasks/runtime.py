@@ -10,7 +10,8 @@ renews one). A test passes its own parts to ``Runtime`` or to the job path direc
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from ultra_tasks.cache.layered import DistributedCache
 from ultra_tasks.cache.llm import job_cache
@@ -23,6 +24,8 @@ from ultra_tasks.resilience.pipeline import ResilientCaller
 
 if TYPE_CHECKING:
     import redis
+
+T = TypeVar("T")
 
 
 class Runtime:
@@ -45,41 +48,36 @@ class Runtime:
         self._caller, self._effects, self._leases, self._cache = caller, effects, leases, cache
         self._lock = threading.Lock()
 
+    def _once(self, attr: str, make: Callable[[], T]) -> T:
+        """The part held in ``attr``, made by ``make`` the first time (once, whatever the threads)."""
+        made = getattr(self, attr)
+        if made is None:
+            with self._lock:
+                made = getattr(self, attr)
+                if made is None:
+                    made = make()
+                    setattr(self, attr, made)
+        return cast(T, made)
+
     @property
     def caller(self) -> ResilientCaller:
         """The resilient pipeline (its adaptive timeouts and quota view are shared by all threads)."""
-        if self._caller is None:
-            with self._lock:
-                if self._caller is None:
-                    self._caller = ResilientCaller(self.registry, self.settings, self.redis)
-        return self._caller
+        return self._once("_caller", lambda: ResilientCaller(self.registry, self.settings, self.redis))
 
     @property
     def effects(self) -> ModeEffects:
         """What the operation mode does to jobs (it caches the mode for a second)."""
-        if self._effects is None:
-            with self._lock:
-                if self._effects is None:
-                    self._effects = ModeEffects(self.settings, self.redis)
-        return self._effects
+        return self._once("_effects", lambda: ModeEffects(self.settings, self.redis))
 
     @property
     def cache(self) -> DistributedCache:
         """The job path's cache (memory, disk and Redis levels)."""
-        if self._cache is None:
-            with self._lock:
-                if self._cache is None:
-                    self._cache = job_cache(self.settings)
-        return self._cache
+        return self._once("_cache", lambda: job_cache(self.settings))
 
     @property
     def leases(self) -> Leases:
         """The leases of the jobs this process runs (the heartbeat renews them all)."""
-        if self._leases is None:
-            with self._lock:
-                if self._leases is None:
-                    self._leases = Leases(self.redis, self.settings)
-        return self._leases
+        return self._once("_leases", lambda: Leases(self.redis, self.settings))
 
 
 _current: Runtime | None = None
