@@ -35,6 +35,9 @@ CASES = [
     ({"kind": "status", "status": 404}, ProviderBadRequestError, ErrorKind.PERMANENT),
     ({"kind": "status", "status": 422}, ProviderBadRequestError, ErrorKind.PERMANENT),
     ({"kind": "drop"}, ServiceUnavailableException, ErrorKind.TRANSIENT),
+    # a 200 the client cannot use (a proxy's error page, JSON without the answer) is the server's fault
+    ({"kind": "malformed"}, ServiceUnavailableException, ErrorKind.TRANSIENT),
+    ({"kind": "malformed", "json": True}, ServiceUnavailableException, ErrorKind.TRANSIENT),
 ]
 MODELS = {"openai": "gpt-4o", "anthropic": "claude-3-5-sonnet-latest"}
 

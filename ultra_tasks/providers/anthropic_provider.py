@@ -7,9 +7,11 @@ from typing import Any
 
 import anthropic
 
+from ultra_tasks.errors import ServiceUnavailableException
 from ultra_tasks.providers.base import LLMRequest, LLMResponse, Provider, Usage
 from ultra_tasks.providers.clients import ClientShards
 from ultra_tasks.providers.sdk_errors import map_sdk_error
+from ultra_tasks.providers.sdk_post import post_json
 
 PASSTHROUGH_PARAMS = ("top_p", "top_k")
 
@@ -39,34 +41,45 @@ class AnthropicProvider(Provider):
         }
         if system:
             kwargs["system"] = system
-        # Sampling parameters go in the body as-is: the SDK's signature does not list them in every release,
-        # while the API accepts them for the models that support sampling.
-        sampling: dict[str, Any] = {k: request.params[k] for k in PASSTHROUGH_PARAMS if k in request.params}
+        for key in PASSTHROUGH_PARAMS:
+            if key in request.params:
+                kwargs[key] = request.params[key]
         if request.temperature is not None:
             # Anthropic accepts 0..1 where OpenAI accepts 0..2: clamp rather than fail the job.
-            sampling["temperature"] = min(1.0, request.temperature)
-        if sampling:
-            kwargs["extra_body"] = sampling
+            kwargs["temperature"] = min(1.0, request.temperature)
         if "stop" in request.params:
             stop = request.params["stop"]
             kwargs["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
         started = time.perf_counter()
         try:
-            message = self._clients.get().messages.create(timeout=timeout, **kwargs)
+            message = post_json(self._clients.get(), "/v1/messages", kwargs, timeout=timeout)
         except anthropic.AnthropicError as exc:
             raise map_sdk_error(exc, provider=self.name, model=request.model, sdk=anthropic) from exc
+        except ValueError as exc:
+            raise ServiceUnavailableException(
+                "malformed message (not JSON)", provider=self.name, model=request.model
+            ) from exc
         latency_ms = (time.perf_counter() - started) * 1000
-        text = "".join(getattr(block, "text", "") for block in message.content)
+        try:
+            text = "".join(
+                str(block.get("text") or "") for block in message["content"] if block.get("type") == "text"
+            )
+            usage = message.get("usage") or {}
+            input_tokens = int(usage.get("input_tokens") or 0)
+            output_tokens = int(usage.get("output_tokens") or 0)
+            model = message.get("model") or request.model
+            stop_reason = message.get("stop_reason")
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise ServiceUnavailableException(
+                "malformed message (no content)", provider=self.name, model=request.model
+            ) from exc
         return LLMResponse(
             text=text,
-            model=message.model or request.model,
+            model=str(model),
             provider=self.name,
-            usage=Usage(
-                input_tokens=message.usage.input_tokens or 0,
-                output_tokens=message.usage.output_tokens or 0,
-            ),
+            usage=Usage(input_tokens=input_tokens, output_tokens=output_tokens),
             latency_ms=latency_ms,
-            finish_reason=message.stop_reason,
+            finish_reason=stop_reason,
         )
 
     def close(self) -> None:

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 OPENAI = "openai"
 ANTHROPIC = "anthropic"
-FAULT_KINDS = ("status", "quota", "latency", "hang", "drop")
+FAULT_KINDS = ("status", "quota", "latency", "hang", "drop", "malformed")
 _SLEEP_MARKER = re.compile(r"\[\[sleep_ms=(\d+)\]\]")
 _QUOTA_OPENAI = "You exceeded your current quota, please check your plan and billing details."
 _QUOTA_ANTHROPIC = "Your credit balance is too low to access the Anthropic API."
@@ -524,6 +524,12 @@ class FakeProviderServer:
         if fault and fault.kind == "drop":
             self._record(call, "drop")
             return self._drop(request)
+        if fault and fault.kind == "malformed":
+            # a 200 a client cannot use: not JSON, or JSON without the answer ("json": true)
+            self._record(call, "malformed")
+            if params.get("json"):
+                return web.json_response({"id": "broken", "object": "unexpected"})
+            return web.Response(text="<html>proxy error</html>", content_type="application/json")
         if fault and fault.kind == "hang":
             self._record(call, "hang")
             # Ends early when the client disconnects (handler cancellation) or on stop().

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import time
 from typing import Any
 
@@ -12,10 +11,7 @@ from ultra_tasks.errors import ContentPolicyError, ServiceUnavailableException
 from ultra_tasks.providers.base import LLMRequest, LLMResponse, Provider, Usage
 from ultra_tasks.providers.clients import ClientShards
 from ultra_tasks.providers.sdk_errors import map_sdk_error
-
-# The SDK imports its chat resource on a process's first ``client.chat``, which would make that first call
-# reach the provider well after the rate-limit slot it was granted; it is imported with the provider.
-importlib.import_module("openai.resources.chat.chat")
+from ultra_tasks.providers.sdk_post import post_json
 
 #: request parameters OpenAI accepts beside messages/max_tokens/temperature
 PASSTHROUGH_PARAMS = ("top_p", "stop", "seed", "presence_penalty", "frequency_penalty")
@@ -48,32 +44,37 @@ class OpenAIProvider(Provider):
                 kwargs[key] = request.params[key]
         started = time.perf_counter()
         try:
-            completion = self._clients.get().chat.completions.create(timeout=timeout, **kwargs)
+            completion = post_json(self._clients.get(), "/chat/completions", kwargs, timeout=timeout)
         except openai.OpenAIError as exc:
             raise map_sdk_error(exc, provider=self.name, model=request.model, sdk=openai) from exc
+        except ValueError as exc:
+            raise ServiceUnavailableException(
+                "malformed completion (not JSON)", provider=self.name, model=request.model
+            ) from exc
         latency_ms = (time.perf_counter() - started) * 1000
         try:
-            choice = completion.choices[0]
-            text = choice.message.content or ""
-            usage = completion.usage
-        except (IndexError, AttributeError) as exc:
+            choice = completion["choices"][0]
+            text = choice["message"].get("content") or ""
+            finish_reason = choice.get("finish_reason")
+            usage = completion.get("usage") or {}
+            input_tokens = int(usage.get("prompt_tokens") or 0)
+            output_tokens = int(usage.get("completion_tokens") or 0)
+            model = completion.get("model") or request.model
+        except (IndexError, KeyError, TypeError, AttributeError, ValueError) as exc:
             raise ServiceUnavailableException(
                 "malformed completion (no choices)", provider=self.name, model=request.model
             ) from exc
-        if choice.finish_reason == "content_filter":
+        if finish_reason == "content_filter":
             raise ContentPolicyError(
                 "answer withheld by the content filter", provider=self.name, model=request.model
             )
         return LLMResponse(
-            text=text,
-            model=completion.model or request.model,
+            text=str(text),
+            model=str(model),
             provider=self.name,
-            usage=Usage(
-                input_tokens=getattr(usage, "prompt_tokens", 0) or 0,
-                output_tokens=getattr(usage, "completion_tokens", 0) or 0,
-            ),
+            usage=Usage(input_tokens=input_tokens, output_tokens=output_tokens),
             latency_ms=latency_ms,
-            finish_reason=choice.finish_reason,
+            finish_reason=finish_reason,
         )
 
     def close(self) -> None:
