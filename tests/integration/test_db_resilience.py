@@ -231,16 +231,35 @@ def test_an_exhausted_pool_fails_with_our_error_naming_its_settings_and_trips_no
         assert conn.execute(text("SELECT 1")).scalar_one() == 1
 
 
-def test_a_connection_killed_between_calls_is_replaced_transparently(
+def test_a_connection_killed_while_idle_in_the_pool_is_replaced_transparently(
     private_postgres: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _configure(monkeypatch, DATABASE_URL=private_postgres.url, DATABASE_POOL_SIZE="1")
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_S", 0.05)
     with db.transaction() as conn:
         first = _backend_pid(conn)
     _terminate(private_postgres, first)  # the pooled connection is now dead
+    time.sleep(0.1)  # ... and has been idle long enough to be pinged before it is lent
     with db.transaction() as conn:
         second = _backend_pid(conn)
     assert second != first
+
+
+def test_a_connection_in_steady_use_is_not_pinged_and_one_lost_in_use_is_replaced_after_one_failure(
+    private_postgres: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A ping per transaction is a round trip per transaction; a connection reused at once is lent as is.
+    # Had it died meanwhile, that one transaction fails as an outage (nothing committed, the caller's
+    # outage path runs) and SQLAlchemy replaces the pool's connections, so the next one goes through.
+    _configure(monkeypatch, DATABASE_URL=private_postgres.url, DATABASE_POOL_SIZE="1")
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_S", 60.0)
+    with db.transaction() as conn:
+        first = _backend_pid(conn)
+    _terminate(private_postgres, first)
+    with pytest.raises(DependencyUnavailableError), db.transaction() as conn:
+        conn.execute(text("SELECT 1"))
+    with db.transaction() as conn:
+        assert _backend_pid(conn) != first
 
 
 def test_run_in_transaction_reruns_the_whole_body_after_a_dropped_connection(

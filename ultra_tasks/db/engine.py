@@ -2,9 +2,10 @@
 misbehaving database.
 
 - Every PostgreSQL connection has a connect timeout (``DATABASE_CONNECT_TIMEOUT``), TCP keepalives and a
-  statement timeout (``DATABASE_STATEMENT_TIMEOUT_MS``), and the pool pings a connection before lending
-  it, so a database that is down or hung costs a caller bounded time, never a hang. (SQLite has no
-  server to lose: neither timeout applies; it waits ``SQLITE_BUSY_TIMEOUT_S`` for a writer.)
+  statement timeout (``DATABASE_STATEMENT_TIMEOUT_MS``), and the pool pings a connection that sat idle
+  before lending it, so a database that is down or hung costs a caller bounded time, never a hang.
+  (SQLite has no server to lose: neither timeout applies; it waits ``SQLITE_BUSY_TIMEOUT_S`` for a
+  writer.)
 - Transient errors (refused, dropped connection, server restarting) are retried with tenacity; see
   ``transaction`` versus ``run_in_transaction`` for what can safely be retried.
 - Connecting goes through this process's breaker on that URL (db/resilience.py): once the database is
@@ -27,7 +28,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -48,6 +49,8 @@ T = TypeVar("T")
 
 _engines: dict[str, Engine] = {}
 _guards: dict[str, DatabaseGuard] = {}
+#: an engine URL's key in ``_guards`` (rendering a URL costs more than the rest of lending a connection)
+_guard_keys: dict[Any, str] = {}
 _sessionmakers: dict[int, sessionmaker[Session]] = {}
 _lock = threading.Lock()
 #: [settings object, its effective_database_url]
@@ -60,6 +63,36 @@ _PG_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval":
 #: marks a read-only connection on PostgreSQL (BEGIN READ ONLY): a read path that writes fails on the
 #: primary exactly as it would on a replica, instead of only when replicas are configured
 _READ_ONLY = {"postgresql_readonly": True}
+
+
+#: a pooled PostgreSQL connection idle this long is pinged before it is lent, so a restart or failover
+#: while it sat in the pool is found then. One in steady use is not: a ping is a round trip per
+#: transaction, and a connection that dies in use fails its transaction whether pinged or not (SQLAlchemy
+#: then replaces every connection the pool held).
+PING_AFTER_IDLE_S = 1.0
+
+
+def _ping_after_idle(engine: Engine) -> None:
+    def checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    def checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.pop("idle_since", None)
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_S:
+            return  # just connected, or in steady use
+        try:
+            cursor = dbapi_conn.cursor()
+            try:
+                cursor.execute("SELECT 1")
+            finally:
+                cursor.close()
+        except Exception as exc:
+            # the pool discards this connection and lends a fresh one (connecting again, which fails
+            # through the guard if the database is gone)
+            raise DisconnectionError(f"a pooled connection did not answer: {first_line(exc)}") from exc
+
+    event.listen(engine, "checkin", checkin)
+    event.listen(engine, "checkout", checkout)
 
 
 def _on_sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -104,21 +137,29 @@ def get_engine(url: str | None = None) -> Engine:
                     timeout = f"-c statement_timeout={settings.database_statement_timeout_ms}"
                     given = parsed.query.get("options")
                     connect_args["options"] = f"{given} {timeout}" if isinstance(given, str) else timeout
+            # The primary carries every job's writes: its connections are pinged only after sitting idle.
+            # A replica serves reads that fall back to the primary only when connecting fails, so its
+            # connections are pinged every time they are lent.
+            primary = url == settings.effective_database_url
             engine = create_engine(
                 url,
-                pool_pre_ping=True,
+                pool_pre_ping=not primary,
                 pool_size=settings.database_pool_size,
                 max_overflow=settings.database_max_overflow,
                 pool_timeout=settings.database_pool_timeout,
                 connect_args=connect_args,
             )
+            if primary:
+                _ping_after_idle(engine)
         _engines[url] = engine
         return engine
 
 
 def guard_for(engine: Engine) -> DatabaseGuard:
     """This process's breaker and counters for ``engine``'s database."""
-    key = engine.url.render_as_string(hide_password=False)
+    key = _guard_keys.get(engine.url)
+    if key is None:
+        key = _guard_keys.setdefault(engine.url, engine.url.render_as_string(hide_password=False))
     guard = _guards.get(key)
     if guard is None:
         settings = get_settings()
@@ -141,6 +182,7 @@ def dispose_engines() -> None:
             engine.dispose()
         _engines.clear()
         _guards.clear()
+        _guard_keys.clear()
         _sessionmakers.clear()
     _replicas.reset()
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, bindparam, case, func, insert, select, update
+from sqlalchemy import ColumnElement, Connection, Table, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ultra_tasks.clock import utcnow
@@ -49,7 +49,15 @@ _PUBLISHED = update(jobs).where(jobs.c.id == bindparam("job_id")).values(publish
 #: claimable: queued or parked, or running under a lease that lapsed (or, for a row from before leases, with
 #: no sign of life since ``stale_before``), or running under this owner's own lease when the owner knows
 #: no run of its own holds it (``own``: a run of this process ended without giving the lease back)
-_CLAIMABLE = jobs.c.status.in_((JobStatus.QUEUED.value, JobStatus.PARKED.value)) | (
+
+
+def _status_is(*values: str) -> ColumnElement[bool]:
+    """``status IN (...)`` for fixed values, as equalities: an IN list is an expanding parameter that
+    SQLAlchemy re-renders on every execution, a cost the hot path's statements do not need to pay."""
+    return or_(*(jobs.c.status == value for value in values))
+
+
+_CLAIMABLE = _status_is(JobStatus.QUEUED.value, JobStatus.PARKED.value) | (
     (jobs.c.status == JobStatus.RUNNING.value)
     & (
         (jobs.c.lease_expires_at < bindparam("now"))
@@ -97,7 +105,7 @@ _CLAIM_SQL_ONLY = (
 _FENCE = jobs.c.lease_token.is_(None) | (jobs.c.lease_token <= bindparam("token"))
 #: ``attempts`` is written as the run's absolute count (never added to), so a write applied twice counts once
 #: a final row changes only by a write of the run that made it final (the same write applied twice)
-_NOT_FINAL_OR_SAME_RUN = jobs.c.status.not_in(FINAL) | (jobs.c.lease_token == bindparam("token"))
+_NOT_FINAL_OR_SAME_RUN = ~_status_is(*FINAL) | (jobs.c.lease_token == bindparam("token"))
 _ATTEMPTS = case((jobs.c.attempts < bindparam("attempts"), bindparam("attempts")), else_=jobs.c.attempts)
 _SUCCEEDED = (
     update(jobs)
