@@ -9,7 +9,7 @@
   changes (``#timeline``). Times show relative ("12 s ago") with the exact time on hover.
   It reloads itself every ``REFRESH_S`` seconds; everything shown is HTML-escaped (component reasons are
   text from checks and providers).
-- ``/status.json``: the fleet snapshot (ultra_tasks/status/snapshot.py).
+- ``/status.json``: the fleet snapshot (ultra_tasks/fleet/) as JSON (ultra_tasks/status/snapshot.py).
 - ``/metrics``: the fleet's Prometheus metrics (ultra_tasks/metrics/).
 - ``/healthz``: 200 while this process serves; ``/readyz``: 200 only when Redis and the database answer
   within ``READY_TIMEOUT_S``, else 503 with the reason in JSON.
