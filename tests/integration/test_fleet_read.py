@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import RedisServer
+from conftest import RedisServer, _free_port
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
@@ -192,13 +192,30 @@ def test_a_reader_that_breaks_is_logged_with_its_traceback_and_leaves_out_only_i
     assert any(r.exc_info for r in caplog.records if "admission" in r.getMessage())
 
 
-def test_rendering_a_snapshot_starts_no_thread_and_reads_nothing(private: redis.Redis) -> None:
+def test_a_collector_and_a_rendering_start_no_thread_of_their_own(private: redis.Redis) -> None:
     snapshot = _read(private)
     time.sleep(0.1)  # the read's threads end as their parts return
     before = set(threading.enumerate())
+    FleetCollector(redis_client=private, broker_client=private)
     _metrics(snapshot)
     snapshot_json(snapshot)
     assert set(threading.enumerate()) - before == set()
+
+
+def test_a_broker_of_its_own_that_is_down_is_named_alone(private: redis.Redis) -> None:
+    # Given a state Redis that answers and a broker Redis that nobody listens on
+    port = _free_port()
+    broker = _client(f"redis://127.0.0.1:{port}/0")
+    snapshot = read_fleet(redis_client=private, broker_client=broker)
+    # Then only the queue depths are missing, and the errors name the broker, not Redis
+    assert set(snapshot.unavailable) == {Part.QUEUES}
+    shown = snapshot_json(snapshot)
+    assert set(shown["errors"]) == {"broker"} and f"127.0.0.1:{port}" in shown["errors"]["broker"]
+    assert "queues" not in shown and "breakers" in shown and "admission" in shown
+    samples = _metrics(snapshot)
+    assert _value(samples, "ultra_metrics_source_up", source="broker") == 0
+    assert _value(samples, "ultra_metrics_source_up", source="redis") == 1
+    assert _value(samples, "ultra_metrics_part_up", part="parked") == 1
 
 
 def test_the_sampler_reads_only_the_parts_it_plots(private: redis.Redis) -> None:
