@@ -22,7 +22,7 @@ from ultra_tasks.db.engine import transaction
 from ultra_tasks.fleet import FleetSnapshot, Part, read_fleet
 from ultra_tasks.fleet.read import Sources
 from ultra_tasks.metrics import FleetCollector, fleet_registry
-from ultra_tasks.metrics.rollup import SAMPLED_PARTS
+from ultra_tasks.metrics.rollup import SAMPLED_PARTS, sample_fleet
 from ultra_tasks.mode.operation_mode import SystemOperationMode
 from ultra_tasks.status.snapshot import snapshot_json
 
@@ -216,6 +216,14 @@ def test_a_broker_of_its_own_that_is_down_is_named_alone(private: redis.Redis) -
     assert _value(samples, "ultra_metrics_source_up", source="broker") == 0
     assert _value(samples, "ultra_metrics_source_up", source="redis") == 1
     assert _value(samples, "ultra_metrics_part_up", part="parked") == 1
+
+
+def test_the_sampler_records_this_minute_from_the_parts_it_plots(private: redis.Redis) -> None:
+    private.zadd(keys.parked("llm.high"), {"job-1": 1.0})
+    sample_fleet(private)
+    [key] = private.keys(keys.rollup_minute("*"))
+    recorded = private.hgetall(key)
+    assert recorded["mode"] == "NORMAL" and recorded["parked:llm.high"] == "1" and "depth:ops" in recorded
 
 
 def test_the_sampler_reads_only_the_parts_it_plots(private: redis.Redis) -> None:

@@ -29,7 +29,7 @@ from typing import Any
 import redis
 
 from ultra_tasks import keys
-from ultra_tasks.fleet import FleetSnapshot, Part, read_fleet
+from ultra_tasks.fleet import FleetSnapshot, Part, Store, read_fleet
 from ultra_tasks.metrics.buffer import BUFFER, MetricsBuffer
 from ultra_tasks.redis_client import shared_redis
 
@@ -154,10 +154,10 @@ def sample_fleet(client: redis.Redis | None = None) -> None:
     """Read the parts of the fleet the plots need and record them (beat's health check calls this once per
     interval). Never raises: a sample that cannot be taken whole is a gap in the plots."""
     snapshot = read_fleet(parts=SAMPLED_PARTS, redis_client=client)
-    if snapshot.unavailable:
+    if snapshot.store_failed(Store.REDIS):  # a broker alone down leaves out the depths, not the sample
         log.info("rollup sample not recorded: %s", "; ".join(u.reason for u in snapshot.unavailable.values()))
         return
     try:
         record_sample(client or shared_redis(), sample_from_snapshot(snapshot))
-    except redis.RedisError as exc:  # a gap in the plots, never a failed health check
+    except Exception as exc:  # a gap in the plots, never a failed health check
         log.info("rollup sample not recorded: %s", exc)
