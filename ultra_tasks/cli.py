@@ -391,12 +391,12 @@ def cache_stats(as_json: bool = typer.Option(False, "--json", help="Print JSON."
     """Fleet-wide hit rates per level, the Redis level's keys per namespace, and this host's disk level."""
     from ultra_tasks.cache.admin import cache_redis_url, disk_level_stats, redis_level_stats
     from ultra_tasks.config import get_settings
-    from ultra_tasks.metrics.cache import fleet_cache_stats
+    from ultra_tasks.fleet.cache import read_cache
     from ultra_tasks.redis_client import shared_redis
 
     settings = get_settings()
     info: dict[str, Any] = {
-        "fleet": fleet_cache_stats(shared_redis()),
+        "fleet": read_cache(shared_redis()).to_json(),
         "redis_level": redis_level_stats(shared_redis(cache_redis_url(settings))),
         "disk_level": disk_level_stats(settings.effective_cache_disk_dir),
     }

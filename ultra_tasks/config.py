@@ -291,6 +291,9 @@ class Settings(BaseSettings):
     #: bearer token the status server requires on every path but /healthz (unset: none; then it may only
     #: listen on loopback). See docs/security.md.
     status_token: str | None = None
+    #: seconds one read of the fleet's shared state may take in all (/metrics, the status page and its
+    #: JSON, `ultra status`); a part not read by then is shown as unavailable, the others as read
+    fleet_read_timeout: float = Field(5.0, gt=0)
     #: the log level of every process
     log_level: str = Field("INFO", pattern=r"^(?i:debug|info|warning|error|critical)$")
     #: http(s) URL that receives each operation mode change as a JSON POST (retried; unset: none)

@@ -11,9 +11,10 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ultra_tasks import DistributedCache, keys
+from ultra_tasks.fleet.cache import read_cache
 from ultra_tasks.metrics import FleetCollector, fleet_registry
 from ultra_tasks.metrics.buffer import MetricsBuffer
-from ultra_tasks.metrics.cache import CacheMetricsTracker, fleet_cache_stats
+from ultra_tasks.metrics.cache import CacheMetricsTracker
 from ultra_tasks.metrics.jobs import LATENCY_BUCKETS_S, record_job_outcome
 
 pytestmark = pytest.mark.timeout(60)
@@ -48,8 +49,8 @@ def test_memory_hits_cost_no_redis_command_and_reach_the_fleet_hash_in_one_batch
     assert buffer.flush() is True
     calls = _calls(client)
     assert calls.get("hincrby", 0) + calls.get("hincrbyfloat", 0) <= 4
-    stats = fleet_cache_stats(client)
-    assert stats["memory"]["hits"] == 1000 and stats["memory"]["hit_rate"] == 1.0
+    memory = read_cache(client).levels["memory"]
+    assert memory.hits == 1000 and memory.hit_rate == 1.0
     # and a flush with nothing new sends nothing
     client.config_resetstat()
     buffer.flush()
@@ -88,10 +89,7 @@ def test_job_outcomes_read_back_as_a_cumulative_histogram_and_fallback_counters(
     assert buffer.flush()
 
     collector = FleetCollector(redis_client=client, broker_client=client)
-    try:
-        text = generate_latest(fleet_registry(collector)).decode()
-    finally:
-        collector.close()
+    text = generate_latest(fleet_registry(collector)).decode()
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TypedDict
 
 from sqlalchemy import ColumnElement, delete, func, select, text
 
@@ -124,7 +125,18 @@ _PG_SIZE = text(
 )
 
 
-def job_table_summary() -> dict[str, object]:
+class JobTableSummary(TypedDict):
+    """What ``job_table_summary`` returns (the JSON of `ultra status` and the status page)."""
+
+    rows: int
+    rows_estimated: bool
+    size_bytes: int | None
+    oldest_created_at: str | None
+    oldest_finished_at: str | None
+    retention_s: float | None
+
+
+def job_table_summary() -> JobTableSummary:
     """Size of the job table and its oldest kept job, for `ultra status` and the status page: rows, oldest
     ``created_at`` and oldest ``finished_at``, and on PostgreSQL its size on disk in bytes.
 

@@ -8,7 +8,7 @@ their store cannot be reached.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypedDict
 
 import redis
 from sqlalchemy import ColumnElement, func, select
@@ -93,6 +93,22 @@ def parked_depths(client: redis.Redis) -> dict[str, int]:
         raise _down(client, exc) from exc
 
 
+class QueueStats(TypedDict):
+    """What ``queue_stats`` returns (the JSON of `ultra status` and the status page)."""
+
+    window_s: float
+    processed: int
+    succeeded: int
+    failed: int
+    expired: int
+    started: int
+    processing_rate_per_s: float
+    success_rate: float | None
+    failure_rate: float | None
+    avg_wait_s: float | None
+    max_wait_s: float | None
+
+
 def _wait_seconds(dialect: str) -> ColumnElement[Any] | None:
     """started_at - created_at in seconds, in SQL; None for a backend without a known expression."""
     if dialect == "postgresql":
@@ -103,7 +119,7 @@ def _wait_seconds(dialect: str) -> ColumnElement[Any] | None:
     return None
 
 
-def queue_stats(window_s: float = 300.0, *, now: datetime | None = None) -> dict[str, Any]:
+def queue_stats(window_s: float = 300.0, *, now: datetime | None = None) -> QueueStats:
     """What the fleet did in the last ``window_s`` seconds, from the job table.
 
     ``processed``: jobs that ended (finished_at in the window): ``succeeded`` + ``failed``, where failed

@@ -1,5 +1,6 @@
 """Fleet-wide Prometheus metrics: writers batch their counts into Redis (buffer, jobs, cache); one collector
-reads Redis and SQL at scrape time (collector), so any one endpoint shows the whole fleet."""
+renders the fleet snapshot (ultra_tasks/fleet/) taken at scrape time, so any one endpoint shows the whole
+fleet."""
 
 from __future__ import annotations
 

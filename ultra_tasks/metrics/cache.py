@@ -29,10 +29,8 @@ if TYPE_CHECKING:
 
 #: integer counters of LevelStats that are summed fleet-wide
 COUNTERS = ("hits", "misses", "errors", "corrupt", "invalidations", "reads")
-#: seconds between a process's cache size reports
+#: seconds between a process's cache size reports (the fleet reader drops reports six times as old)
 SIZE_REPORT_S = 10.0
-#: a size report older than this belongs to a process that is gone (seconds)
-SIZE_STALE_S = 60.0
 
 
 @dataclass
@@ -97,7 +95,7 @@ class CacheMetricsTracker:
         for entry in (*tracked, *retired):
             self._send(entry, buffer)
         for entry in retired:
-            # its size report is stale now: the collector drops reports this old
+            # its size report is stale now: the fleet reader drops reports this old
             buffer.set(keys.metrics_cache_sizes(), _process_id(entry), json.dumps({"at": 0}))
         if time.monotonic() - self._last_sizes >= SIZE_REPORT_S:
             self._last_sizes = time.monotonic()
@@ -129,7 +127,7 @@ def _sizes(cache: DistributedCache) -> dict[str, Any]:
     }
     # only a disk level that is open: sizing a closed one would reopen (and re-create) its directory
     if cache.disk is not None and getattr(cache.disk, "_cache", None) is not None:
-        # the disk level is shared by the processes of a machine: the collector counts each directory once
+        # the disk level is shared by the processes of a machine: the fleet reader counts each directory once
         out["disk_dir"] = str(cache.disk.directory)
         out["disk_entries"] = cache.disk.size()
         out["disk_bytes"] = cache.disk.volume_bytes()
@@ -155,21 +153,3 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 def track_cache(cache: DistributedCache) -> None:
     """Count ``cache``'s hits, misses and errors in the fleet-wide cache metrics."""
     TRACKER.track(cache)
-
-
-def fleet_cache_stats(client: Any) -> dict[str, dict[str, Any]]:
-    """Fleet-wide cache counters per level from Redis: hits, misses, errors, corrupt, invalidations,
-    reads, hit_rate and avg_read_us; {} until some process has reported. Raises redis errors."""
-    raw = client.hgetall(keys.metrics_cache())
-    levels: dict[str, dict[str, Any]] = {}
-    for field_name, value in raw.items():
-        text = field_name.decode() if isinstance(field_name, bytes) else str(field_name)
-        level, _, stat = text.partition(":")
-        number = float(value.decode() if isinstance(value, bytes) else value)
-        levels.setdefault(level, {})[stat] = number if stat == "read_seconds" else int(number)
-    for stats in levels.values():
-        reads = stats.get("reads", 0)
-        stats["hit_rate"] = stats.get("hits", 0) / reads if reads else None
-        seconds = stats.pop("read_seconds", 0.0)
-        stats["avg_read_us"] = seconds / reads * 1e6 if reads else None
-    return levels

@@ -4,8 +4,8 @@ jobs per status, and how often fallbacks were needed and served.
 ``ultra_tasks/celery_app.py`` imports this module, which connects a ``task_postrun`` handler: every
 finished ``ultra.run_job`` outcome (the dict the task returns: provider, model, latency_ms, status, cached,
 fallback_used) is added to in-process counters, which the metrics buffer sends to Redis hashes with
-batched HINCRBY (at most once a second, and at worker shutdown). The collector (metrics/collector.py)
-reads those hashes at scrape time, so one endpoint shows the whole fleet.
+batched HINCRBY (at most once a second, and at worker shutdown). The fleet reader (fleet/jobs.py) reads
+those hashes at scrape time, so one endpoint shows the whole fleet.
 
 Hash fields are JSON label lists, so any model name is a safe field.
 """

@@ -29,7 +29,9 @@ from typing import Any
 import redis
 
 from ultra_tasks import keys
+from ultra_tasks.fleet import FleetSnapshot, Part, Store, read_fleet
 from ultra_tasks.metrics.buffer import BUFFER, MetricsBuffer
+from ultra_tasks.redis_client import shared_redis
 
 log = logging.getLogger(__name__)
 
@@ -110,32 +112,18 @@ class FleetSample:
     cache: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
-def sample_from_snapshot(snap: dict[str, object]) -> FleetSample:
-    """The parts of a fleet snapshot (status/snapshot.py) the rollup keeps; parts it lacks stay out."""
-    mode = snap.get("mode")
-    mode_name = mode.get("mode") if isinstance(mode, dict) else None
-    queues = snap.get("queues")
-    depths: dict[str, int] = {}
-    parked: dict[str, int] = {}
-    if isinstance(queues, dict):
-        for name, q in queues.items():
-            if isinstance(q, dict):
-                depths[str(name)] = int(q.get("depth") or 0)
-                if name in keys.LLM_QUEUES:
-                    parked[str(name)] = int(q.get("parked") or 0)
-    breakers: dict[str, tuple[int, int]] = {}
-    for b in snap.get("breakers") or []:  # type: ignore[attr-defined]
-        if isinstance(b, dict):
-            ok, failed = int(b.get("successes") or 0), int(b.get("failures") or 0)
-            breakers[str(b.get("name"))] = (ok + failed, failed)
-    cache: dict[str, tuple[int, int]] = {}
-    levels = snap.get("cache")
-    if isinstance(levels, dict):
-        for level, c in levels.items():
-            if isinstance(c, dict):
-                cache[str(level)] = (int(c.get("hits") or 0), int(c.get("misses") or 0))
-    usable_mode = str(mode_name) if mode_name and mode_name != "UNKNOWN" else None
-    return FleetSample(usable_mode, depths, parked, breakers, cache)
+def sample_from_snapshot(snapshot: FleetSnapshot) -> FleetSample:
+    """The parts of a fleet snapshot the rollup keeps; parts it lacks stay out."""
+    mode = snapshot.mode.mode if snapshot.mode.source is not None else None
+    breakers = {b.name: (b.successes + b.failures, b.failures) for b in snapshot.breakers or []}
+    cache = {
+        level: (c.hits, c.misses) for level, c in (snapshot.cache.levels if snapshot.cache else {}).items()
+    }
+    return FleetSample(mode, dict(snapshot.queues or {}), dict(snapshot.parked or {}), breakers, cache)
+
+
+#: what the sampler reads: the mode and the gauges and counters it plots
+SAMPLED_PARTS = (Part.MODE_MIRROR, Part.BREAKERS, Part.QUEUES, Part.PARKED, Part.CACHE)
 
 
 def record_sample(client: redis.Redis, sample: FleetSample, *, at: float | None = None) -> None:
@@ -163,13 +151,13 @@ def record_sample(client: redis.Redis, sample: FleetSample, *, at: float | None 
 
 
 def sample_fleet(client: redis.Redis | None = None) -> None:
-    """Read the shared state the snapshot's Redis part reads and record it (beat's health check calls
-    this once per interval). Never raises: a sample that cannot be taken is a gap in the plots."""
-    from ultra_tasks.redis_client import shared_redis
-    from ultra_tasks.status.snapshot import read_redis_state
-
-    state = client or shared_redis()
+    """Read the parts of the fleet the plots need and record them (beat's health check calls this once per
+    interval). Never raises: a sample that cannot be taken whole is a gap in the plots."""
+    snapshot = read_fleet(parts=SAMPLED_PARTS, redis_client=client)
+    if snapshot.store_failed(Store.REDIS):  # a broker alone down leaves out the depths, not the sample
+        log.info("rollup sample not recorded: %s", "; ".join(u.reason for u in snapshot.unavailable.values()))
+        return
     try:
-        record_sample(state, sample_from_snapshot(read_redis_state(state)))
+        record_sample(client or shared_redis(), sample_from_snapshot(snapshot))
     except Exception as exc:  # a gap in the plots, never a failed health check
         log.info("rollup sample not recorded: %s", exc)
