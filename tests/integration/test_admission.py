@@ -30,15 +30,12 @@ from sqlalchemy import create_engine, delete, text
 from sqlalchemy.engine import make_url
 
 from ultra_tasks import JobStatus, SystemOperationMode, keys, submit
-from ultra_tasks.config import get_settings, reset_settings
+from ultra_tasks.config import reset_settings
 from ultra_tasks.db.engine import dispose_engines, transaction
 from ultra_tasks.db.migrate import upgrade_schema
 from ultra_tasks.errors import JobExpiredError, QueueFullError
 from ultra_tasks.health import tasks as ops_tasks
 from ultra_tasks.jobs import admission, records
-from ultra_tasks.jobs.lease import Leases
-from ultra_tasks.jobs.liveness import Heartbeat
-from ultra_tasks.jobs.runner import execute_job
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("database")]
 
@@ -389,29 +386,6 @@ def test_slots_come_back_as_jobs_finish_or_expire_and_stay_while_parked(
     finally:
         mode.clear_override()
         mode.close()
-
-
-@pytest.mark.usefixtures("closed_provider_breakers")
-def test_a_run_gives_its_slot_back_with_its_lease_release_batch_and_the_heartbeat_sends_a_lone_one(
-    store: Store, fake_provider: Any
-) -> None:
-    client = redis.Redis.from_url(TEST_REDIS_URL)
-    leases = Leases(client, get_settings())
-    heartbeat = Heartbeat(client, "batch/1", leases, interval_s=60)  # one beat now, the next far off
-    heartbeat.start()
-    try:
-        time.sleep(0.2)  # the first beat has run: only a due batch can send what follows
-        handle = submit("slot via the lease", model="gpt-4o-mini", cache=False)
-        outcome = execute_job(handle.id, records.get_job(handle.id).request, worker="batch/1", leases=leases)
-        assert outcome.status == "succeeded"
-        # the final write left the slot to the lease's release, which waits for its batch
-        assert store.admitted_ids() == {handle.id}
-        # no other job ends: the heartbeat sends the lone release once it has waited its batch's time
-        _wait_for(lambda: store.held() == 0, 5, "the slot released with the lease")
-        assert client.hget(keys.job_lease(handle.id), "exp") == b"0"  # the lease ended in the same batch
-    finally:
-        heartbeat.stop()
-        heartbeat.join(5)
 
 
 @pytest.mark.usefixtures("closed_provider_breakers")
