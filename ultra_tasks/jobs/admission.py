@@ -240,21 +240,6 @@ def release(job_id: str) -> None:
         log.info("job %s: its slot is freed by the next reconcile (%s)", job_id, exc)
 
 
-def release_many(job_ids: list[str]) -> None:
-    """``release`` for several jobs in one round trip."""
-    if not job_ids:
-        return
-    try:
-        client = _client(get_settings())
-        script = _scripts(client).release
-        pipe = client.pipeline(transaction=False)
-        for job_id in job_ids:
-            script(keys=_set_keys(), args=[job_id], client=pipe)
-        pipe.execute()
-    except REDIS_DOWN as exc:
-        log.info("%d slots are freed by the next reconcile (%s)", len(job_ids), exc)
-
-
 def readmit(
     job_id: str, priority: str, reset: Callable[[Callable[[Connection], None] | None], T | None]
 ) -> T | None:

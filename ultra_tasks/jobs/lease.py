@@ -38,7 +38,7 @@ from ultra_tasks import keys
 from ultra_tasks.clock import utcnow
 from ultra_tasks.config import Settings
 from ultra_tasks.errors import DependencyUnavailableError, LeaseLostError
-from ultra_tasks.jobs import admission, records
+from ultra_tasks.jobs import records
 from ultra_tasks.jobs.models import JobStatus
 from ultra_tasks.redis_client import REDIS_DOWN
 
@@ -166,9 +166,6 @@ class Lease:
     precounted: bool = False
     #: when the lease was last taken or extended in Redis (monotonic seconds)
     extended_at: float = 0.0
-    #: the run wrote its job's final outcome and left the admission slot for the lease's release to give
-    #: back (records._ended)
-    holds_slot: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -232,9 +229,8 @@ class Leases:
         self._lock = threading.Lock()
         #: when every held lease was last renewed in at least one store (monotonic seconds)
         self._renewed_at = clock()
-        #: final releases not yet sent: (job id, token, whether the job's admission slot goes with it), and
-        #: when the oldest was queued
-        self._releases: list[tuple[str, int, bool]] = []
+        #: final releases not yet sent: (job id, token), and when the oldest was queued
+        self._releases: list[tuple[str, int]] = []
         self._releases_since = 0.0
 
     # --- acquiring -----------------------------------------------------------------------------------
@@ -442,7 +438,7 @@ class Leases:
             if final:
                 if not self._releases:
                     self._releases_since = self._clock()
-                self._releases.append((lease.job_id, lease.token, lease.holds_slot))
+                self._releases.append((lease.job_id, lease.token))
                 due = (
                     len(self._releases) >= RELEASE_BATCH
                     or self._clock() - self._releases_since >= RELEASE_BATCH_WAIT_S
@@ -452,35 +448,23 @@ class Leases:
                 self.flush_releases()
             return
         self._give_back(lease.job_id, lease.token, END, refund=lease.precounted)
-        if lease.holds_slot:  # its outcome was written, then the run ended otherwise than expected
-            admission.release(lease.job_id)
 
     def flush_releases(self) -> None:
-        """Send the final releases waiting, in one pipeline, with the admission slots of their jobs (if
-        Redis cannot take them, the leases lapse by themselves and the sweeper's reconcile frees the
-        slots)."""
+        """Send the final releases waiting, in one pipeline (if Redis cannot take them, the leases lapse by
+        themselves)."""
         with self._lock:
             pending, self._releases = self._releases, []
         if not pending:
             return
         try:
             pipe = self.client.pipeline(transaction=False)
-            for job_id, token, _slot in pending:
+            for job_id, token in pending:
                 self._release(
                     keys=[keys.job_lease(job_id)], args=[token, FINAL, 0, self.tombstone_s], client=pipe
                 )
             pipe.execute()
         except REDIS_DOWN as exc:
             log.info("%d final lease releases not sent (%s); they lapse by themselves", len(pending), exc)
-        admission.release_many([job_id for job_id, _token, slot in pending if slot])
-
-    def flush_due_releases(self) -> None:
-        """Send the waiting final releases if the oldest has waited its batch's time (a worker's
-        heartbeat thread calls this between beats, so a release waits no longer when traffic stops)."""
-        with self._lock:
-            due = bool(self._releases) and self._clock() - self._releases_since >= RELEASE_BATCH_WAIT_S
-        if due:
-            self.flush_releases()
 
     def _give_back(
         self, job_id: str, token: int, mode: int, *, refund: bool = False, tombstone: bool = False

@@ -18,14 +18,13 @@ import json
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable
 
 import redis
 from prometheus_client import Counter
 
 from ultra_tasks import keys
-from ultra_tasks.jobs.lease import RELEASE_BATCH_WAIT_S, Leases
+from ultra_tasks.jobs.lease import Leases
 from ultra_tasks.redis_client import REDIS_DOWN
 
 log = logging.getLogger(__name__)
@@ -89,17 +88,9 @@ class Heartbeat(threading.Thread):
         self.failing = type(exc).__name__
 
     def run(self) -> None:
-        next_beat = 0.0
         while not self._stop_event.is_set():
-            if time.monotonic() >= next_beat:
-                self.beat()
-                next_beat = time.monotonic() + self.interval_s
-            elif self.leases is not None:
-                try:
-                    self.leases.flush_due_releases()
-                except Exception as exc:  # the heartbeat must outlive any error
-                    self._failed(exc)
-            self._stop_event.wait(min(self.interval_s, RELEASE_BATCH_WAIT_S))
+            self.beat()
+            self._stop_event.wait(self.interval_s)
 
     def stop(self) -> None:
         """A clean shutdown says so at once (its unfinished jobs are redelivered)."""

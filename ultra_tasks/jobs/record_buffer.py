@@ -99,8 +99,6 @@ class RecordWriter:
         try:
             return apply(op, job_id, at, args)
         except DependencyUnavailableError as exc:
-            # applied later, the write gives the slot back itself (again, if the run's lease did)
-            args.pop("release_slot", None)
             self.buffer(op, job_id, at, **args)
             log.warning("job %s: %s kept in the write buffer (%s)", job_id, op, exc)
             return None

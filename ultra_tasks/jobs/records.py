@@ -228,11 +228,8 @@ def mark_published(job_id: str) -> None:
         conn.execute(_PUBLISHED, {"job_id": job_id, "now": utcnow()})
 
 
-def mark_expired(
-    job_id: str, at: datetime | None = None, token: int | None = None, release_slot: bool = True
-) -> bool:
-    """The job's deadline passed before it ran; False if a newer run holds the job (nothing written).
-    ``release_slot``: see ``_ended``."""
+def mark_expired(job_id: str, at: datetime | None = None, token: int | None = None) -> bool:
+    """The job's deadline passed before it ran; False if a newer run holds the job (nothing written)."""
     now = at or utcnow()
     with transaction() as conn:
         result = conn.execute(
@@ -247,16 +244,13 @@ def mark_expired(
             ),
             {"token": token},
         )
-    return _ended(job_id, result.rowcount > 0, release_slot)
+    return _ended(job_id, result.rowcount > 0)
 
 
-def _ended(job_id: str, written: bool, release_slot: bool = True) -> bool:
+def _ended(job_id: str, written: bool) -> bool:
     """A final outcome was written: the job gives its admission slot back (jobs/admission.py). Every
-    final write of a job goes through here, whether a run makes it or the write buffer applies it. A
-    run's own write passes ``release_slot=False``: its lease's release gives the slot back, batched with
-    other runs' (jobs/lease.py), which saves a round trip per job; a release that never comes (the
-    process died) is made up by the sweeper's reconcile."""
-    if written and release_slot:
+    final write of a job goes through here, whether a run makes it or the write buffer applies it."""
+    if written:
         from ultra_tasks.jobs.admission import release
 
         release(job_id)
@@ -613,7 +607,6 @@ def mark_succeeded(
     at: datetime | None = None,
     token: int | None = None,
     attempts: int | None = None,
-    release_slot: bool = True,
 ) -> bool:
     """The run's answer; False if a newer run holds the job or it is final under another run."""
     params = {
@@ -628,7 +621,7 @@ def mark_succeeded(
     }
     with transaction() as conn:
         written = conn.execute(_SUCCEEDED, params).rowcount > 0
-    return _ended(job_id, written, release_slot)
+    return _ended(job_id, written)
 
 
 def mark_failed(
@@ -638,7 +631,6 @@ def mark_failed(
     at: datetime | None = None,
     token: int | None = None,
     attempts: int | None = None,
-    release_slot: bool = True,
 ) -> bool:
     """The run's failure; False if a newer run holds the job or it is final under another run."""
     params = {
@@ -652,7 +644,7 @@ def mark_failed(
     }
     with transaction() as conn:
         written = conn.execute(_FAILED, params).rowcount > 0
-    return _ended(job_id, written, release_slot)
+    return _ended(job_id, written)
 
 
 def count_jobs(status: JobStatus | None = None) -> int:

@@ -412,12 +412,7 @@ class _Record:
         self.lease.check()
         if op != "expired":
             args["attempts"] = self.lease.charged
-        final = op in outcome_buffer.FINAL_OPS
-        if final:
-            args["release_slot"] = False  # the lease's release gives it back (records._ended)
         applied = self.writer.write(op, self.job_id, token=self.lease.token, **args)
         if applied is False:  # the row has seen a newer run: this one's outcome is not the job's
             self.lease.lost = True
             self.lease.check()
-        if final:
-            self.lease.holds_slot = True
