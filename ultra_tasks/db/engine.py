@@ -86,6 +86,9 @@ def _ping_after_idle(engine: Engine) -> None:
                 cursor.execute("SELECT 1")
             finally:
                 cursor.close()
+            # the driver opened a transaction for the ping; the connection is lent without one (a
+            # read-only session is set on it next, which the driver refuses inside a transaction)
+            dbapi_conn.rollback()
         except Exception as exc:
             # the pool discards this connection and lends a fresh one (connecting again, which fails
             # through the guard if the database is gone)
