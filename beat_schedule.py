@@ -28,6 +28,13 @@ def build_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": interval,
             "options": {"queue": "ops", "expires": interval},
         },
+        # a worker that stopped beating (killed, its machine gone) has its running jobs sent elsewhere
+        # within WORKER_DEAD_AFTER plus a third of it, not when their leases lapse; idempotent
+        "reap": {
+            "task": "ultra.ops.reap",
+            "schedule": settings.worker_dead_after / 3,
+            "options": {"queue": "ops", "expires": settings.worker_dead_after / 3},
+        },
         # finished jobs older than JOB_RETENTION leave the job table in small batches (jobs/retention.py)
         "retention": {
             "task": "ultra.ops.retention",

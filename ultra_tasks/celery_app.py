@@ -102,6 +102,7 @@ def _start_worker_threads(sender: Any = None, **_: Any) -> None:
         identity(getattr(sender, "hostname", None)),
         rt.leases,
         queues=consumed_logical_queues(consumed),
+        seen_interval_s=settings.worker_heartbeat_interval,
     )
     heartbeat.beat()
     _threads.extend(

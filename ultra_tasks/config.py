@@ -272,6 +272,14 @@ class Settings(BaseSettings):
     #: seconds a run's lease on its job lasts without renewal (renewed every third of it while the run
     #: lasts): how soon a job whose worker died can run elsewhere, not how long a run may take
     job_lease_ttl: float = Field(30.0, ge=3, le=600)
+    #: seconds between a worker's liveness beats (a timestamp in Redis; its leases are renewed every third
+    #: of JOB_LEASE_TTL, on the same thread)
+    worker_heartbeat_interval: float = Field(1.0, ge=0.1, le=60)
+    #: seconds without a liveness beat after which beat's reaper takes a worker for dead and sends its
+    #: running jobs to other workers at once, rather than when their leases lapse; at least three beats.
+    #: A worker cut off from Redis this long is taken for dead too (its calls then in flight may be made
+    #: again; its writes are fenced)
+    worker_dead_after: float = Field(6.0, ge=1, le=3600)
 
     #: signs every job message (HMAC-SHA256) between producers and workers; at least 32 characters. Unset:
     #: a key generated once into ULTRA_VAR_DIR/secret.key (the local stack). See docs/security.md.
@@ -403,6 +411,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
+        if self.worker_dead_after < 3 * self.worker_heartbeat_interval:
+            raise ValueError(
+                "WORKER_DEAD_AFTER must be at least three WORKER_HEARTBEAT_INTERVALs, or a live worker "
+                f"whose beat is late is taken for dead (got {self.worker_dead_after:g} < "
+                f"3 x {self.worker_heartbeat_interval:g})"
+            )
         if self.broker_visibility_timeout <= self.job_time_limit:
             raise ValueError(
                 "BROKER_VISIBILITY_TIMEOUT must exceed JOB_TIME_LIMIT, or a running job is redelivered "

@@ -213,6 +213,12 @@ def worker_alive(identity: str) -> str:
     return f"{_ns()}:worker:alive:{identity}"
 
 
+def workers_seen() -> str:
+    """Sorted set: worker process identity -> Redis time (ms) of its last liveness beat; beat's reaper
+    takes a worker whose beat is WORKER_DEAD_AFTER old for dead (jobs/reaper.py)."""
+    return f"{_ns()}:workers:seen"
+
+
 def worker_alive_pattern() -> str:
     """SCAN pattern matching every ``worker_alive`` key."""
     return f"{_ns()}:worker:alive:*"

@@ -134,6 +134,24 @@ def sweep() -> int:
     return sent
 
 
+@app.task(name="ultra.ops.reap", ignore_result=True)
+def reap() -> list[str]:
+    """Send the running jobs of workers that stopped beating (WORKER_DEAD_AFTER) to other workers at
+    once (jobs/reaper.py); the ids sent. Idempotent: a worker is forgotten once its jobs are sent, and a
+    second delivery of a job finds its lease taken or its outcome written."""
+    from ultra_tasks.jobs import reaper
+    from ultra_tasks.jobs.submit import publish
+
+    try:
+        report = reaper.reap(breaker_redis(), get_settings(), publish)
+    except REDIS_DOWN as exc:
+        log.warning("reaper: Redis unavailable (%s); leases lapse on their own meanwhile", exc)
+        return []
+    if report.skipped:
+        log.info("reaper: %s", report.skipped)
+    return report.republished
+
+
 @app.task(name="ultra.ops.retention", ignore_result=True)
 def retention() -> int:
     """Delete finished jobs older than JOB_RETENTION (none when it is 0/none), in small batches

@@ -18,12 +18,14 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 
 import redis
 from prometheus_client import Counter
 
 from ultra_tasks import keys
+from ultra_tasks.jobs import reaper
 from ultra_tasks.jobs.lease import Leases
 from ultra_tasks.redis_client import REDIS_DOWN
 
@@ -54,10 +56,13 @@ class Heartbeat(threading.Thread):
         interval_s: float | None = None,
         alive: Callable[[], None] | None = None,
         queues: tuple[str, ...] = (),
+        seen_interval_s: float | None = None,
     ) -> None:
         super().__init__(name="worker-heartbeat", daemon=True)
         self.client, self.holder, self.leases = client, holder, leases
         self.interval_s = interval_s or (leases.ttl_s / 3 if leases is not None else ALIVE_TTL_S / 3)
+        #: liveness beats (jobs/reaper.py) come this often, lease renewals every ``interval_s``
+        self.seen_interval_s = min(self.interval_s, seen_interval_s or self.interval_s)
         self._alive = alive or self._write_alive
         #: the queues this process consumes, written in its alive key (``live_consumers`` reads them)
         self._alive_value = json.dumps({"queues": list(queues)})
@@ -69,11 +74,12 @@ class Heartbeat(threading.Thread):
         self.client.set(keys.worker_alive(self.holder), self._alive_value, ex=ALIVE_TTL_S)
 
     def beat(self) -> None:
-        """Renew this process's leases and its alive key; never raises."""
+        """Renew this process's leases and its alive key, and beat; never raises."""
         try:
             if self.leases is not None:
                 self.leases.renew_all()
             self._alive()
+            reaper.beat(self.client, self.holder)
         except Exception as exc:  # the heartbeat must outlive any error
             self._failed(exc)
             return
@@ -88,9 +94,21 @@ class Heartbeat(threading.Thread):
         self.failing = type(exc).__name__
 
     def run(self) -> None:
+        renew_at = 0.0
         while not self._stop_event.is_set():
-            self.beat()
-            self._stop_event.wait(self.interval_s)
+            if time.monotonic() >= renew_at:
+                self.beat()
+                renew_at = time.monotonic() + self.interval_s
+            else:
+                self.seen()
+            self._stop_event.wait(self.seen_interval_s)
+
+    def seen(self) -> None:
+        """A liveness beat alone (between renewals); never raises."""
+        try:
+            reaper.beat(self.client, self.holder)
+        except Exception as exc:  # the heartbeat must outlive any error
+            self._failed(exc)
 
     def stop(self) -> None:
         """A clean shutdown says so at once (its unfinished jobs are redelivered)."""
@@ -99,6 +117,7 @@ class Heartbeat(threading.Thread):
             self.leases.flush_releases()
         with contextlib.suppress(*REDIS_DOWN):
             self.client.delete(keys.worker_alive(self.holder))
+            reaper.forget(self.client, self.holder)
 
 
 def consumed_logical_queues(names: list[str]) -> tuple[str, ...]:

@@ -294,6 +294,21 @@ def jobs_to_republish(
     return [(r.id, r.queue, r.request) for r in rows]
 
 
+def lapse_leases_of(worker: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """(id, queue, request) of the jobs running under ``worker``'s leases, whose leases now end: the
+    worker is dead (jobs/reaper.py). A run that lives after all keeps nothing: its next renewal or write
+    finds its lease lapsed or taken over."""
+    now = utcnow()
+    with transaction() as conn:
+        rows = conn.execute(
+            update(jobs)
+            .where(jobs.c.status == JobStatus.RUNNING.value, jobs.c.worker == worker)
+            .values(lease_expires_at=now, updated_at=now)
+            .returning(jobs.c.id, jobs.c.queue, jobs.c.request)
+        ).all()
+    return [(str(r.id), str(r.queue), dict(r.request)) for r in rows]
+
+
 def published_waiting(published_before_s: float, limit: int = 1000) -> list[tuple[str, str, dict[str, Any]]]:
     """(id, queue, request) of jobs published at least ``published_before_s`` seconds ago and never
     started (still queued)."""

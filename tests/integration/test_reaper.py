@@ -1,0 +1,105 @@
+"""A worker that stops beating has its running jobs sent to other workers at once (jobs/reaper.py): a job
+whose worker is killed runs again within seconds, not when its lease would lapse; a live worker busy in a
+long call is never taken for dead; and a Redis that just restarted judges nobody."""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Any
+
+import pytest
+import redis
+from conftest import TEST_REDIS_URL, RedisServer
+
+from ultra_tasks import JobStatus, keys, submit
+from ultra_tasks.config import get_settings
+from ultra_tasks.health import tasks as ops_tasks
+from ultra_tasks.jobs import reaper
+from ultra_tasks.jobs.submit import publish
+from ultra_tasks.providers.fake_server import prompt_key
+
+pytestmark = [pytest.mark.timeout(120)]
+
+
+def _calls(fake_provider: Any, prompt: str) -> int:
+    """Provider calls the fake provider saw for ``prompt``."""
+    return int(fake_provider.stats()["by_prompt"].get(prompt_key(prompt), 0))
+
+
+def _wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+@pytest.mark.usefixtures("closed_provider_breakers")
+def test_a_job_whose_worker_is_killed_runs_on_another_worker_long_before_its_lease_would_lapse(
+    worker_factory: Any, fake_provider: Any
+) -> None:
+    settings = get_settings()
+    # the first call hangs past the survivor's start-up; the call of the run that takes over answers
+    fake_provider.add_fault("latency", model="gpt-4o-mini", ms=60_000, times=1)
+    doomed = worker_factory(concurrency=1)
+    handle = submit("outlived by its job", model="gpt-4o-mini", cache=False)
+    _wait_for(lambda: handle.status() is JobStatus.RUNNING, 60, "the job to start")
+    worker_factory(concurrency=1)  # the survivor, idle
+    assert handle.status() is JobStatus.RUNNING
+    doomed.stop(signal.SIGKILL)
+    killed_at = time.monotonic()
+    # beat's reaper, on its schedule (a third of WORKER_DEAD_AFTER)
+    while handle.status() is not JobStatus.SUCCEEDED:
+        assert time.monotonic() - killed_at < settings.job_lease_ttl, "the job waited for its lease to lapse"
+        ops_tasks.reap()
+        time.sleep(settings.worker_dead_after / 3)
+    took = time.monotonic() - killed_at
+    print(
+        f"job done {took:.1f} s after its worker was killed (WORKER_DEAD_AFTER "
+        f"{settings.worker_dead_after:g} s, JOB_LEASE_TTL {settings.job_lease_ttl:g} s)"
+    )
+    assert handle.result(timeout=5).text == "echo: outlived by its job"
+    # the call in flight on the killed worker, and the one that answered: never more
+    assert _calls(fake_provider, "outlived by its job") <= 2
+
+
+@pytest.mark.usefixtures("closed_provider_breakers")
+def test_a_live_worker_in_a_call_longer_than_worker_dead_after_is_never_taken_for_dead(
+    worker_factory: Any, fake_provider: Any
+) -> None:
+    settings = get_settings()
+    long_s = settings.worker_dead_after + 3
+    fake_provider.add_fault("latency", model="gpt-4o-mini", ms=int(long_s * 1000))
+    worker_factory(concurrency=1)
+    handle = submit("a long call", model="gpt-4o-mini", cache=False)
+    _wait_for(lambda: handle.status() is JobStatus.RUNNING, 60, "the job to start")
+    republished: list[str] = []
+    while handle.status() is JobStatus.RUNNING:
+        republished += ops_tasks.reap()
+        time.sleep(0.5)
+    assert republished == []
+    assert handle.result(timeout=5).text == "echo: a long call"
+    assert _calls(fake_provider, "a long call") == 1
+
+
+def test_a_redis_that_just_restarted_judges_no_worker(private_redis: RedisServer) -> None:
+    client = redis.Redis.from_url(private_redis.url)
+    # a beat far in the past, as the restarted server's data (or a beat before an outage) would hold
+    client.zadd(keys.workers_seen(), {"ghost/1": 1000})
+    sent: list[str] = []
+    report = reaper.reap(client, get_settings(), lambda *job: sent.append(job[0]) or True)
+    assert report.skipped and "up" in report.skipped
+    assert report.dead == [] and client.zscore(keys.workers_seen(), "ghost/1") == 1000
+
+
+def test_a_worker_that_stops_beating_is_forgotten_once_its_jobs_are_sent(database: str) -> None:
+    client = redis.Redis.from_url(TEST_REDIS_URL)
+    if int(client.info("server")["uptime_in_seconds"]) < 2 * get_settings().worker_dead_after:
+        pytest.skip("the test Redis restarted a moment ago")
+    reaper.beat(client, "alive/1")
+    client.zadd(keys.workers_seen(), {"gone/2": 1000})  # beat last long ago, running nothing
+    report = reaper.reap(client, get_settings(), publish)
+    assert report.dead == ["gone/2"] and report.republished == []
+    assert client.zscore(keys.workers_seen(), "gone/2") is None
+    assert client.zscore(keys.workers_seen(), "alive/1") is not None
