@@ -893,6 +893,11 @@ def up(
         raise typer.Exit(int(code))
 
 
+from ultra_tasks.api import cli as _api_cli  # noqa: E402  (its commands use _guarded, defined above)
+
+_api_cli.register(cli, _guarded)
+
+
 def main() -> None:
     try:
         cli()
