@@ -214,3 +214,9 @@ def test_the_openapi_page_and_unknown_paths_answer_in_openai_shape(api: ApiServe
     assert status == 200
     status, body = api.get("/v1/nothing-here")
     assert status == 404 and json.loads(body)["error"]["type"] == "invalid_request_error"
+
+
+def test_the_api_refuses_to_listen_beyond_loopback_without_tls() -> None:
+    refused = ultra_cli("api", "--host", "0.0.0.0", "--port", "8999")
+    assert refused.returncode == 2
+    assert "API_TLS_CERTFILE" in refused.stderr and "Traceback" not in refused.stderr

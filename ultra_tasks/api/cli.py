@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from ultra_tasks.errors import ApiError, ConfigurationError
 
@@ -69,7 +69,8 @@ def register(cli: typer.Typer, guarded: Callable[[Any], Any]) -> None:
         if as_json:
             print(json.dumps([k.to_dict() for k in found], indent=2))
             return
-        table = Table("id", "tenant", "key starts", "created", "revoked")
+        table = Table("tenant", "key starts", "created", "revoked")
+        table.columns.insert(0, Column("id", no_wrap=True))
         for k in found:
             table.add_row(k.id, k.tenant, f"{k.prefix}…", _when(k.created_at), _when(k.revoked_at) or "-")
         console.print(table)
@@ -96,7 +97,8 @@ def register(cli: typer.Typer, guarded: Callable[[Any], Any]) -> None:
         if as_json:
             print(json.dumps(found, indent=2))
             return
-        table = Table("id", "status", "total", "completed", "failed", "created")
+        table = Table("status", "total", "completed", "failed", "created")
+        table.columns.insert(0, Column("id", no_wrap=True))
         for b in found:
             counts = b["request_counts"]
             created = datetime.fromtimestamp(b["created_at"], UTC)
