@@ -242,3 +242,35 @@ def test_a_batch_completes_with_one_line_per_custom_id_while_a_worker_is_killed_
     ids = [x["custom_id"] for x in output]
     assert len(ids) == KILL_BATCH_LINES and set(ids) == {f"k-{i}" for i in range(KILL_BATCH_LINES)}
     assert done.request_counts.completed == KILL_BATCH_LINES
+
+
+def test_lines_not_finished_within_the_window_end_expired_in_the_error_file(
+    client: openai.OpenAI, llm_worker: Any, fake_provider: Any
+) -> None:
+    from sqlalchemy import update
+
+    from ultra_tasks.api.batch_store import batches_t
+    from ultra_tasks.clock import utcnow
+    from ultra_tasks.db.engine import transaction
+
+    fake_provider.add_fault("latency", model=MODEL, ms=2000)
+    lines = [line(f"w-{i}", f"window {i}") for i in range(30)]
+    batch = client.batches.create(
+        input_file_id=upload(client, lines), endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    deadline = time.monotonic() + 20
+    while not any(r.batch_id == batch.id and r.status == "running" for r in records.list_jobs(limit=300)):
+        assert time.monotonic() < deadline, "no line started"
+        time.sleep(0.05)
+    # When the window passes (made to have passed) with lines still waiting
+    with transaction() as conn:
+        conn.execute(update(batches_t).where(batches_t.c.id == batch.id).values(expires_at=utcnow()))
+    done = wait_for(client, batch.id, {"expired", "completed"}, 30)
+    # Then the lines not started end expired, the running ones finish, each custom_id once
+    assert done.status == "expired" and done.expired_at is not None
+    output = file_lines(client, done.output_file_id)
+    errors = file_lines(client, done.error_file_id)
+    assert sorted(x["custom_id"] for x in output + errors) == sorted(f"w-{i}" for i in range(30))
+    assert errors and {x["error"]["code"] for x in errors} == {"batch_expired"}
+    assert output, "the lines running when the window passed finish"
+    assert done.request_counts.failed == len(errors) and done.request_counts.completed == len(output)

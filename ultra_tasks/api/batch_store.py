@@ -279,14 +279,6 @@ class _Lost(Exception):
 
 
 def _finish(row: Any, now: datetime) -> None:
-    expired = row.status == BatchStatus.IN_PROGRESS.value and now >= row.expires_at
-    final = (
-        BatchStatus.CANCELLED
-        if row.status == BatchStatus.CANCELLING.value
-        else BatchStatus.EXPIRED
-        if expired
-        else BatchStatus.COMPLETED
-    )
     with transaction() as conn:
         lines = conn.execute(
             select(
@@ -306,6 +298,12 @@ def _finish(row: Any, now: datetime) -> None:
     errors: list[dict[str, Any]] = []
     for line in lines:
         (output if line.status == JobStatus.SUCCEEDED.value else errors).append(_output_line(line))
+    # a batch whose every line ended before its window is completed, whenever this read comes
+    expired = any(e["error"] and e["error"]["code"] == "batch_expired" for e in errors)
+    if row.status == BatchStatus.CANCELLING.value:
+        final = BatchStatus.CANCELLED
+    else:
+        final = BatchStatus.EXPIRED if expired else BatchStatus.COMPLETED
     try:
         with transaction() as conn:
             out_id = err_id = None
