@@ -220,3 +220,22 @@ def test_the_api_refuses_to_listen_beyond_loopback_without_tls() -> None:
     refused = ultra_cli("api", "--host", "0.0.0.0", "--port", "8999")
     assert refused.returncode == 2
     assert "API_TLS_CERTFILE" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_a_repeated_idempotency_key_answers_the_first_job_and_makes_no_other(
+    api: ApiServer, key: str
+) -> None:
+    client = api.client(key)
+    headers = {"Idempotency-Key": f"once-{uuid.uuid4().hex}"}
+    first = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "only once"}], extra_headers=headers
+    )
+    again = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "only once"}], extra_headers=headers
+    )
+    assert again.id == first.id and again.choices[0].message.content == "echo: only once"
+    # the key is the tenant's own: another tenant's same key makes its own job
+    other = api.client(new_key(f"other-{uuid.uuid4().hex[:6]}")).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "only once"}], extra_headers=headers
+    )
+    assert other.id != first.id

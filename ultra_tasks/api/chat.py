@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from ultra_tasks.api import completions
 from ultra_tasks.api.auth import authenticate
 from ultra_tasks.api.tenants import TenantInfo
+from ultra_tasks.api.waiter import JobWaiter, final_outcomes
 from ultra_tasks.config import get_settings
 from ultra_tasks.errors import (
     ApiError,
@@ -28,6 +29,9 @@ from ultra_tasks.jobs.submit import submit
 from ultra_tasks.keys import PRIORITY_QUEUES
 
 router = APIRouter(tags=["chat"])
+
+#: longest Idempotency-Key header (the job table's column holds it with the tenant's id)
+MAX_IDEMPOTENCY_KEY = 200
 
 
 async def json_body(request: Request) -> Any:
@@ -92,22 +96,42 @@ async def create_chat_completion(
     request: Request,
     tenant: TenantInfo = Depends(authenticate),
     x_priority: str | None = Header(None, description="high | default | low"),
+    idempotency_key: str | None = Header(
+        None, max_length=MAX_IDEMPOTENCY_KEY, description="the same key again answers the first job"
+    ),
 ) -> JSONResponse | StreamingResponse:
     """Run the request as a job (priority from X-Priority) and answer its ChatCompletion, whose id is
-    the job's; past API_WAIT_TIMEOUT, 504 naming the job (follow it with GET /v1/jobs/{id})."""
+    the job's; past API_WAIT_TIMEOUT, 504 naming the job (follow it with GET /v1/jobs/{id}). A request
+    repeating an Idempotency-Key of the tenant's answers the first one's job; none is made."""
     priority = priority_of(x_priority)
     body: completions.ChatRequest = completions.parse(completions.ChatRequest, await json_body(request))
     fields = body.submission()
     job_id = str(uuid.uuid4())
+    waiter: JobWaiter = request.app.state.waiter
+    timeout = get_settings().api_wait_timeout
     # registered before the job exists, so its news cannot come before anyone listens
-    registration = request.app.state.waiter.register(job_id)
+    registration = waiter.register(job_id)
     try:
         try:
-            await run_in_threadpool(submit, **fields, priority=priority, tenant=tenant.id, job_id=job_id)
+            handle = await run_in_threadpool(
+                submit,
+                **fields,
+                priority=priority,
+                tenant=tenant.id,
+                job_id=job_id,
+                idempotency_key=f"api:{tenant.id}:{idempotency_key}" if idempotency_key else None,
+            )
         except (JobValidationError, QueueFullError, SubmitOutcomeUnknownError) as exc:
             raise submit_error(exc, job_id) from None
-        timeout = get_settings().api_wait_timeout
-        outcome = await registration.wait(timeout)
+        if handle.id != job_id:  # the key's first request made the job: wait for that one
+            registration.close()
+            job_id = handle.id
+            registration = waiter.register(job_id)
+            outcome = (await run_in_threadpool(final_outcomes, [job_id])).get(job_id)
+            if outcome is None:
+                outcome = await registration.wait(timeout)
+        else:
+            outcome = await registration.wait(timeout)
     finally:
         registration.close()
     if outcome is None:
