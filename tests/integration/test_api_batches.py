@@ -274,3 +274,26 @@ def test_lines_not_finished_within_the_window_end_expired_in_the_error_file(
     assert errors and {x["error"]["code"] for x in errors} == {"batch_expired"}
     assert output, "the lines running when the window passed finish"
     assert done.request_counts.failed == len(errors) and done.request_counts.completed == len(output)
+
+
+def test_beat_finishes_a_batch_whose_lines_ended_without_anyone_reading_it(
+    client: openai.OpenAI, llm_worker: Any
+) -> None:
+    from ultra_tasks.api import tasks as api_tasks
+    from ultra_tasks.api.batch_store import batches_t
+    from ultra_tasks.db.engine import transaction
+
+    batch = client.batches.create(
+        input_file_id=upload(client, [line(f"b-{i}", f"unread {i}") for i in range(3)]),
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+    deadline = time.monotonic() + 30
+    while any(r.status != "succeeded" for r in records.list_jobs(limit=300) if r.batch_id == batch.id):
+        assert time.monotonic() < deadline, "the lines did not finish"
+        time.sleep(0.1)
+    api_tasks.finish_batches()  # what beat runs every HEALTH_CHECK_INTERVAL
+    with transaction() as conn:
+        row = conn.execute(batches_t.select().where(batches_t.c.id == batch.id)).one()
+    assert row.status == "completed" and row.output_file_id is not None and row.error_file_id is None
+    assert sorted(x["custom_id"] for x in file_lines(client, row.output_file_id)) == ["b-0", "b-1", "b-2"]

@@ -6,7 +6,8 @@ id. They wait in their priority's queue (``low`` unless the batch's metadata say
 bounded by API_BATCH_MAX_LINES per batch rather than QUEUE_MAX_SIZE (jobs/admission.py), so a large batch
 does not shut interactive requests out. Each job expires with the batch's completion window.
 
-A batch is brought up to date when it is read (``refresh``): once none of its jobs is live it is finished
+A batch is brought up to date when it is read (``retrieve``) and by beat (``finish_due``): once none of its
+jobs is live it is finished
 in one transaction whose conditional update on the batch's status lets exactly one reader write its files.
 Past its window, its jobs not started are expired first. Cancelling expires the jobs not started; running
 ones finish.
@@ -406,3 +407,22 @@ def list_batches(
 def tenant_of(batch_id: str) -> str:
     with transaction() as conn:
         return str(_get(conn, batch_id, None).tenant_id)
+
+
+#: open batches one beat run brings up to date at most (the oldest first)
+FINISH_PER_RUN = 200
+
+
+def finish_due(limit: int = FINISH_PER_RUN) -> int:
+    """Bring open batches up to date, so a batch whose lines are done gets its files (and one past its
+    window its expired lines) even when nobody reads it; how many ended. Run by beat (api/tasks.py)."""
+    with transaction() as conn:
+        ids = list(
+            conn.execute(
+                select(batches_t.c.id)
+                .where(batches_t.c.status.in_(OPEN))
+                .order_by(batches_t.c.created_at)
+                .limit(limit)
+            ).scalars()
+        )
+    return sum(1 for batch_id in ids if retrieve(batch_id, None)["status"] not in OPEN)
