@@ -327,6 +327,9 @@ def promote_starved(age_s: float, limit: int = 500) -> list[tuple[str, str, dict
                     jobs.c.status == JobStatus.QUEUED.value,
                     jobs.c.queue.in_((QUEUE_LOW, QUEUE_DEFAULT)),
                     jobs.c.published_at < now - timedelta(seconds=age_s),
+                    # an API batch's lines wait within their batch's window instead: thousands of them
+                    # moved up would shut interactive work out
+                    jobs.c.batch_id.is_(None),
                 )
                 .order_by(jobs.c.created_at)
                 .limit(limit)
