@@ -297,3 +297,39 @@ def test_beat_finishes_a_batch_whose_lines_ended_without_anyone_reading_it(
         row = conn.execute(batches_t.select().where(batches_t.c.id == batch.id)).one()
     assert row.status == "completed" and row.output_file_id is not None and row.error_file_id is None
     assert sorted(x["custom_id"] for x in file_lines(client, row.output_file_id)) == ["b-0", "b-1", "b-2"]
+
+
+def test_the_starvation_guard_leaves_batch_lines_in_their_queue(database: str) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import insert
+
+    from ultra_tasks.clock import utcnow
+    from ultra_tasks.db.engine import transaction
+
+    # Given a batch line and an ordinary job, both waiting in llm.low for an hour
+    old = utcnow() - timedelta(hours=1)
+    ids = {"batch": str(uuid.uuid4()), "plain": str(uuid.uuid4())}
+    with transaction() as conn:
+        for kind, job_id in ids.items():
+            conn.execute(
+                insert(records.jobs).values(
+                    id=job_id,
+                    status="queued",
+                    priority="low",
+                    queue="llm.low",
+                    model=MODEL,
+                    request={},
+                    attempts=0,
+                    created_at=old,
+                    updated_at=old,
+                    published_at=old,
+                    batch_id="batch_starve" if kind == "batch" else None,
+                )
+            )
+    # When the guard runs, only the ordinary job moves up
+    moved = {job_id for job_id, _, _ in records.promote_starved(60)}
+    assert ids["plain"] in moved and ids["batch"] not in moved
+    assert records.get_job(ids["batch"]).queue == "llm.low"
+    with transaction() as conn:  # leave no waiting rows behind for other tests
+        conn.execute(records.jobs.delete().where(records.jobs.c.id.in_(list(ids.values()))))
