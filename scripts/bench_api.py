@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_throughput import _free_port, _start, _start_worker, _stop
+from bench_throughput import _cpu_s, _free_port, _start, _start_worker, _stop
 
 MODEL = "gpt-4o-mini"
 
@@ -134,7 +134,8 @@ def main() -> None:
     ]
     try:
         _wait_http(fake_url + "/healthz", procs[0], "the fake provider")
-        procs.append(_start_worker(args.concurrency, tmp))
+        worker = _start_worker(args.concurrency, tmp)
+        procs.append(worker)
         api = _start(
             [sys.executable, "-m", "ultra_tasks.cli", "api", "--port", str(api_port)], tmp / "api.log"
         )
@@ -165,9 +166,16 @@ def main() -> None:
             lat: dict[str, list[float]] = {s: [] for s in sides}
             rps: dict[str, list[float]] = {s: [] for s in sides}
             own: list[float] = []  # a request's time outside its job (HTTP, auth, submit's return, waiter)
+            cpu = {"API process": 0.0, "worker": 0.0}
             for _ in range(args.rounds):
                 for side, fn in sides.items():
+                    before = {"API process": _cpu_s(api.pid), "worker": _cpu_s(worker.pid)}
                     results, rate = run(fn, args.requests, clients)
+                    if side == "API":
+                        for name, pid in (("API process", api.pid), ("worker", worker.pid)):
+                            start_cpu, end_cpu = before[name], _cpu_s(pid)
+                            if start_cpu is not None and end_cpu is not None:
+                                cpu[name] += end_cpu - start_cpu
                     lat[side] += [ms for ms, _ in results]
                     rps[side].append(rate)
                     if side == "API":
@@ -185,6 +193,11 @@ def main() -> None:
             added99 = pct(api_l, 0.99) - pct(dir_l, 0.99)
             goal = "  (goal <= 15 ms)" if clients == 1 else ""
             print(f"    added by the API: p50 {added50:+.1f} ms{goal}, p99 {added99:+.1f} ms")
+            served = args.requests * args.rounds
+            print(
+                "    CPU per API request: "
+                + ", ".join(f"{name} {seconds / served * 1000:.2f} ms" for name, seconds in cpu.items())
+            )
             if own:
                 print(
                     "    of which outside the job (recorded -> finished in SQL): "
