@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -69,7 +70,37 @@ def _ts(at: datetime | None) -> int | None:
     return int(at.timestamp()) if at is not None else None
 
 
-def batch_object(row: Any, counts: Mapping[str, int]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class BatchRecord:
+    """A batch's row (``metadata`` is the column's name; the ORM model calls it ``batch_metadata``)."""
+
+    id: str
+    tenant_id: str
+    input_file_id: str
+    endpoint: str
+    completion_window: str
+    status: str
+    metadata: dict[str, str] | None
+    total: int
+    created_at: datetime
+    expires_at: datetime
+    in_progress_at: datetime | None = None
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    finalizing_at: datetime | None = None
+    completed_at: datetime | None = None
+    failed_at: datetime | None = None
+    expired_at: datetime | None = None
+    cancelling_at: datetime | None = None
+    cancelled_at: datetime | None = None
+
+    @classmethod
+    def from_row(cls, row: Any) -> BatchRecord:
+        mapping = row._mapping
+        return cls(**{f.name: mapping[f.name] for f in fields(cls)})
+
+
+def batch_object(row: BatchRecord, counts: Mapping[str, int]) -> dict[str, Any]:
     """A batch's row and its jobs' counts by status as OpenAI's ``Batch``."""
     return {
         "id": row.id,
@@ -95,7 +126,7 @@ def batch_object(row: Any, counts: Mapping[str, int]) -> dict[str, Any]:
             "completed": counts.get(JobStatus.SUCCEEDED.value, 0),
             "failed": counts.get(JobStatus.FAILED.value, 0) + counts.get(JobStatus.EXPIRED.value, 0),
         },
-        "metadata": row.batch_metadata,
+        "metadata": row.metadata,
     }
 
 
@@ -178,63 +209,37 @@ def create(
         line_rows.append(
             {"job_id": job_id, "batch_id": batch_id, "line": request.line, "custom_id": request.custom_id}
         )
-    row = {
-        "id": batch_id,
-        "tenant_id": tenant_id,
-        "input_file_id": input_file_id,
-        "endpoint": endpoint,
-        "completion_window": completion_window,
-        "status": BatchStatus.IN_PROGRESS.value,
-        "batch_metadata": meta,
-        "total": len(requests),
-        "created_at": now,
-        "in_progress_at": now,
-        "expires_at": expires_at,
-    }
+    record = BatchRecord(
+        id=batch_id,
+        tenant_id=tenant_id,
+        input_file_id=input_file_id,
+        endpoint=endpoint,
+        completion_window=completion_window,
+        status=BatchStatus.IN_PROGRESS.value,
+        metadata=meta,
+        total=len(requests),
+        created_at=now,
+        expires_at=expires_at,
+        in_progress_at=now,
+    )
     with transaction() as conn:
-        conn.execute(
-            insert(batches_t).values(
-                **{k if k != "batch_metadata" else "metadata": v for k, v in row.items()}
-            )
-        )
+        conn.execute(insert(batches_t).values(**asdict(record)))
         for start in range(0, len(job_rows), INSERT_CHUNK):
             conn.execute(insert(jobs), job_rows[start : start + INSERT_CHUNK])
             conn.execute(insert(lines_t), line_rows[start : start + INSERT_CHUNK])
     # recorded: the job table is the outbox, so a job not sent now is sent by the sweeper
     publish_many([(r["id"], queue, r["request"]) for r in job_rows])
-    return batch_object(type("Row", (), {**row, **dict.fromkeys(_UNSET)}), {})
+    return batch_object(record, {})
 
 
-_UNSET = (
-    "output_file_id",
-    "error_file_id",
-    "finalizing_at",
-    "completed_at",
-    "failed_at",
-    "expired_at",
-    "cancelling_at",
-    "cancelled_at",
-)
-
-
-def _get(conn: Connection, batch_id: str, tenant_id: str | None) -> Any:
+def _get(conn: Connection, batch_id: str, tenant_id: str | None) -> BatchRecord:
     query = select(batches_t).where(batches_t.c.id == batch_id)
     if tenant_id is not None:
         query = query.where(batches_t.c.tenant_id == tenant_id)
     row = conn.execute(query).first()
     if row is None:
         raise ApiError(404, f"No batch found with id '{batch_id}'.", param="batch_id", code="batch_not_found")
-    return _Row(row)
-
-
-class _Row:
-    """A batch row with ``batch_metadata`` (the column is ``metadata``, a name SQLAlchemy reserves)."""
-
-    def __init__(self, row: Any) -> None:
-        self._row = row
-
-    def __getattr__(self, name: str) -> Any:
-        return self._row._mapping["metadata" if name == "batch_metadata" else name]
+    return BatchRecord.from_row(row)
 
 
 def _counts(conn: Connection, batch_id: str) -> dict[str, int]:
@@ -279,7 +284,7 @@ class _Lost(Exception):
     """Another reader finished the batch first: this transaction's files are rolled back."""
 
 
-def _finish(row: Any, now: datetime) -> None:
+def _finish(row: BatchRecord, now: datetime) -> None:
     with transaction() as conn:
         lines = conn.execute(
             select(
@@ -311,11 +316,11 @@ def _finish(row: Any, now: datetime) -> None:
             if output:
                 out_id = file_store.insert_file(
                     conn, row.tenant_id, f"{row.id}_output.jsonl", "batch_output", _jsonl(output)
-                )["id"]
+                ).id
             if errors:
                 err_id = file_store.insert_file(
                     conn, row.tenant_id, f"{row.id}_error.jsonl", "batch_output", _jsonl(errors)
-                )["id"]
+                ).id
             done = conn.execute(
                 update(batches_t)
                 .where(batches_t.c.id == row.id, batches_t.c.status == row.status)

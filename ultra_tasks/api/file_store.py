@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -29,16 +30,32 @@ def new_file_id() -> str:
     return f"file-{uuid.uuid4().hex}"
 
 
-def file_object(row: Any) -> dict[str, Any]:
-    """A file's row as OpenAI's ``FileObject``."""
-    created: datetime = row.created_at
+@dataclass(frozen=True)
+class FileInfo:
+    """A file's row without its content."""
+
+    id: str
+    tenant_id: str
+    filename: str
+    purpose: str
+    bytes: int
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Any) -> FileInfo:
+        mapping = row._mapping
+        return cls(**{f.name: mapping[f.name] for f in fields(cls)})
+
+
+def file_object(info: FileInfo) -> dict[str, Any]:
+    """A file as OpenAI's ``FileObject``."""
     return {
-        "id": row.id,
+        "id": info.id,
         "object": "file",
-        "bytes": int(row.bytes),
-        "created_at": int(created.timestamp()),
-        "filename": row.filename,
-        "purpose": row.purpose,
+        "bytes": int(info.bytes),
+        "created_at": int(info.created_at.timestamp()),
+        "filename": info.filename,
+        "purpose": info.purpose,
         "status": "processed",
         "status_details": None,
     }
@@ -46,32 +63,25 @@ def file_object(row: Any) -> dict[str, Any]:
 
 def insert_file(
     conn: Connection, tenant_id: str, filename: str, purpose: str, content: bytes, file_id: str | None = None
-) -> dict[str, Any]:
-    """Record a file in ``conn``'s transaction; its FileObject."""
-    row = {
-        "id": file_id or new_file_id(),
-        "tenant_id": tenant_id,
-        "filename": filename[:255],
-        "purpose": purpose,
-        "bytes": len(content),
-        "content": content,
-        "created_at": utcnow(),
-    }
-    conn.execute(files_t.insert().values(**row))
-    return file_object(type("Row", (), row))
+) -> FileInfo:
+    """Record a file in ``conn``'s transaction."""
+    info = FileInfo(file_id or new_file_id(), tenant_id, filename[:255], purpose, len(content), utcnow())
+    conn.execute(files_t.insert().values(**asdict(info), content=content))
+    return info
 
 
-def create_file(tenant_id: str, filename: str, purpose: str, content: bytes) -> dict[str, Any]:
+def create_file(tenant_id: str, filename: str, purpose: str, content: bytes) -> FileInfo:
     with transaction() as conn:
         return insert_file(conn, tenant_id, filename, purpose, content)
 
 
-def get_file(tenant_id: str, file_id: str) -> Any | None:
-    """The file's metadata row when it is the tenant's, else None."""
+def get_file(tenant_id: str, file_id: str) -> FileInfo | None:
+    """The file when it is the tenant's, else None."""
     with transaction() as conn:
-        return conn.execute(
+        row = conn.execute(
             select(*_META).where(files_t.c.id == file_id, files_t.c.tenant_id == tenant_id)
         ).first()
+    return FileInfo.from_row(row) if row is not None else None
 
 
 def file_content(tenant_id: str, file_id: str) -> bytes | None:
@@ -82,12 +92,13 @@ def file_content(tenant_id: str, file_id: str) -> bytes | None:
     return bytes(content) if content is not None else None
 
 
-def list_files(tenant_id: str, purpose: str | None = None, limit: int = MAX_LIST) -> list[Any]:
+def list_files(tenant_id: str, purpose: str | None = None, limit: int = MAX_LIST) -> list[FileInfo]:
     query = select(*_META).where(files_t.c.tenant_id == tenant_id)
     if purpose:
         query = query.where(files_t.c.purpose == purpose)
     with transaction() as conn:
-        return list(conn.execute(query.order_by(files_t.c.created_at.desc()).limit(limit)).all())
+        rows = conn.execute(query.order_by(files_t.c.created_at.desc()).limit(limit)).all()
+    return [FileInfo.from_row(r) for r in rows]
 
 
 def delete_file(tenant_id: str, file_id: str) -> bool:

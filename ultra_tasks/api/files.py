@@ -60,7 +60,8 @@ async def create_file(request: Request, tenant: TenantInfo = Depends(authenticat
     finally:
         await form.close()
     await run_in_threadpool(parse_input, content, settings)
-    return await run_in_threadpool(file_store.create_file, tenant.id, filename, str(purpose), content)
+    info = await run_in_threadpool(file_store.create_file, tenant.id, filename, str(purpose), content)
+    return file_store.file_object(info)
 
 
 @router.get("/v1/files")
