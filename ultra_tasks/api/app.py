@@ -127,5 +127,13 @@ def create_app(settings: Settings | None = None, waiter: JobWaiter | None = None
             )
         )
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # logged with its traceback by the server; the caller learns nothing of the internals
+        log.error("%s %s failed: %s", request.method, request.url.path, type(exc).__name__)
+        return error_response(
+            ApiError(500, "The server had an error while processing your request.", type="server_error")
+        )
+
     app.add_middleware(BodyLimit, settings=settings)
     return app
