@@ -209,7 +209,11 @@ def test_a_tenants_rpm_is_enforced_with_429(api: ApiServer) -> None:
 
 def test_the_openapi_page_and_unknown_paths_answer_in_openai_shape(api: ApiServer) -> None:
     status, body = api.get("/openapi.json")
-    assert status == 200 and "/v1/chat/completions" in json.loads(body)["paths"]
+    page = json.loads(body)
+    assert status == 200 and {"/v1/chat/completions", "/v1/files", "/v1/batches"} <= set(page["paths"])
+    chat = page["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]
+    assert chat["schema"]["$ref"].rsplit("/", 1)[-1] in page["components"]["schemas"]
+    assert "messages" in page["components"]["schemas"]["ChatRequest"]["properties"]
     status, body = api.get("/docs")
     assert status == 200
     status, body = api.get("/v1/nothing-here")

@@ -10,10 +10,11 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ultra_tasks.api.completions import param_of
+from ultra_tasks.api.completions import ChatRequest, param_of
 from ultra_tasks.api.waiter import JobWaiter
 from ultra_tasks.config import Settings, get_settings
 from ultra_tasks.db.migrate import upgrade_schema
@@ -95,6 +96,20 @@ def create_app(settings: Settings | None = None, waiter: JobWaiter | None = None
     app.include_router(chat.router)
     app.include_router(files.router)
     app.include_router(batches.router)
+
+    def openapi() -> dict[str, Any]:
+        # the bodies read by hand (api/completions.py json_body) get their schemas in the components
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in (ChatRequest, batches.BatchCreate):
+                body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(body.pop("$defs", {}))
+                components[model.__name__] = body
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:

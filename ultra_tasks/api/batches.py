@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from ultra_tasks.api import batch_store
 from ultra_tasks.api.auth import authenticate
 from ultra_tasks.api.chat import json_body
+from ultra_tasks.api.completions import json_body as json_body_schema
 from ultra_tasks.api.completions import parse
 from ultra_tasks.api.tenants import TenantInfo
 from ultra_tasks.config import get_settings
@@ -26,7 +27,7 @@ class BatchCreate(BaseModel):
     metadata: dict[str, Any] | None = None
 
 
-@router.post("/v1/batches")
+@router.post("/v1/batches", openapi_extra=json_body_schema(BatchCreate))
 async def create_batch(request: Request, tenant: TenantInfo = Depends(authenticate)) -> dict[str, Any]:
     """Every line of the input file becomes a job of the batch (priority ``low`` unless
     ``metadata.priority`` says otherwise), all recorded with the batch in one transaction."""

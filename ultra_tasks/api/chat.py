@@ -91,7 +91,9 @@ def priority_of(header: str | None) -> str:
     return priority
 
 
-@router.post("/v1/chat/completions", response_model=None)
+@router.post(
+    "/v1/chat/completions", response_model=None, openapi_extra=completions.json_body(completions.ChatRequest)
+)
 async def create_chat_completion(
     request: Request,
     tenant: TenantInfo = Depends(authenticate),

@@ -113,6 +113,33 @@ def param_of(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(parts)
 
 
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """An operation's ``openapi_extra``: its JSON body is ``model`` (read by hand, so that every refusal
+    keeps OpenAI's wording; the schema lands in the components, see api/app.py)."""
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+#: the upload form of POST /v1/files, for the OpenAPI page
+MULTIPART_FILE = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "purpose"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "purpose": {"type": "string", "enum": ["batch"]},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
 def parse(model: type[BaseModel], data: Any) -> Any:
     """``data`` as ``model``, or ``ApiError`` 400 naming the first parameter at fault."""
     try:

@@ -16,6 +16,7 @@ from starlette.datastructures import UploadFile
 from ultra_tasks.api import file_store
 from ultra_tasks.api.auth import authenticate
 from ultra_tasks.api.batch_input import parse_input
+from ultra_tasks.api.completions import MULTIPART_FILE
 from ultra_tasks.api.tenants import TenantInfo
 from ultra_tasks.config import get_settings
 from ultra_tasks.errors import ApiError
@@ -29,7 +30,7 @@ def not_found(file_id: str) -> ApiError:
     return ApiError(404, f"No such File object: {file_id}", param="id", code="file_not_found")
 
 
-@router.post("/v1/files")
+@router.post("/v1/files", openapi_extra=MULTIPART_FILE)
 async def create_file(request: Request, tenant: TenantInfo = Depends(authenticate)) -> dict[str, Any]:
     """Upload a batch input file (multipart: ``file`` and ``purpose=batch``)."""
     settings = get_settings()
