@@ -6,5 +6,6 @@
   waits for its job (one subscriber per process, no polling per request); ``completions``: the OpenAI
   shapes of a job's result;
 - ``files`` and ``batches``: OpenAI's Files and Batch APIs, every batch line one job of the batch;
-- ``server``: the secure-by-default launcher; ``cli``: ``ultra api``, ``ultra keys``, ``ultra batches``.
+- ``server``: the secure-by-default launcher; ``cli``: ``ultra api``, ``ultra keys``, ``ultra batches``;
+  ``tasks``: beat's task that finishes batches nobody reads.
 """
