@@ -35,6 +35,12 @@ def build_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": settings.worker_dead_after / 3,
             "options": {"queue": "ops", "expires": settings.worker_dead_after / 3},
         },
+        # batches of the HTTP API whose lines all ended get their output and error files (api/batch_store.py)
+        "finish-batches": {
+            "task": "ultra.ops.finish_batches",
+            "schedule": interval,
+            "options": {"queue": "ops", "expires": interval},
+        },
         # finished jobs older than JOB_RETENTION leave the job table in small batches (jobs/retention.py)
         "retention": {
             "task": "ultra.ops.retention",

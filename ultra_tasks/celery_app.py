@@ -27,7 +27,13 @@ celery.app.trace.LOG_SUCCESS = "Task %(name)s[%(id)s] succeeded in %(runtime)ss"
 tolerate_collected_broker_connection()
 
 app = Celery(
-    "ultra_tasks", include=["ultra_tasks.jobs.tasks", "ultra_tasks.jobs.queue", "ultra_tasks.health.tasks"]
+    "ultra_tasks",
+    include=[
+        "ultra_tasks.jobs.tasks",
+        "ultra_tasks.jobs.queue",
+        "ultra_tasks.health.tasks",
+        "ultra_tasks.api.tasks",
+    ],
 )
 app.config_from_object("celeryconfig")
 import ultra_tasks.metrics.jobs  # noqa: E402, F401 - connects the fleet job-metrics signal handlers

@@ -873,6 +873,10 @@ def up(
         user = settings.flower_basic_auth.split(",")[0].split(":")[0]
         console.print(f"Flower: http://127.0.0.1:{settings.flower_port}  (user {user!r}, FLOWER_BASIC_AUTH)")
         console.print(f"Status: http://127.0.0.1:{settings.status_port}/  (/status.json, /metrics)")
+        console.print(
+            f"API: http://127.0.0.1:{settings.api_port}/v1  (OpenAI-compatible; /docs; a key: "
+            "`ultra keys create --tenant NAME`)"
+        )
         if run_demo_batch and _print_demo(run_demo()):
             code = Exit.JOB_FAILED
         if exit_after_demo:
@@ -891,6 +895,11 @@ def up(
         stack.stop()
     if code != Exit.OK:
         raise typer.Exit(int(code))
+
+
+from ultra_tasks.api import cli as _api_cli  # noqa: E402  (its commands use _guarded, defined above)
+
+_api_cli.register(cli, _guarded)
 
 
 def main() -> None:

@@ -302,6 +302,25 @@ class Settings(BaseSettings):
     #: seconds one read of the fleet's shared state may take in all (/metrics, the status page and its
     #: JSON, `ultra status`); a part not read by then is shown as unavailable, the others as read
     fleet_read_timeout: float = Field(5.0, gt=0)
+    # --- HTTP API (`ultra api`)
+    #: port of the OpenAI-compatible HTTP API
+    api_port: int = Field(8000, ge=1, le=65535)
+    #: seconds a chat completion waits for its job before answering 504 with the job's id
+    api_wait_timeout: float = Field(60.0, gt=0, le=3600)
+    #: largest request body the API reads (bytes), file uploads aside
+    api_max_body_bytes: int = Field(1_048_576, ge=1024)
+    #: largest file upload (bytes): a batch's JSON-lines input
+    api_max_file_bytes: int = Field(50_000_000, ge=1024)
+    #: most lines (requests) one batch input file may have
+    api_batch_max_lines: int = Field(50_000, ge=1)
+    #: seconds the API trusts a key it looked up (a revoked key is refused at most this late)
+    api_key_cache_s: float = Field(2.0, ge=0, le=300)
+    #: connections the API serves at once; more are answered 503
+    api_max_connections: int = Field(1000, ge=1)
+    #: TLS certificate (PEM) the API serves; with API_TLS_KEYFILE, required beyond loopback
+    api_tls_certfile: Path | None = None
+    #: TLS private key (PEM) of API_TLS_CERTFILE
+    api_tls_keyfile: Path | None = None
     #: the log level of every process
     log_level: str = Field("INFO", pattern=r"^(?i:debug|info|warning|error|critical)$")
     #: http(s) URL that receives each operation mode change as a JSON POST (retried; unset: none)

@@ -32,6 +32,7 @@ Third-party errors (redis, SQLAlchemy, the provider SDKs) are mapped to these at
             ├── ProviderAuthError       401, 403
             └── ProviderNotConfiguredError  no API key and no USE_FAKE_PROVIDER: names the variable to set
     NoProviderAvailableError            every entry of a job's fallback chain is unavailable for now
+    ApiError                            an HTTP API request refused: OpenAI's status, type, param and code
 """
 
 from __future__ import annotations
@@ -298,3 +299,29 @@ class NoProviderAvailableError(UltraTasksError):
         super().__init__(f"no provider available ({'; '.join(reasons)}); retry in {retry_after:.1f}s")
         self.reasons = reasons
         self.retry_after = retry_after
+
+
+class ApiError(UltraTasksError):
+    """An HTTP API request refused, rendered as OpenAI renders errors:
+    ``{"error": {"message", "type", "param", "code"}}`` with ``status`` as the HTTP status."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}

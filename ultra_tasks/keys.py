@@ -278,3 +278,14 @@ def mode_buffer() -> str:
     """List: component statuses and mode transitions decided while the database was unreachable (JSON),
     written to SQL by the next evaluation that reaches it."""
     return f"{_ns()}:mode:buffer"
+
+
+def jobs_finished() -> str:
+    """Pub/sub channel: the id of each job whose final outcome was just recorded (published by the same
+    script that frees its admission slot), for the HTTP API's waiters (api/waiter.py)."""
+    return f"{_ns()}:jobs:finished"
+
+
+def api_rate(tenant_id: str, minute: int) -> str:
+    """Counter with expiry (two minutes): the HTTP API requests of one tenant in one minute (its rpm)."""
+    return f"{_ns()}:api:rpm:{tenant_id}:{minute}"

@@ -5,6 +5,9 @@ Each check runs before its server binds and raises ``ConfigurationError`` naming
 - Flower beyond loopback needs FLOWER_BASIC_AUTH set to real credentials (not ``ultra:ultra``, no empty
   password) and its API not opened by FLOWER_UNAUTHENTICATED_API;
 - the status server beyond loopback needs STATUS_TOKEN;
+- the HTTP API always asks for a tenant's key; beyond loopback it needs TLS (API_TLS_CERTFILE and
+  API_TLS_KEYFILE), so keys never cross a network in clear, or an explicit ``--behind-tls-proxy`` when a
+  TLS-terminating proxy in front of it does that;
 - the fake provider has no authentication at all (its fault-control API is for tests), so beyond loopback
   it needs an explicit ``--allow-remote``.
 
@@ -85,3 +88,19 @@ def check_fake_provider_exposure(host: str, allow_remote: bool) -> None:
             "could switch its faults and read its counters; pass --allow-remote (allow_remote=True) on a "
             "private network only, or listen on 127.0.0.1"
         )
+
+
+def check_api_exposure(
+    host: str, certfile: object | None, keyfile: object | None, *, behind_tls_proxy: bool = False
+) -> None:
+    """Refuse the HTTP API beyond loopback without TLS of its own or a TLS proxy declared in front of it:
+    every request carries a tenant's key, which must not travel in clear."""
+    if bool(certfile) != bool(keyfile):
+        raise ConfigurationError("API_TLS_CERTFILE and API_TLS_KEYFILE: set both, or neither")
+    if is_loopback(host) or certfile or behind_tls_proxy:
+        return
+    raise ConfigurationError(
+        f"API_TLS_CERTFILE: the HTTP API would listen on {host or 'every interface'} (beyond loopback) "
+        "where API keys would travel in clear; set API_TLS_CERTFILE and API_TLS_KEYFILE, pass "
+        "--behind-tls-proxy when a TLS-terminating proxy is its only client, or listen on 127.0.0.1"
+    )

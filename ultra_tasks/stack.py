@@ -168,6 +168,14 @@ def plan(settings: Settings) -> list[Child]:
             logs / "status.log",
         )
     )
+    children.append(
+        Child(
+            "api",
+            # the OpenAI-compatible HTTP API; loopback, so it needs no TLS (ultra_tasks/security.py)
+            [py, "-m", "ultra_tasks.cli", "api", "--host", "127.0.0.1", "--port", str(settings.api_port)],
+            logs / "api.log",
+        )
+    )
     return children
 
 

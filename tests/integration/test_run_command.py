@@ -25,6 +25,7 @@ def test_run_command_starts_the_stack_and_shows_demo_results_then_stops_cleanly(
         FAKE_PROVIDER_URL=f"http://127.0.0.1:{_free_port()}",
         FLOWER_PORT=str(_free_port()),
         STATUS_PORT=str(_free_port()),
+        API_PORT=str(_free_port()),
         COLUMNS="200",
     )
     out = subprocess.run(
@@ -37,7 +38,7 @@ def test_run_command_starts_the_stack_and_shows_demo_results_then_stops_cleanly(
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "choosing the local fake provider" in out.stdout and "USE_FAKE_PROVIDER=1" in out.stdout
-    for name in ("fake-provider", "worker-llm", "worker-ops", "beat", "flower", "status"):
+    for name in ("fake-provider", "worker-llm", "worker-ops", "beat", "flower", "status", "api"):
         assert f"started {name}" in out.stdout
     assert "demo batch" in out.stdout
     assert out.stdout.count("openai/") == 3 and out.stdout.count("anthropic/") == 3

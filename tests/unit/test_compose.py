@@ -169,5 +169,7 @@ def test_flower_and_status_page_run_behind_their_guards(services: dict[str, Any]
 def test_workers_beat_and_producers_get_the_job_signing_key(services: dict[str, Any]) -> None:
     for name, service in services.items():
         command = " ".join(service.get("command", []))
-        if command.startswith(("ultra worker", "ultra db", "celery -A ultra_tasks beat", "ultra status")):
+        if command.startswith(
+            ("ultra worker", "ultra db", "celery -A ultra_tasks beat", "ultra status", "ultra api")
+        ):
             assert _environment(service).get("ULTRA_SECRET_KEY", "").startswith("${ULTRA_SECRET_KEY:?"), name

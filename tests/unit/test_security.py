@@ -14,6 +14,7 @@ from ultra_tasks.errors import ConfigurationError
 from ultra_tasks.providers.fake_server import FakeProviderServer
 from ultra_tasks.redaction import install_log_redaction, known_secrets, redact_text, redact_url
 from ultra_tasks.security import (
+    check_api_exposure,
     check_fake_provider_exposure,
     check_flower_exposure,
     check_status_exposure,
@@ -29,6 +30,16 @@ def test_loopback_hosts_are_recognised(host: str) -> None:
 @pytest.mark.parametrize("host", ["", "0.0.0.0", "::", "10.0.0.5", "192.168.1.2", "example.com", "flower"])
 def test_every_interface_private_addresses_and_names_count_as_beyond_loopback(host: str) -> None:
     assert not is_loopback(host)
+
+
+def test_the_http_api_beyond_loopback_needs_tls_or_a_declared_tls_proxy_naming_the_setting() -> None:
+    check_api_exposure("127.0.0.1", None, None)  # loopback: keys never leave the machine
+    with pytest.raises(ConfigurationError, match="API_TLS_CERTFILE"):
+        check_api_exposure("0.0.0.0", None, None)
+    with pytest.raises(ConfigurationError, match="set both"):
+        check_api_exposure("0.0.0.0", "cert.pem", None)
+    check_api_exposure("0.0.0.0", "cert.pem", "key.pem")
+    check_api_exposure("10.0.0.5", None, None, behind_tls_proxy=True)
 
 
 @pytest.mark.parametrize("auth", ["ultra:ultra", "admin:ultra", "admin: ", "ops:long-and-own,ultra:ultra"])

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import builtins
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, Index, Integer, String, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    TypeDecorator,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -67,9 +78,16 @@ class JobRecord(Base):
     lease_token: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     #: the holder renews its lease while it runs; past this (and a grace) the sweeper republishes the job
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    #: the API tenant that submitted the job (NULL: submitted from Python or the CLI)
+    tenant: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    #: the API batch the job is a line of (NULL: not a batch line); batch lines are bounded by the batch's
+    #: own limits, not QUEUE_MAX_SIZE (jobs/admission.py)
+    batch_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
 
     __table_args__ = (
         Index("ix_jobs_status_created", "status", "created_at"),
+        Index("ix_jobs_tenant_created", "tenant", "created_at"),
+        Index("ix_jobs_batch_status", "batch_id", "status"),
         Index("ux_jobs_idempotency_key", "idempotency_key", unique=True),
         # queue statistics read the jobs started or finished in a recent window (jobs/stats.py)
         Index("ix_jobs_finished_at", "finished_at"),
@@ -115,3 +133,88 @@ class ComponentStatus(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime())
 
     __table_args__ = (Index("ix_component_status_component_at", "component", "at"),)
+
+
+class Tenant(Base):
+    """Who calls the HTTP API: its jobs, files and batches are its own."""
+
+    __tablename__ = "tenants"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    #: requests per minute its keys may make together (NULL: no limit)
+    rpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: spending limit in US dollars (NULL: none); enforced by billing, recorded here
+    budget_usd: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ApiKey(Base):
+    """One API key of a tenant, stored as the SHA-256 of the key (the key itself is shown once)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(36))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    #: the key's first characters, enough to tell keys apart in a listing, useless to authenticate
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class ApiFile(Base):
+    """A file uploaded through the API (purpose ``batch``) or written by a batch (its output and errors)."""
+
+    __tablename__ = "api_files"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(36))
+    filename: Mapped[str] = mapped_column(String(255))
+    purpose: Mapped[str] = mapped_column(String(32))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    content: Mapped[builtins.bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (Index("ix_api_files_tenant_created", "tenant_id", "created_at"),)
+
+
+class Batch(Base):
+    """An OpenAI-style batch: one job per line of its input file, recorded with it in one transaction."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(36))
+    input_file_id: Mapped[str] = mapped_column(String(40))
+    endpoint: Mapped[str] = mapped_column(String(64))
+    completion_window: Mapped[str] = mapped_column(String(8))
+    status: Mapped[str] = mapped_column(String(16))
+    batch_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
+    total: Mapped[int] = mapped_column(Integer)
+    output_file_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    error_file_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    in_progress_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    finalizing_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    cancelling_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    __table_args__ = (Index("ix_batches_tenant_created", "tenant_id", "created_at"),)
+
+
+class BatchLine(Base):
+    """Which job runs which ``custom_id`` of a batch."""
+
+    __tablename__ = "batch_lines"
+
+    job_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    batch_id: Mapped[str] = mapped_column(String(40))
+    line: Mapped[int] = mapped_column(Integer)
+    custom_id: Mapped[str] = mapped_column(String(512))
+
+    __table_args__ = (Index("ux_batch_lines_batch_custom", "batch_id", "custom_id", unique=True),)

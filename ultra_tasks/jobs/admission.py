@@ -98,10 +98,12 @@ return removed
 """
 
 
-# KEYS: the three admitted sets. ARGV: job id. Frees the job's slot wherever it is; how many went (0 or 1).
+# KEYS: the three admitted sets, the jobs-finished channel. ARGV: job id. Frees the job's slot wherever it
+# is and tells whoever waits for the job (the HTTP API) that it is final; how many went (0 or 1).
 _RELEASE_LUA = r"""
 local removed = 0
-for i = 1, #KEYS do removed = removed + redis.call('ZREM', KEYS[i], ARGV[1]) end
+for i = 1, 3 do removed = removed + redis.call('ZREM', KEYS[i], ARGV[1]) end
+redis.call('PUBLISH', KEYS[4], ARGV[1])
 return removed
 """
 
@@ -232,10 +234,10 @@ def release(job_id: str) -> None:
     """The job reached a final state: its slot comes back. Idempotent; with Redis down the next
     ``reconcile`` frees it."""
     try:
-        # one command for the three sets (the job's priority is not known here): a run's last round trip
-        # costs the worker's CPU on every job
+        # one command for the three sets (the job's priority is not known here) and the news that the job
+        # is final: a run's last round trip costs the worker's CPU on every job
         client = _client(get_settings())
-        _scripts(client).release(keys=_set_keys(), args=[job_id], client=client)
+        _scripts(client).release(keys=[*_set_keys(), keys.jobs_finished()], args=[job_id], client=client)
     except REDIS_DOWN as exc:
         log.info("job %s: its slot is freed by the next reconcile (%s)", job_id, exc)
 
@@ -271,8 +273,14 @@ def _serialize(conn: Connection) -> None:
         log.warning("admission through the job table is not serialized on %s", dialect)
 
 
+#: the rows that hold a slot: live, and not a line of an API batch (a batch is bounded by its own limits,
+#: API_BATCH_MAX_LINES, and its lines wait in llm.low without shutting interactive work out)
+def _holds_slot() -> Any:
+    return records.jobs.c.status.in_(LIVE) & records.jobs.c.batch_id.is_(None)
+
+
 def _live_count(conn: Connection) -> int:
-    return int(conn.execute(select(func.count()).where(records.jobs.c.status.in_(LIVE))).scalar_one())
+    return int(conn.execute(select(func.count()).where(_holds_slot())).scalar_one())
 
 
 def sql_guard(
@@ -326,9 +334,7 @@ def reconcile(client: redis.Redis | None = None, *, grace_s: float | None = None
         _serialize(conn)
         live = {
             str(r.id): (str(r.priority) if r.priority in PRIORITIES else "default", _ms(r.created_at))
-            for r in conn.execute(
-                select(jobs.c.id, jobs.c.priority, jobs.c.created_at).where(jobs.c.status.in_(LIVE))
-            )
+            for r in conn.execute(select(jobs.c.id, jobs.c.priority, jobs.c.created_at).where(_holds_slot()))
         }
         pipe = client.pipeline(transaction=False)
         for key in _set_keys():

@@ -44,6 +44,7 @@ _INSERT = insert(jobs).values(
     updated_at=bindparam("now"),
     expires_at=bindparam("expires_at"),
     idempotency_key=bindparam("idempotency_key"),
+    tenant=bindparam("tenant"),
 )
 _PUBLISHED = update(jobs).where(jobs.c.id == bindparam("job_id")).values(published_at=bindparam("now"))
 #: claimable: queued or parked, or running under a lease that lapsed (or, for a row from before leases, with
@@ -178,11 +179,13 @@ def insert_job(
     expires_at: datetime | None = None,
     idempotency_key: str | None = None,
     guard: Callable[[Connection], None] | None = None,
+    tenant: str | None = None,
 ) -> str:
     """Record a queued, not yet published job; returns its id. With an idempotency key already used,
     nothing is written and the earlier job's id is returned; so too with a job id already recorded (a
     submit retried after an outcome it could not know, or a spool replayed twice). ``guard`` runs first in
-    the insert's transaction and refuses the insert by raising (the admission bound while Redis is down)."""
+    the insert's transaction and refuses the insert by raising (the admission bound while Redis is down).
+    ``tenant``: the API tenant that submitted it (None from Python and the CLI)."""
     now = now or utcnow()
     try:
         with transaction() as conn:
@@ -199,6 +202,7 @@ def insert_job(
                     "now": now,
                     "expires_at": expires_at,
                     "idempotency_key": idempotency_key,
+                    "tenant": tenant,
                 },
             )
     except IntegrityError:
@@ -226,6 +230,16 @@ def find_by_idempotency_key(key: str) -> str | None:
 def mark_published(job_id: str) -> None:
     with transaction() as conn:
         conn.execute(_PUBLISHED, {"job_id": job_id, "now": utcnow()})
+
+
+def mark_published_many(job_ids: list[str], chunk: int = 500) -> None:
+    """Note many jobs published, a few statements however many."""
+    now = utcnow()
+    for start in range(0, len(job_ids), chunk):
+        with transaction() as conn:
+            conn.execute(
+                update(jobs).where(jobs.c.id.in_(job_ids[start : start + chunk])).values(published_at=now)
+            )
 
 
 def mark_expired(job_id: str, at: datetime | None = None, token: int | None = None) -> bool:
@@ -336,6 +350,9 @@ def promote_starved(age_s: float, limit: int = 500) -> list[tuple[str, str, dict
                     jobs.c.status == JobStatus.QUEUED.value,
                     jobs.c.queue.in_((QUEUE_LOW, QUEUE_DEFAULT)),
                     jobs.c.published_at < now - timedelta(seconds=age_s),
+                    # an API batch's lines wait within their batch's window instead: thousands of them
+                    # moved up would shut interactive work out
+                    jobs.c.batch_id.is_(None),
                 )
                 .order_by(jobs.c.created_at)
                 .limit(limit)

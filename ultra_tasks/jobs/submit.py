@@ -57,6 +57,7 @@ def submit(
     idempotency_key: str | None = None,
     expires_in: float | None = None,
     job_id: str | None = None,
+    tenant: str | None = None,
 ) -> JobHandle:
     """Validate, record and enqueue one LLM job; return its handle.
 
@@ -70,7 +71,7 @@ def submit(
     replaces its fallback chain. ``idempotency_key``: a second submit with the same key returns the
     first job's handle and records nothing. ``expires_in``: seconds after which the job is not run (it
     ends ``expired``). ``job_id``: a UUID the caller chose (the request spool replays with the id it
-    handed out).
+    handed out). ``tenant``: the HTTP API's tenant id the job belongs to (ultra_tasks/api/).
 
     The job table is the outbox: a job recorded while the broker is unreachable is accepted and published
     by the sweeper on beat once the broker is back. ``QueueFullError`` when the jobs held (accepted, not
@@ -113,6 +114,7 @@ def submit(
             expires_at=now + timedelta(seconds=expires_in) if expires_in is not None else None,
             idempotency_key=job.idempotency_key,
             guard=slot.guard(idempotency_key=job.idempotency_key),
+            tenant=tenant,
         )
     except DependencyUnavailableError as exc:
         # the job may be recorded: the slot stays (a submit retried with this job id reuses it; if nothing
@@ -160,6 +162,24 @@ def publish(job_id: str, queue: str, payload: dict[str, Any]) -> bool:
         # leased or final. The job exists and runs; the caller must not hear otherwise.
         log.warning("job %s published; the note of it was not recorded (%s)", job_id, exc)
     return True
+
+
+def publish_many(jobs: list[tuple[str, str, dict[str, Any]]]) -> int:
+    """Send recorded jobs (id, queue, payload) to their queues and note them in one statement; how many
+    were sent. One the broker refused stays unpublished: the sweeper sends it later."""
+    sent: list[str] = []
+    for job_id, queue, payload in jobs:
+        try:
+            _send(job_id, queue, payload)
+        except (KombuOperationalError, RedisError, OSError) as exc:
+            log.warning("job %s recorded but not published (%s); the sweeper will publish it", job_id, exc)
+            continue
+        sent.append(job_id)
+    try:
+        records.mark_published_many(sent)
+    except DependencyUnavailableError as exc:
+        log.warning("%d jobs published; the note of it was not recorded (%s)", len(sent), exc)
+    return len(sent)
 
 
 def publish_released(job_id: str, queue: str, payload: dict[str, Any]) -> bool:
