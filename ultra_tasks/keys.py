@@ -219,6 +219,11 @@ def workers_seen() -> str:
     return f"{_ns()}:workers:seen"
 
 
+def reaper_round() -> str:
+    """String with expiry: Redis time (ms) of the reaper's last round; a round after a gap judges nobody."""
+    return f"{_ns()}:workers:reaper-round"
+
+
 def worker_alive_pattern() -> str:
     """SCAN pattern matching every ``worker_alive`` key."""
     return f"{_ns()}:worker:alive:*"

@@ -93,13 +93,31 @@ def test_a_redis_that_just_restarted_judges_no_worker(private_redis: RedisServer
     assert report.dead == [] and client.zscore(keys.workers_seen(), "ghost/1") == 1000
 
 
-def test_a_worker_that_stops_beating_is_forgotten_once_its_jobs_are_sent(database: str) -> None:
+@pytest.fixture
+def state_redis(database: str) -> redis.Redis:
     client = redis.Redis.from_url(TEST_REDIS_URL)
     if int(client.info("server")["uptime_in_seconds"]) < 2 * get_settings().worker_dead_after:
         pytest.skip("the test Redis restarted a moment ago")
-    reaper.beat(client, "alive/1")
-    client.zadd(keys.workers_seen(), {"gone/2": 1000})  # beat last long ago, running nothing
-    report = reaper.reap(client, get_settings(), publish)
+    client.delete(keys.workers_seen(), keys.reaper_round())
+    return client
+
+
+def test_a_worker_that_stops_beating_is_forgotten_once_its_jobs_are_sent(state_redis: redis.Redis) -> None:
+    reaper.reap(state_redis, get_settings(), publish)  # the reaper's rounds have begun
+    reaper.beat(state_redis, "alive/1")
+    state_redis.zadd(keys.workers_seen(), {"gone/2": 1000})  # beat last long ago, running nothing
+    report = reaper.reap(state_redis, get_settings(), publish)
     assert report.dead == ["gone/2"] and report.republished == []
-    assert client.zscore(keys.workers_seen(), "gone/2") is None
-    assert client.zscore(keys.workers_seen(), "alive/1") is not None
+    assert state_redis.zscore(keys.workers_seen(), "gone/2") is None
+    assert state_redis.zscore(keys.workers_seen(), "alive/1") is not None
+
+
+def test_a_silent_fleet_or_the_round_after_a_gap_judges_nobody(state_redis: redis.Redis) -> None:
+    state_redis.zadd(keys.workers_seen(), {"gone/2": 1000})
+    # the first round after a gap in the reaper's rounds (here: its first ever)
+    reaper.beat(state_redis, "alive/1")
+    assert reaper.reap(state_redis, get_settings(), publish).dead == []
+    # no worker beat within WORKER_DEAD_AFTER: Redis or the network failed them all, not death
+    state_redis.zadd(keys.workers_seen(), {"alive/1": 2000})
+    assert reaper.reap(state_redis, get_settings(), publish).dead == []
+    assert state_redis.zscore(keys.workers_seen(), "gone/2") == 1000

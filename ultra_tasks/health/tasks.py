@@ -6,6 +6,8 @@ import logging
 import time
 from typing import Any
 
+import redis
+
 from ultra_tasks import keys
 from ultra_tasks.celery_app import app
 from ultra_tasks.config import get_settings
@@ -144,8 +146,8 @@ def reap() -> list[str]:
 
     try:
         report = reaper.reap(breaker_redis(), get_settings(), publish)
-    except REDIS_DOWN as exc:
-        log.warning("reaper: Redis unavailable (%s); leases lapse on their own meanwhile", exc)
+    except redis.RedisError as exc:  # down, or refusing (OOM, READONLY, a command not allowed)
+        log.warning("reaper: Redis could not serve it (%s); leases lapse on their own meanwhile", exc)
         return []
     if report.skipped:
         log.info("reaper: %s", report.skipped)

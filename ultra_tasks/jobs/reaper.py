@@ -10,8 +10,10 @@ again within seconds instead of when its lease would have lapsed.
 Safety does not rest on the verdict: every call and write of a run is fenced by its lease's token, so a
 worker taken for dead that was only cut off from Redis writes nothing once its job was taken over (a call
 it had in flight may be made again, as for a worker that died). Times are Redis's own (``TIME``), so
-clocks of other machines do not matter. A Redis that restarted a moment ago has lost or not yet received
-the beats, so nothing is judged until it has been up for two WORKER_DEAD_AFTERs.
+clocks of other machines do not matter. Silence that is not death is not judged: a Redis that restarted a
+moment ago (it has lost or not yet received the beats) until it has been up two WORKER_DEAD_AFTERs, a
+fleet where no worker beat lately (Redis or the network failed them all), and the round after a gap in
+the reaper's own rounds (Redis or beat was away, and the beats with them).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import redis
 
 from ultra_tasks import keys
 from ultra_tasks.config import Settings
+from ultra_tasks.errors import DependencyUnavailableError
 from ultra_tasks.jobs import records
 
 log = logging.getLogger(__name__)
@@ -35,10 +38,19 @@ local t = redis.call('TIME')
 redis.call('ZADD', KEYS[1], t[1] * 1000 + math.floor(t[2] / 1000), ARGV[1])
 return 1
 """
-# KEYS[1] the seen set. ARGV: dead after (ms). The identities whose last beat is older.
+# KEYS[1] the seen set, KEYS[2] the reaper's last round. ARGV: dead after (ms). The identities whose last
+# beat is older, unless the fleet looks silent rather than dead: no worker beat within the window (Redis
+# or the network failed them all; a worker must exist to take the jobs anyway), or the reaper's previous
+# round was longer ago than the window (Redis or beat was away, and the workers' beats with them).
 DEAD_LUA = r"""
 local t = redis.call('TIME')
-local cutoff = t[1] * 1000 + math.floor(t[2] / 1000) - tonumber(ARGV[1])
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local window = tonumber(ARGV[1])
+local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+redis.call('SET', KEYS[2], now, 'PX', window * 10)
+if now - last > window then return {} end
+local cutoff = now - window
+if redis.call('ZCOUNT', KEYS[1], '(' .. cutoff, '+inf') == 0 then return {} end
 return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', cutoff, 'LIMIT', 0, 100)
 """
 # KEYS[1] a job's lease hash. ARGV: the dead owner. Ends the lease if that owner still holds it.
@@ -85,16 +97,20 @@ def reap(
             f"Redis has been up {uptime} s; beats are judged after {2 * settings.worker_dead_after:g} s"
         )
         return report
-    dead = [
-        d.decode() if isinstance(d, bytes) else str(d)
-        for d in client.eval(DEAD_LUA, 1, keys.workers_seen(), int(settings.worker_dead_after * 1000))
-    ]
-    for identity in dead:
-        jobs = records.lapse_leases_of(identity)
+    found = client.register_script(DEAD_LUA)(
+        keys=[keys.workers_seen(), keys.reaper_round()], args=[int(settings.worker_dead_after * 1000)]
+    )
+    lapse = client.register_script(LAPSE_LUA)
+    for identity in (d.decode() if isinstance(d, bytes) else str(d) for d in found):
+        try:
+            jobs = records.lapse_leases_of(identity)
+        except DependencyUnavailableError as exc:
+            log.warning("worker %s looks dead, but its jobs cannot be read (%s); next round", identity, exc)
+            continue
         if jobs:
             pipe = client.pipeline(transaction=False)
             for job_id, _queue, _request in jobs:
-                pipe.eval(LAPSE_LUA, 1, keys.job_lease(job_id), identity)
+                lapse(keys=[keys.job_lease(job_id)], args=[identity], client=pipe)
             pipe.execute()
             log.warning(
                 "worker %s has not beaten for %g s: its %d running jobs go to other workers",
