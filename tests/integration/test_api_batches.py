@@ -253,7 +253,8 @@ def test_lines_not_finished_within_the_window_end_expired_in_the_error_file(
     from ultra_tasks.clock import utcnow
     from ultra_tasks.db.engine import transaction
 
-    fake_provider.add_fault("latency", model=MODEL, ms=2000)
+    # slow enough that the 8 threads cannot finish every line while the test, on a busy machine, looks
+    fake_provider.add_fault("latency", model=MODEL, ms=5000)
     lines = [line(f"w-{i}", f"window {i}") for i in range(30)]
     batch = client.batches.create(
         input_file_id=upload(client, lines), endpoint="/v1/chat/completions", completion_window="24h"
