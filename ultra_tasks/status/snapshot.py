@@ -237,9 +237,10 @@ def _mode_from_mirror(mirror: dict[Any, Any]) -> dict[str, Any]:
 def all_providers_down(breakers: list[dict[str, Any]]) -> str | None:
     """What the fleet does while every provider's breaker is open (the all-down policy), or None."""
     from ultra_tasks.config import get_settings
-    from ultra_tasks.providers.registry import PROVIDER_NAMES
+    from ultra_tasks.providers.deployments import catalog
 
-    providers = [b for b in breakers if str(b["name"]).split(":")[0] in PROVIDER_NAMES]
+    names = set(catalog().by_name)
+    providers = [b for b in breakers if str(b["name"]).split(":")[0] in names]
     if not providers or any(b["state"] in ("closed", "disabled") for b in providers):
         return None
     interval = get_settings().health_check_interval
