@@ -81,3 +81,23 @@ def deployment_rows(
                 row["breaker"] = "unknown"
         rows.append(row)
     return rows
+
+
+def with_health(
+    rows: list[dict[str, Any]], components: list[dict[str, Any]] | None, breakers: list[dict[str, Any]] | None
+) -> list[dict[str, Any]]:
+    """``rows`` with each deployment's last health status (from the component table) and breaker state
+    (from the breakers read), where those were readable: what the status page and `ultra status` show."""
+    health = {str(c.get("component")): c for c in components or []}
+    states = {str(b.get("name")): b.get("state") for b in breakers or []}
+    out = []
+    for row in rows:
+        component = health.get(component_name(row["name"]))
+        out.append(
+            {
+                **row,
+                "health": component.get("status") if component else None,
+                "breaker": row.get("breaker") or states.get(row["name"]),
+            }
+        )
+    return out

@@ -109,6 +109,7 @@ def fleet_snapshot(
     snap["cache"] = from_redis["cache"] if from_redis is not None else {}
     if from_db is not None:
         snap["timeline"] = from_db["timeline"]
+    snap["deployments"] = _deployments(snap, errors)
     if redis_part.error:
         errors["redis"] = redis_part.error
     if db_part.error:
@@ -118,6 +119,19 @@ def fleet_snapshot(
     # setting may reach the page, the JSON or `ultra status` through them
     redacted: dict[str, Any] = redact_value(snap, known_secrets(settings))
     return redacted
+
+
+def _deployments(snap: dict[str, Any], errors: dict[str, str]) -> list[dict[str, Any]]:
+    """Each provider deployment with its last probe's status and its breaker state."""
+    from ultra_tasks.errors import ConfigurationError
+    from ultra_tasks.providers.status import deployment_rows, with_health
+
+    try:
+        rows = deployment_rows()
+    except ConfigurationError as exc:
+        errors["deployments"] = str(exc)
+        return []
+    return with_health(rows, snap.get("components"), snap.get("breakers"))
 
 
 class _Part:
