@@ -187,12 +187,16 @@ class ResilientCaller:
             except ProviderError as exc:
                 state.last_error = exc  # transient: the next deployment, else the next entry
                 failed.append(deployment)
-        if failed and len(order) > 1 and budget.remaining > 0:
-            # every deployment was tried once and those that failed did so transiently: the retries
-            # (with their backoff) go to the one the router now prefers
+        # Every deployment was tried once and those that failed did so transiently: the retries left to
+        # the model (RETRY_MAX_ATTEMPTS in all, as for a model on one deployment) go, with their backoff,
+        # to the one the router now prefers; the rest of the budget stays with the fallbacks.
+        retries = self.settings.retry_max_attempts - len(failed)
+        if failed and len(order) > 1 and retries > 0 and budget.remaining > 0:
             retry_on = self.router.order(failed)[0]
             try:
-                return self._call_deployment(entry, retry_on, request, budget, state.attempts, retry=True)
+                return self._call_deployment(
+                    entry, retry_on, request, budget, state.attempts, retry=True, attempts_allowed=retries
+                )
             except CircuitOpenException as exc:
                 state.unavailable.append((f"{_where(entry, retry_on)}: breaker open", exc.retry_after))
             except PermanentProviderError as exc:
@@ -214,6 +218,7 @@ class ResilientCaller:
         attempts: list[dict[str, Any]],
         *,
         retry: bool,
+        attempts_allowed: int | None = None,
     ) -> LLMResponse:
         name = deployment.name
         provider = self.registry.get(name)
@@ -263,7 +268,7 @@ class ResilientCaller:
         try:
             if not retry:
                 return attempt()
-            for try_ in retrying(self.settings, budget, sleep=self.sleep):
+            for try_ in retrying(self.settings, budget, sleep=self.sleep, attempts=attempts_allowed):
                 with try_:
                     return attempt()
         except _BudgetSpent:
