@@ -76,7 +76,7 @@ class UnknownModelError(JobValidationError):
         super().__init__(
             "model",
             f"no provider serves model {model!r} (known: {', '.join(known_patterns)}; "
-            "add a route with MODEL_MAP)",
+            "add a route with MODEL_MAP, or a deployment serving it to PROVIDERS_FILE)",
         )
         self.model = model
 

@@ -86,8 +86,12 @@ class Catalog:
     _serving: dict[str, tuple[Deployment, ...]] = field(default_factory=dict, repr=False)
     _candidates: dict[tuple[str, str], tuple[Deployment, ...]] = field(default_factory=dict, repr=False)
 
+    #: deployments that share a model with another (the router keeps their in-flight counts, latencies)
+    shared: frozenset[str] = frozenset()
+
     def __post_init__(self) -> None:
         self.by_name = {d.name: d for d in self.deployments}
+        self.shared = frozenset(n for group in self.model_groups() if len(group) > 1 for n in group)
 
     @property
     def from_file(self) -> bool:

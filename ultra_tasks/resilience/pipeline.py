@@ -195,7 +195,13 @@ class ResilientCaller:
             retry_on = self.router.order(failed)[0]
             try:
                 return self._call_deployment(
-                    entry, retry_on, request, budget, state.attempts, retry=True, attempts_allowed=retries
+                    entry,
+                    retry_on,
+                    request,
+                    budget,
+                    state.attempts,
+                    retry=True,
+                    attempts_allowed=retries,
                 )
             except CircuitOpenException as exc:
                 state.unavailable.append((f"{_where(entry, retry_on)}: breaker open", exc.retry_after))
@@ -225,7 +231,9 @@ class ResilientCaller:
         breaker = self.breakers(breaker_name(name, entry.model, self.settings))
         tokens = estimated_tokens(request)
         where = _where(entry, deployment)
-        router = self.router
+        # in-flight counts and latencies matter only to a choice among deployments, or to a cap
+        tracked = deployment.max_concurrency is not None or name in self.registry.catalog.shared
+        router = self.router if tracked else None
 
         def attempt() -> LLMResponse:
             self._wait_for_rate_limit(name, tokens)
@@ -236,7 +244,8 @@ class ResilientCaller:
                 timeout = min(timeout, deployment.timeout_s)
             started = time.perf_counter()
             probe = False
-            router.started(deployment)
+            if router is not None:
+                router.started(deployment)
             latency: float | None = None
             try:
                 with breaker:
@@ -261,7 +270,8 @@ class ResilientCaller:
                     raise CircuitOpenException(breaker.name, breaker.reset_timeout) from exc
                 raise
             finally:
-                router.finished(deployment, latency)
+                if router is not None:
+                    router.finished(deployment, latency)
             self.timeouts.record(name, entry.model, latency)
             return response
 
