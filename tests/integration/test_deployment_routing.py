@@ -163,3 +163,51 @@ def test_an_openai_compatible_deployment_serves_a_model_the_built_in_routes_do_n
     [result] = _run(1, "local model", model="house-llm-7b")
     assert (result.provider, result.model, result.fallback_used) == ("local", "house-llm-7b", False)
     assert result.text.startswith("echo: local model")
+
+
+def test_max_concurrency_holds_across_processes_the_overflow_going_to_another_deployment(
+    tmp_path: Path, two_fakes: tuple[FakeProviderControl, FakeProviderControl], redis_client: Any
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ultra_tasks.config import load_settings
+    from ultra_tasks.providers.base import ChatMessage, LLMRequest
+    from ultra_tasks.providers.deployments import load_file
+    from ultra_tasks.providers.registry import ProviderRegistry
+    from ultra_tasks.resilience.breaker import breaker_redis
+    from ultra_tasks.resilience.chains import ChainEntry
+    from ultra_tasks.resilience.pipeline import ResilientCaller
+    from ultra_tasks.resilience.retry import AttemptBudget
+
+    a, b = two_fakes
+    for control in (a, b):
+        control.reset()
+    a.add_fault("latency", ms=500)
+    path = tmp_path / "providers.yaml"
+    path.write_text(
+        "deployments:\n"
+        f"  - {{name: capped, kind: fake, models: [m], base_url: '{a.url}/v1', weight: 100,"
+        " max_concurrency: 2}\n"
+        f"  - {{name: spare, kind: fake, models: [m], base_url: '{b.url}/v1'}}\n"
+    )
+    settings = load_settings()
+    catalog = load_file(path, settings)
+    # two callers with routers of their own: as two worker processes, only Redis knows both's calls
+    callers = [
+        ResilientCaller(ProviderRegistry(settings, deployments=catalog), settings, breaker_redis())
+        for _ in range(2)
+    ]
+    for caller in callers:
+        caller.router.finished(catalog.by_name["capped"], 0.0)  # never seen slow: only its cap steers
+
+    def call(i: int) -> str:
+        request = LLMRequest("m", (ChatMessage("user", f"cap {i}"),), 4)
+        outcome = callers[i % 2].call(request, [ChainEntry("*", "m")], AttemptBudget(3))
+        return outcome.response.provider
+
+    with ThreadPoolExecutor(8) as pool:
+        served = Counter(pool.map(call, range(8)))
+    try:
+        assert a.stats()["max_in_flight"] <= 2 and served["capped"] >= 2 and served["spare"] >= 4, served
+    finally:
+        a.reset()

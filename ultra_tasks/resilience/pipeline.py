@@ -43,6 +43,7 @@ from ultra_tasks.providers.kinds.base import Deployment
 from ultra_tasks.providers.registry import ProviderRegistry, UnconfiguredProvider
 from ultra_tasks.resilience.breaker import CircuitBreaker, get_breaker
 from ultra_tasks.resilience.chains import ChainEntry, context_window, estimated_tokens
+from ultra_tasks.resilience.concurrency import ConcurrencyCapReached, ConcurrencyLimiter
 from ultra_tasks.resilience.quota import QuotaGuard
 from ultra_tasks.resilience.ratelimit import RateLimiter, RateLimitWaitTooLong
 from ultra_tasks.resilience.retry import AttemptBudget, retrying
@@ -92,6 +93,7 @@ class ResilientCaller:
         # each deployment's own rpm/tpm from the deployments file, over PROVIDER_RATE_LIMITS
         self.rate_limits = RateLimiter(client, registry.catalog.rate_limits(settings))
         self.timeouts = AdaptiveTimeouts(client, settings)
+        self.slots = ConcurrencyLimiter(client)
 
     def call(self, request: LLMRequest, chain: list[ChainEntry], budget: AttemptBudget) -> CallOutcome:
         state = _ChainState()
@@ -175,6 +177,9 @@ class ResilientCaller:
             except RateLimitWaitTooLong as exc:
                 state.attempts.append(_skip(entry, f"rate limit: {exc.retry_after:.1f}s wait", deployment))
                 state.unavailable.append((f"{where}: rate limited", exc.retry_after))
+            except ConcurrencyCapReached as exc:
+                state.attempts.append(_skip(entry, "at its concurrency cap, fleet-wide", deployment))
+                state.unavailable.append((f"{where}: at its concurrency cap", exc.retry_after))
             except QuotaExhaustedError as exc:
                 seconds = self.quota.mark_exhausted(deployment.name, exc.retry_after, str(exc))
                 state.unavailable.append((f"{where}: quota exhausted", seconds))
@@ -210,7 +215,7 @@ class ResilientCaller:
                     state.last_error = exc
                     return None
                 raise ChainFailed(exc, state.attempts) from exc
-            except (ProviderError, RateLimitWaitTooLong) as exc:
+            except (ProviderError, RateLimitWaitTooLong, ConcurrencyCapReached) as exc:
                 if isinstance(exc, ProviderError):
                     state.last_error = exc
         return None
@@ -242,6 +247,13 @@ class ResilientCaller:
             timeout = self.timeouts.timeout(name, entry.model)
             if deployment.timeout_s is not None:
                 timeout = min(timeout, deployment.timeout_s)
+            slot = None
+            if deployment.max_concurrency is not None:
+                try:
+                    slot = self.slots.acquire(name, deployment.max_concurrency, timeout)
+                except ConcurrencyCapReached:
+                    budget.refund()  # nothing was sent
+                    raise
             started = time.perf_counter()
             probe = False
             if router is not None:
@@ -272,6 +284,8 @@ class ResilientCaller:
             finally:
                 if router is not None:
                     router.finished(deployment, latency)
+                if deployment.max_concurrency is not None:
+                    self.slots.release(name, slot)
             self.timeouts.record(name, entry.model, latency)
             return response
 
