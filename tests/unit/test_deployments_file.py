@@ -190,3 +190,26 @@ def test_a_missing_field_or_value_of_the_wrong_type_is_refused_without_echoing_i
     assert (error.entry, error.field) == ("deployment 'w'", "weight")
     error = _refused(tmp_path, "deployments: [{name: m, kind: fake}]")
     assert (error.entry, error.field) == ("deployment 'm'", "models")
+
+
+def test_a_worker_with_a_bad_deployments_file_refuses_to_start_naming_the_file_entry_and_field(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    path = _write(
+        tmp_path, "deployments: [{name: o, kind: openai, models: [gpt-4o], api_key: env:T17_UNSET}]"
+    )
+    env = {**os.environ, "PROVIDERS_FILE": str(path), "PYTHONPATH": str(Path(__file__).parents[2])}
+    env.pop("T17_UNSET", None)
+    out = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "ultra_tasks", "worker", "-Q", "ops"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert out.returncode != 0
+    assert f"{path}: deployment 'o': api_key: environment variable T17_UNSET is not set" in out.stderr
