@@ -84,6 +84,8 @@ class Catalog:
     path: Path | None = None
     by_name: dict[str, Deployment] = field(default_factory=dict)
     _serving: dict[str, tuple[Deployment, ...]] = field(default_factory=dict, repr=False)
+    #: per-model answers derived from the catalog (the default chain of a model), kept by their users
+    memo: dict[Any, Any] = field(default_factory=dict, repr=False)
     _candidates: dict[tuple[str, str], tuple[Deployment, ...]] = field(default_factory=dict, repr=False)
 
     #: deployments that share a model with another (the router keeps their in-flight counts, latencies)
@@ -306,6 +308,8 @@ def load_file(path: Path, settings: Settings, environ: Mapping[str, str] | None 
 
 # --- the process's catalog ------------------------------------------------------------------------------
 _cache: dict[tuple[Any, ...], Catalog] = {}
+#: the catalog of a settings object (held, so its id stays its own)
+_by_settings: dict[int, tuple[Settings, Catalog]] = {}
 _lock = threading.Lock()
 
 
@@ -330,6 +334,10 @@ def catalog(settings: Settings | None = None) -> Catalog:
     from ultra_tasks.config import get_settings
 
     settings = settings or get_settings()
+    # the job path asks once per job: the same settings object answers from a dict, with no stat()
+    same = _by_settings.get(id(settings))
+    if same is not None and same[0] is settings:
+        return same[1]
     key = _fingerprint(settings)
     found = _cache.get(key)
     if found is None:
@@ -341,6 +349,9 @@ def catalog(settings: Settings | None = None) -> Catalog:
                 if len(_cache) > 16:
                     _cache.clear()
                 _cache[key] = found
+    if len(_by_settings) > 16:
+        _by_settings.clear()
+    _by_settings[id(settings)] = (settings, found)
     return found
 
 
@@ -348,3 +359,4 @@ def forget_catalogs() -> None:
     """Drop loaded catalogs (tests that rewrite a file under the same settings)."""
     with _lock:
         _cache.clear()
+        _by_settings.clear()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from ultra_tasks.config import Settings
 from ultra_tasks.errors import ConfigurationError, JobValidationError
 from ultra_tasks.providers.base import LLMRequest
-from ultra_tasks.providers.deployments import Catalog, catalog
+from ultra_tasks.providers.deployments import SERVING_CACHE_SIZE, Catalog, catalog
 from ultra_tasks.providers.kinds import all_kinds, get_kind
 
 #: context window of a model no kind declares (tokens)
@@ -91,6 +91,29 @@ def _primary(model: str, deployments: Catalog) -> ChainEntry:
     return ChainEntry(served[0].name, model)
 
 
+def _default_chain(model: str, primary: ChainEntry, deployments: Catalog) -> tuple[ChainEntry, ...]:
+    """The model, then its equivalent tier at each other kind that declares tiers (made once per model)."""
+    key = ("default-chain", model)
+    found = deployments.memo.get(key)
+    if found is None:
+        entries = [primary]
+        primary_kinds = {d.kind for d in deployments.serving(model)}
+        for spec in all_kinds():
+            mapped = spec.equivalent(model) if spec.name not in primary_kinds else None
+            if not mapped:
+                continue
+            if deployments.from_file:
+                if deployments.serving(mapped):
+                    entries.append(ChainEntry(ANY, mapped))
+            elif spec.name in deployments.by_name:
+                entries.append(ChainEntry(spec.name, mapped))
+        found = tuple(entries)
+        if len(deployments.memo) >= SERVING_CACHE_SIZE:
+            deployments.memo.clear()
+        deployments.memo[key] = found
+    return found
+
+
 def chain_for(
     request: LLMRequest, settings: Settings, *, override: list[str] | None = None, fallback: bool = True
 ) -> list[ChainEntry]:
@@ -113,17 +136,7 @@ def chain_for(
         except JobValidationError as exc:
             raise ConfigurationError(f"FALLBACK_CHAINS[{request.model!r}]: {exc.message}") from None
     else:
-        entries = [primary]
-        primary_kinds = {d.kind for d in deployments.serving(request.model)}
-        for spec in all_kinds():
-            mapped = spec.equivalent(request.model) if spec.name not in primary_kinds else None
-            if not mapped:
-                continue
-            if deployments.from_file:
-                if deployments.serving(mapped):
-                    entries.append(ChainEntry(ANY, mapped))
-            elif spec.name in deployments.by_name:
-                entries.append(ChainEntry(spec.name, mapped))
+        entries = list(_default_chain(request.model, primary, deployments))
     if primary not in entries:
         entries.insert(0, primary)
     # keep order, drop repeats
