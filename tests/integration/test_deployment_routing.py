@@ -211,3 +211,32 @@ def test_max_concurrency_holds_across_processes_the_overflow_going_to_another_de
         assert a.stats()["max_in_flight"] <= 2 and served["capped"] >= 2 and served["spare"] >= 4, served
     finally:
         a.reset()
+
+
+def test_a_model_whose_deployments_all_fail_spends_retry_max_attempts_then_falls_back(
+    deployments: tuple[FakeProviderControl, FakeProviderControl],
+) -> None:
+    from ultra_tasks.config import get_settings
+    from ultra_tasks.providers.base import ChatMessage, LLMRequest
+    from ultra_tasks.providers.registry import ProviderRegistry
+    from ultra_tasks.resilience.breaker import breaker_redis
+    from ultra_tasks.resilience.chains import chain_for
+    from ultra_tasks.resilience.pipeline import ResilientCaller
+    from ultra_tasks.resilience.retry import AttemptBudget
+
+    a, b = deployments
+    a.add_fault("status", status=503)
+    b.add_fault("status", status=503)
+    settings = get_settings()
+    caller = ResilientCaller(ProviderRegistry(settings), settings, breaker_redis(), sleep=lambda _: None)
+    request = LLMRequest(MODEL, (ChatMessage("user", f"budget {uuid.uuid4().hex}"),), 4)
+    budget = AttemptBudget(settings.effective_attempt_budget)
+    outcome = caller.call(request, chain_for(request, settings), budget)
+    failed = [e["entry"] for e in outcome.attempts]
+    # each deployment once, then the model's last retry at one of them; the fallback keeps its share
+    assert len(failed) == settings.retry_max_attempts and set(failed) == {
+        f"fake-a:{MODEL}",
+        f"fake-b:{MODEL}",
+    }
+    assert (outcome.response.provider, outcome.fallback_used) == ("fallback", True)
+    assert budget.used == settings.retry_max_attempts + 1

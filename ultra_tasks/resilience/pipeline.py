@@ -147,6 +147,7 @@ class ResilientCaller:
         why). Raises ChainFailed on a permanent error."""
         order = self.router.order(deployments)
         failed: list[Deployment] = []
+        retried = False
         for position, deployment in enumerate(order):
             if budget.remaining <= 0:
                 return None
@@ -166,10 +167,12 @@ class ResilientCaller:
                 state.attempts.append(_skip(entry, "at its concurrency cap", deployment))
                 state.unavailable.append((f"{where}: at its concurrency cap", CAPACITY_RETRY_S))
                 continue
-            # a deployment that fails while another of the model is left gets one try, no retries
-            last = all(d in failed or d is deployment for d in order[position:])
+            # The model's only deployment that can be called gets the retries; while another is left,
+            # or once one has failed, each gets one try and the retries come after (below).
+            alone = not failed and position == len(order) - 1
+            retried = retried or alone
             try:
-                return self._call_deployment(entry, deployment, request, budget, state.attempts, retry=last)
+                return self._call_deployment(entry, deployment, request, budget, state.attempts, retry=alone)
             except CircuitOpenException as exc:
                 why = "breaker forced open by an operator" if exc.forced else "breaker open"
                 state.attempts.append(_skip(entry, f"circuit {why}", deployment))
@@ -196,7 +199,7 @@ class ResilientCaller:
         # the model (RETRY_MAX_ATTEMPTS in all, as for a model on one deployment) go, with their backoff,
         # to the one the router now prefers; the rest of the budget stays with the fallbacks.
         retries = self.settings.retry_max_attempts - len(failed)
-        if failed and len(order) > 1 and retries > 0 and budget.remaining > 0:
+        if failed and not retried and retries > 0 and budget.remaining > 0:
             retry_on = self.router.order(failed)[0]
             try:
                 return self._call_deployment(
