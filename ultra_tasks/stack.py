@@ -66,15 +66,19 @@ def uses_fake_provider(settings: Settings) -> bool:
 def choose_providers() -> tuple[Settings, list[str]]:
     """The settings a local stack runs with, and what to tell the user about its providers.
 
-    With no API key set and USE_FAKE_PROVIDER not given either way, the local fake provider is chosen
-    explicitly: USE_FAKE_PROVIDER=1 goes into this process's environment, which every child inherits. A
-    key for one provider only leaves the other not configured, never faked."""
+    With no deployments file, no API key set and USE_FAKE_PROVIDER not given either way, the local fake
+    provider is chosen explicitly: USE_FAKE_PROVIDER=1 goes into this process's environment, which every
+    child inherits. A key for one provider only leaves the other not configured, never faked."""
     from ultra_tasks.config import get_settings, reset_settings
 
     settings = get_settings()
     notes: list[str] = []
+    path = settings.effective_providers_file
+    if path is not None:
+        # the file names every deployment, the fake included if it wants one: nothing to choose
+        notes.append(f"provider deployments from {path}")
     any_key = settings.openai_api_key or settings.anthropic_api_key or settings.openai_compat_api_key
-    if not any_key and "use_fake_provider" not in settings.model_fields_set:
+    if path is None and not any_key and "use_fake_provider" not in settings.model_fields_set:
         os.environ["USE_FAKE_PROVIDER"] = "1"
         reset_settings()
         settings = get_settings()
