@@ -15,6 +15,7 @@ first, then each kind's own models) and the first match decides, as it always di
 from __future__ import annotations
 
 import fnmatch
+import logging
 import os
 import threading
 from collections.abc import Mapping
@@ -29,6 +30,8 @@ from ultra_tasks.config import Settings
 from ultra_tasks.errors import ConfigurationError, DeploymentsFileError, UnknownModelError
 from ultra_tasks.providers.kinds import all_kinds, get_kind, kind_names
 from ultra_tasks.providers.kinds.base import Deployment, Price
+
+log = logging.getLogger(__name__)
 
 #: the prefix of a key given as a reference to an environment variable
 ENV_PREFIX = "env:"
@@ -346,6 +349,8 @@ def catalog(settings: Settings | None = None) -> Catalog:
             if found is None:
                 path = settings.effective_providers_file
                 found = load_file(path, settings) if path is not None else environment_catalog(settings)
+                if path is not None and settings.model_map:
+                    log.warning("MODEL_MAP is ignored: the deployments file %s routes every model", path)
                 if len(_cache) > 16:
                     _cache.clear()
                 _cache[key] = found

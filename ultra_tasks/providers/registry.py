@@ -65,7 +65,8 @@ def describe(name: str, settings: Settings | None = None) -> str:
         fake = "; USE_FAKE_PROVIDER is off" if get_kind(config.kind).fakeable else ""
         return f"not configured ({config.missing} is not set{fake})"
     if config.is_fake:
-        return f"the local fake provider at {config.base_url} (USE_FAKE_PROVIDER)"
+        chosen = "the deployments file" if config.source == "file" else "USE_FAKE_PROVIDER"
+        return f"the local fake provider at {config.base_url} ({chosen})"
     return f"{config.base_url or 'its official API'}"
 
 
