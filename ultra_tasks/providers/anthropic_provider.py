@@ -15,8 +15,17 @@ PASSTHROUGH_PARAMS = ("top_p", "top_k")
 
 
 class AnthropicProvider(Provider):
-    def __init__(self, name: str, *, api_key: str, base_url: str | None, threads: int = 8) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        api_key: str,
+        base_url: str | None,
+        threads: int = 8,
+        params: tuple[str, ...] = PASSTHROUGH_PARAMS,
+    ) -> None:
         self.name = name
+        self.params = params
         self._clients = ClientShards(
             lambda http: anthropic.Anthropic(
                 api_key=api_key,
@@ -41,7 +50,7 @@ class AnthropicProvider(Provider):
             kwargs["system"] = system
         # Sampling parameters go in the body as-is: the SDK's signature does not list them in every release,
         # while the API accepts them for the models that support sampling.
-        sampling: dict[str, Any] = {k: request.params[k] for k in PASSTHROUGH_PARAMS if k in request.params}
+        sampling: dict[str, Any] = {k: request.params[k] for k in self.params if k in request.params}
         if request.temperature is not None:
             # Anthropic accepts 0..1 where OpenAI accepts 0..2: clamp rather than fail the job.
             sampling["temperature"] = min(1.0, request.temperature)

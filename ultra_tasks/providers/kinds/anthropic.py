@@ -19,7 +19,11 @@ def build(deployment: Deployment, threads: int) -> Provider:
 
     assert deployment.api_key is not None
     return AnthropicProvider(
-        deployment.name, api_key=deployment.api_key, base_url=deployment.base_url, threads=threads
+        deployment.name,
+        api_key=deployment.api_key,
+        base_url=deployment.base_url,
+        threads=threads,
+        params=SPEC.params,
     )
 
 

@@ -73,7 +73,11 @@ class Deployment:
 @dataclass(frozen=True)
 class KindSpec:
     """One kind of provider. ``build(deployment, threads)`` returns the deployment's ``Provider`` (its SDK
-    client shared out among ``threads`` threads); it is only called for configured deployments."""
+    client shared out among ``threads`` threads); it is only called for configured deployments.
+
+    Error mapping is the built ``Provider``'s: it raises only ``ProviderError``s (the SDK adapters,
+    openai_provider.py and anthropic_provider.py, map their SDK's exceptions with ``map_sdk_error``), so a
+    kind reusing an adapter inherits its mapping and a kind with its own client maps its own errors."""
 
     name: str
     #: one line for `ultra providers list` and the docs
