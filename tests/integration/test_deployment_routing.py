@@ -118,6 +118,20 @@ def test_two_deployments_of_a_model_share_200_jobs_by_weight(
     assert served["fake-a"] + served["fake-b"] == 200 and not any(r.fallback_used for r in results)
     a, b = deployments
     assert a.stats()["total"] == served["fake-a"] and b.stats()["total"] == served["fake-b"]
+    # the fleet's metrics carry each deployment in their labels
+    from prometheus_client import generate_latest
+
+    from ultra_tasks.metrics.collector import fleet_registry
+
+    deadline = time.monotonic() + 20
+    wanted = [f'provider="{name}"' for name in ("fake-a", "fake-b")]
+    while True:
+        text = generate_latest(fleet_registry()).decode()
+        latency = [line for line in text.splitlines() if line.startswith("ultra_job_latency_seconds_count")]
+        if all(any(w in line for line in latency) for w in wanted) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert all(any(w in line for line in latency) for w in wanted), latency
 
 
 def test_a_deployment_answering_503_is_skipped_the_other_serves_every_job_and_none_falls_back(
@@ -160,9 +174,11 @@ def test_an_openai_compatible_deployment_serves_a_model_the_built_in_routes_do_n
     deployments: tuple[FakeProviderControl, FakeProviderControl], worker_factory: Callable[..., Any]
 ) -> None:
     _worker(worker_factory)
-    [result] = _run(1, "local model", model="house-llm-7b")
+    handle = submit(f"local model {uuid.uuid4().hex}", model="house-llm-7b")
+    result = handle.result(timeout=60)
     assert (result.provider, result.model, result.fallback_used) == ("local", "house-llm-7b", False)
     assert result.text.startswith("echo: local model")
+    assert handle.record()["provider"] == "local"  # the job's record names the deployment that answered
 
 
 def test_max_concurrency_holds_across_processes_the_overflow_going_to_another_deployment(
