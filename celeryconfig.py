@@ -14,8 +14,11 @@ from beat_schedule import build_schedule
 from ultra_tasks import broker
 from ultra_tasks.config import get_settings
 from ultra_tasks.keys import QUEUE_OPS
+from ultra_tasks.providers.deployments import catalog
 
 _s = get_settings()
+# a bad deployments file stops every process of the app at start, naming the file, the entry and the field
+catalog(_s)
 
 broker_url = _s.effective_broker_url
 result_backend = _s.effective_result_backend_url

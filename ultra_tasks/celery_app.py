@@ -59,7 +59,9 @@ def _prepare_worker(sender: Any = None, **_: Any) -> None:
     upgrade_schema()
     # The SDKs cost 1 to 2.5 s of CPU to import. Imported by the first job instead, every job the pool
     # took meanwhile waited on the import lock already claimed (at 200 threads, a whole first wave).
-    for sdk_provider in ("ultra_tasks.providers.openai_provider", "ultra_tasks.providers.anthropic_provider"):
+    from ultra_tasks.providers.kinds import sdk_modules
+
+    for sdk_provider in sdk_modules():  # every registered kind's
         importlib.import_module(sdk_provider)
 
     # one line per HTTP request to a provider is noise at INFO; errors still surface through our logs

@@ -63,6 +63,8 @@ breakers_cli = typer.Typer(help="Fleet-wide circuit breakers.", no_args_is_help=
 mode_cli = typer.Typer(help="The global operation mode.", no_args_is_help=True)
 health_cli = typer.Typer(help="Health checks.", no_args_is_help=True)
 cache_cli = typer.Typer(help="The result cache, fleet-wide.", no_args_is_help=True)
+providers_cli = typer.Typer(help="Provider deployments (PROVIDERS_FILE).", no_args_is_help=True)
+cli.add_typer(providers_cli, name="providers")
 cli.add_typer(cache_cli, name="cache")
 cli.add_typer(mode_cli, name="mode")
 cli.add_typer(health_cli, name="health")
@@ -692,6 +694,64 @@ def health_run(as_json: bool = typer.Option(False, "--json", help="Print JSON.")
         raise typer.Exit(int(Exit.JOB_FAILED))
 
 
+@providers_cli.command("list")
+@_guarded
+def providers_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Every deployment: its kind, models, limits, where its calls go and its breaker's state."""
+    from ultra_tasks.providers.status import deployment_rows
+    from ultra_tasks.resilience.breaker import breaker_redis
+
+    rows = deployment_rows(client=breaker_redis())
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    table = Table("deployment", "kind", "models", "weight", "limits", "breaker", "where")
+    for r in rows:
+        limits = ", ".join(
+            f"{k} {r[k]:g}" for k in ("rpm", "tpm", "max_concurrency", "timeout_s") if r[k] is not None
+        )
+        table.add_row(
+            r["name"], r["kind"], ", ".join(r["models"]), f"{r['weight']:g}", limits, r["breaker"], r["where"]
+        )
+    console.print(table)
+
+
+@providers_cli.command("check")
+@_guarded
+def providers_check(
+    name: str | None = typer.Argument(None, help="One deployment (default: all)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Probe each deployment now (a one-token completion through its breaker). Exit 1 if any fails."""
+    import asyncio
+
+    from ultra_tasks.health.checks import OK
+    from ultra_tasks.health.runner import deployment_checks, run_checks
+    from ultra_tasks.providers.deployments import catalog
+
+    if name is not None and name not in catalog().by_name:
+        _fail(Exit.BAD_INPUT, f"no deployment named {name!r} (see `ultra providers list`)")
+    checks = deployment_checks(names=[name] if name is not None else None)
+    for check in checks:
+        probe = getattr(check, "client", None)
+        if probe is not None:
+            probe.min_interval_s = 0  # now, not the answer of a check that ran a moment ago
+    results = asyncio.run(run_checks(checks))
+    rows = [
+        {"name": c.name.removeprefix("llm_provider_"), "status": r.status, "message": r.message}
+        for c, r in zip(checks, results.values(), strict=True)
+    ]
+    if as_json:
+        console.print_json(json.dumps(rows))
+    else:
+        table = Table("deployment", "status", "message")
+        for row in rows:
+            table.add_row(row["name"], row["status"], row["message"])
+        console.print(table)
+    if any(row["status"] != OK for row in rows):
+        raise typer.Exit(int(Exit.JOB_FAILED))
+
+
 @db_cli.command("upgrade")
 @_guarded
 def db_upgrade() -> None:
@@ -709,12 +769,13 @@ def show_config() -> None:
     """Validate the configuration and print it (secrets masked); then, on stderr, where each provider's
     calls go (a provider with no key is not configured unless USE_FAKE_PROVIDER chooses the fake)."""
     from ultra_tasks.config import get_settings
-    from ultra_tasks.providers.registry import PROVIDER_NAMES, describe
+    from ultra_tasks.providers.deployments import catalog
+    from ultra_tasks.providers.registry import describe
 
     settings = get_settings()
     console.print_json(json.dumps(settings.redacted(), default=str))
-    for name in PROVIDER_NAMES:
-        err.print(f"provider {name}: {describe(name, settings)}", highlight=False)
+    for deployment in catalog(settings).deployments:
+        err.print(f"provider {deployment.name}: {describe(deployment.name, settings)}", highlight=False)
 
 
 @cli.command("fake-provider")

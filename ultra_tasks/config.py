@@ -27,6 +27,8 @@ _REDIS_SCHEMES = {"redis", "rediss", "unix"}
 #: the LLM queues (keys.py owns the names; repeated here because keys.py imports this module)
 _LLM_QUEUE_NAMES = ("llm.high", "llm.default", "llm.low")
 _HTTP_SCHEMES = {"http", "https"}
+#: the deployments file read when PROVIDERS_FILE is unset and it exists (relative to the working directory)
+DEFAULT_PROVIDERS_FILE = "providers.yaml"
 #: Variables whose values are never echoed in error messages or `ultra config`.
 SECRET_FIELDS = {
     "openai_api_key",
@@ -223,7 +225,11 @@ class Settings(BaseSettings):
     use_fake_provider: bool = False
     #: where the local fake provider listens (only with USE_FAKE_PROVIDER)
     fake_provider_url: str = "http://127.0.0.1:8787"
-    #: extra model routes, JSON object {"glob pattern": "provider"}
+    #: the deployments file (YAML; docs/providers.md): every deployment, its kind, models, key reference
+    #: and limits, and the fallbacks between models. Default: ./providers.yaml when it exists; without a
+    #: file the variables above make one deployment per provider
+    providers_file: Path | None = None
+    #: extra model routes, JSON object {"glob pattern": "provider"} (without a deployments file)
     model_map: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     #: seconds one provider call may take until its model has latency history
     provider_timeout: float = Field(60.0, gt=0)
@@ -470,6 +476,14 @@ class Settings(BaseSettings):
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.var_dir / 'ultra.db'}"
+
+    @property
+    def effective_providers_file(self) -> Path | None:
+        """The deployments file in use: PROVIDERS_FILE, else ./providers.yaml when it exists, else none."""
+        if self.providers_file is not None:
+            return self.providers_file
+        default = Path(DEFAULT_PROVIDERS_FILE)
+        return default if default.is_file() else None
 
     @property
     def effective_cache_disk_dir(self) -> Path:

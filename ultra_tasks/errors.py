@@ -5,6 +5,7 @@ Third-party errors (redis, SQLAlchemy, the provider SDKs) are mapped to these at
 
     UltraTasksError
     ├── ConfigurationError              a malformed or inconsistent setting (names the variable)
+    │   └── DeploymentsFileError        a bad PROVIDERS_FILE (names the file, the entry and the field)
     ├── JobValidationError (ValueError) bad input to submit(); names the field; nothing was recorded
     │   └── UnknownModelError           no provider serves the model
     ├── DependencyUnavailableError      Redis, the broker or the database cannot be reached
@@ -49,6 +50,17 @@ class ConfigurationError(UltraTasksError):
     """A setting is malformed or inconsistent; the message names the variable."""
 
 
+class DeploymentsFileError(ConfigurationError):
+    """The deployments file (PROVIDERS_FILE) is malformed: ``path``, ``entry`` (a deployment's name or
+    position, or ``fallbacks``) and ``field`` say where. Never carries a secret's value."""
+
+    def __init__(self, path: str, entry: str, field: str, message: str) -> None:
+        super().__init__(f"{path}: {entry}: {field}: {message}")
+        self.path = path
+        self.entry = entry
+        self.field = field
+
+
 class JobValidationError(UltraTasksError, ValueError):
     """Bad input to ``submit``; ``field`` names what is wrong. Nothing was recorded or enqueued."""
 
@@ -65,7 +77,7 @@ class UnknownModelError(JobValidationError):
         super().__init__(
             "model",
             f"no provider serves model {model!r} (known: {', '.join(known_patterns)}; "
-            "add a route with MODEL_MAP)",
+            "add a route with MODEL_MAP, or a deployment serving it to PROVIDERS_FILE)",
         )
         self.model = model
 

@@ -81,6 +81,12 @@ def tracked_models() -> str:
     return f"{_ns()}:models:tracked"
 
 
+def deployment_slots(deployment: str) -> str:
+    """Sorted set: a deployment's calls in flight across the fleet (member: a call's token, score: when its
+    lease lapses), for its ``max_concurrency`` (resilience/concurrency.py)."""
+    return f"{_ns()}:slots:{deployment}"
+
+
 def rate_limit(provider: str, kind: str) -> str:
     """String: the GCRA 'theoretical arrival time' of a provider's fleet-wide limit (kind: rpm or tpm).
 

@@ -76,7 +76,19 @@ def known_secrets(settings: Any = None) -> tuple[str, ...]:
             found.add(text)
             if name == "flower_basic_auth":  # user:password[,user:password]
                 found.update(pair.partition(":")[2] for pair in text.split(","))
+    found.update(_deployment_keys(settings))
     return tuple(s for s in found if len(s) >= MIN_LITERAL_CHARS)
+
+
+def _deployment_keys(settings: Any) -> tuple[str, ...]:
+    """The keys the deployments file resolved (``env:`` references and literals alike)."""
+    from ultra_tasks.errors import ConfigurationError
+    from ultra_tasks.providers.deployments import catalog
+
+    try:
+        return catalog(settings).secrets()
+    except ConfigurationError:  # a bad file stops start-up elsewhere, naming what is wrong
+        return ()
 
 
 class RedactingFilter(logging.Filter):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ultra_tasks.config import Settings
-from ultra_tasks.providers.registry import ANTHROPIC, OPENAI, provider_config
+from ultra_tasks.providers.deployments import catalog
 
 #: how long to wait for children to come up and to stop (seconds)
 START_TIMEOUT_S = 60.0
@@ -58,21 +58,27 @@ class Child:
 
 
 def uses_fake_provider(settings: Settings) -> bool:
-    return any(provider_config(name, settings).is_fake for name in (OPENAI, ANTHROPIC))
+    """Whether some deployment sends its calls to the local fake provider (so `ultra up` starts it)."""
+    fake = settings.fake_provider_url.rstrip("/")
+    return any(d.is_fake and (d.base_url or "").startswith(fake) for d in catalog(settings).deployments)
 
 
 def choose_providers() -> tuple[Settings, list[str]]:
     """The settings a local stack runs with, and what to tell the user about its providers.
 
-    With no API key set and USE_FAKE_PROVIDER not given either way, the local fake provider is chosen
-    explicitly: USE_FAKE_PROVIDER=1 goes into this process's environment, which every child inherits. A
-    key for one provider only leaves the other not configured, never faked."""
+    With no deployments file, no API key set and USE_FAKE_PROVIDER not given either way, the local fake
+    provider is chosen explicitly: USE_FAKE_PROVIDER=1 goes into this process's environment, which every
+    child inherits. A key for one provider only leaves the other not configured, never faked."""
     from ultra_tasks.config import get_settings, reset_settings
 
     settings = get_settings()
     notes: list[str] = []
+    path = settings.effective_providers_file
+    if path is not None:
+        # the file names every deployment, the fake included if it wants one: nothing to choose
+        notes.append(f"provider deployments from {path}")
     any_key = settings.openai_api_key or settings.anthropic_api_key or settings.openai_compat_api_key
-    if not any_key and "use_fake_provider" not in settings.model_fields_set:
+    if path is None and not any_key and "use_fake_provider" not in settings.model_fields_set:
         os.environ["USE_FAKE_PROVIDER"] = "1"
         reset_settings()
         settings = get_settings()
@@ -80,10 +86,11 @@ def choose_providers() -> tuple[Settings, list[str]]:
             "no API key set (OPENAI_API_KEY, ANTHROPIC_API_KEY): choosing the local fake provider "
             f"at {settings.fake_provider_url} (USE_FAKE_PROVIDER=1)"
         )
-    for name in (OPENAI, ANTHROPIC):
-        config = provider_config(name, settings)
-        if not config.configured:
-            notes.append(f"{name}: not configured ({config.missing} is not set); its jobs fail at once")
+    for deployment in catalog(settings).deployments:
+        if not deployment.configured and deployment.models:
+            notes.append(
+                f"{deployment.name}: not configured ({deployment.missing} is not set); its jobs fail at once"
+            )
     return settings, notes
 
 

@@ -149,7 +149,7 @@ def test_nothing_readable_gives_an_unknown_mode_and_both_reasons() -> None:
     snap = fleet_snapshot(redis_client=_client(f"redis://127.0.0.1:{_free_port()}/0"))
     assert snap["mode"]["mode"] == "UNKNOWN" and snap["mode"]["source"] is None
     assert set(snap["errors"]) == {"redis", "database"}
-    assert set(snap) == {"generated_at", "mode", "cache", "errors"}
+    assert set(snap) == {"generated_at", "mode", "cache", "errors", "deployments"}
 
 
 def test_a_redis_that_never_answers_costs_the_deadline_not_a_hang() -> None:

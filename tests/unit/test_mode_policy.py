@@ -43,3 +43,15 @@ def test_redis_or_broker_critical_is_emergency_but_database_is_degraded() -> Non
 def test_seed_severities_map_to_statuses() -> None:
     assert status_for_severity("low") == status_for_severity("medium") == "degraded"
     assert status_for_severity("high") == status_for_severity("critical") == "critical"
+
+
+def test_a_deployment_down_counts_only_when_no_other_deployment_of_its_models_is_up() -> None:
+    # two deployments of gpt-4o, one of them also the only one serving gpt-4o-mini
+    groups = [frozenset({"azure", "openai"}), frozenset({"openai"})]
+    azure_down = [c("azure", "llm_provider", "critical"), c("openai", "llm_provider", "ok")]
+    assert evaluate(azure_down, groups) == (Mode.NORMAL, [])
+    openai_down = [c("azure", "llm_provider", "ok"), c("openai", "llm_provider", "critical")]
+    mode, reasons = evaluate(openai_down, groups)  # gpt-4o-mini has no other deployment
+    assert mode is Mode.DEGRADED and [r["component"] for r in reasons] == ["openai"]
+    both_down = [c("azure", "llm_provider", "critical"), c("openai", "llm_provider", "critical")]
+    assert evaluate(both_down, groups)[0] is Mode.EMERGENCY

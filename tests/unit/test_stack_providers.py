@@ -48,3 +48,20 @@ def test_up_keeps_an_explicit_choice_against_the_fake(no_keys: pytest.MonkeyPatc
     settings, notes = choose_providers()
     assert os.environ["USE_FAKE_PROVIDER"] == "0" and not settings.use_fake_provider
     assert [n.split(":")[0] for n in notes] == ["openai", "anthropic"]
+
+
+def test_up_with_a_deployments_file_chooses_nothing_and_starts_the_fake_only_if_the_file_names_it(
+    no_keys: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    path = tmp_path / "providers.yaml"
+    path.write_text("deployments: [{name: local, kind: fake, models: ['gpt-*']}]\n")
+    settings, notes = choose_providers()
+    assert "USE_FAKE_PROVIDER" not in os.environ and notes == [f"provider deployments from {path.name}"]
+    assert uses_fake_provider(settings)  # its base URL defaults to FAKE_PROVIDER_URL
+    path.write_text(
+        "deployments: [{name: vllm, kind: openai_compatible, models: ['x'], base_url: 'http://h/v1'}]\n"
+    )
+    from ultra_tasks.providers.deployments import forget_catalogs
+
+    forget_catalogs()
+    assert not uses_fake_provider(settings)

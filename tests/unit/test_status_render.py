@@ -38,3 +38,17 @@ def test_component_row_classes_only_take_known_words() -> None:
     comps = [{"component": "x", "status": 'ok" onclick="evil', "reason": "r"}]
     page = render_page(_snapshot(mode={"mode": "NORMAL"}, components=comps))
     assert 'class="status-unknown"' in page and 'onclick="evil' not in page
+
+
+def test_page_shows_each_provider_deployment_with_its_last_probe_and_breaker() -> None:
+    deployment = {
+        "name": "azure-<eu>",
+        "kind": "azure_openai",
+        "models": ["gpt-4o"],
+        "weight": 2,
+        "health": "critical",
+        "breaker": "open",
+    }
+    page = render_page(_snapshot(mode={"mode": "NORMAL", "reasons": []}, deployments=[deployment]))
+    assert 'id="deployments"' in page and 'data-deployment="azure-&lt;eu&gt;"' in page
+    assert "<td>azure_openai</td><td>gpt-4o</td><td>2</td>" in page and 'class="status-critical"' in page

@@ -15,6 +15,8 @@ import redis
 
 from ultra_tasks import keys
 from ultra_tasks.config import get_settings
+from ultra_tasks.errors import ConfigurationError
+from ultra_tasks.providers.deployments import catalog
 from ultra_tasks.providers.registry import PROVIDER_NAMES
 
 
@@ -114,9 +116,18 @@ def read_breakers(client: redis.Redis) -> list[BreakerView]:
     return out
 
 
+def _deployment_names() -> set[str]:
+    """The deployments' names (their breakers are named after them); the built-in providers' when the
+    deployments file cannot be read (start-up refuses such a file; a reader must not)."""
+    try:
+        return set(catalog().by_name)
+    except ConfigurationError:
+        return set(PROVIDER_NAMES)
+
+
 def all_providers_down(breakers: list[BreakerView]) -> str | None:
     """What the fleet does while every provider's breaker is open (the all-down policy), or None."""
-    providers = [b for b in breakers if b.name.split(":")[0] in PROVIDER_NAMES]
+    providers = [b for b in breakers if b.name.split(":")[0] in _deployment_names()]
     if not providers or any(b.state in ("closed", "disabled") for b in providers):
         return None
     interval = get_settings().health_check_interval

@@ -117,11 +117,9 @@ class LLMProviderHealthCheck(HealthCheck):
 
 
 class ProviderProbe:
-    """The client an ``LLMProviderHealthCheck`` uses: a one-token completion at most once per
-    ``min_interval_s`` (the last answer is reused meanwhile), through the provider's breaker."""
-
-    #: cheapest model of each provider, used for probes
-    PROBE_MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-latest"}
+    """The client an ``LLMProviderHealthCheck`` uses: a one-token completion to one deployment, at most
+    once per ``min_interval_s`` (the last answer is reused meanwhile), through the deployment's breaker.
+    The model asked for is the deployment's first literal model, else its kind's cheapest."""
 
     def __init__(
         self,
@@ -132,11 +130,15 @@ class ProviderProbe:
         registry: ProviderRegistry | None = None,
         breaker: CircuitBreaker | None = None,
     ) -> None:
+        from ultra_tasks.providers.kinds import get_kind
         from ultra_tasks.providers.registry import UnconfiguredProvider, default_registry
         from ultra_tasks.resilience.breaker import get_breaker
 
+        registry = registry or default_registry()
         self.provider_name = provider_name
-        self.provider = (registry or default_registry()).get(provider_name)
+        self.provider = registry.get(provider_name)
+        self.deployment = registry.deployment(provider_name)
+        self.probe_model = get_kind(self.deployment.kind).probe_model_for(self.deployment)
         #: the variable to set when the provider is not configured (then it is never probed)
         self.missing = self.provider.variable if isinstance(self.provider, UnconfiguredProvider) else None
         #: the provider's breaker (the one its jobs use, unless one is given)
@@ -152,11 +154,7 @@ class ProviderProbe:
             return self._last[1]
         from ultra_tasks.providers.base import ChatMessage, LLMRequest
 
-        request = LLMRequest(
-            self.PROBE_MODELS.get(self.provider_name, "gpt-4o-mini"),
-            (ChatMessage("user", "ping"),),
-            max_tokens=1,
-        )
+        request = LLMRequest(self.probe_model, (ChatMessage("user", "ping"),), max_tokens=1)
         started = time.perf_counter()
         await asyncio.to_thread(
             self.circuit_breaker.call, self.provider.complete, request, timeout=CHECK_TIMEOUT_S

@@ -23,7 +23,8 @@ from ultra_tasks.health.checks import (
 from ultra_tasks.mode.operation_mode import SystemOperationMode
 from ultra_tasks.mode.policy import ComponentState
 
-_probes: dict[str, ProviderProbe] = {}
+#: probes by deployment (name, kind, base URL): a probe reuses its last answer within an interval
+_probes: dict[tuple[str, str, str | None], ProviderProbe] = {}
 
 
 def default_checks(settings: Settings | None = None) -> list[HealthCheck]:
@@ -36,11 +37,33 @@ def default_checks(settings: Settings | None = None) -> list[HealthCheck]:
         QueueDepthHealthCheck(settings.effective_broker_url, settings.queue_max_size),
         DiskCacheHealthCheck(settings.effective_cache_disk_dir),
     ]
-    for provider in ("openai", "anthropic"):
-        probe = _probes.get(provider)
+    checks.extend(deployment_checks(settings))
+    return checks
+
+
+def deployment_checks(settings: Settings | None = None, names: list[str] | None = None) -> list[HealthCheck]:
+    """One check per deployment (of every kind), or of those named: each probed on its own. A deployment
+    the environment left unconfigured that nothing routes to by default (openai_compat without its base
+    URL) is not shown: it is only ever used on purpose."""
+    from ultra_tasks.providers.deployments import catalog
+    from ultra_tasks.providers.kinds import get_kind
+
+    settings = settings or get_settings()
+    checks: list[HealthCheck] = []
+    for deployment in catalog(settings).deployments:
+        if names is not None and deployment.name not in names:
+            continue
+        unused = not deployment.configured and not deployment.models
+        if names is None and deployment.source == "environment" and unused:
+            continue
+        get_kind(deployment.kind)  # a deployment of a kind no longer registered fails here, by name
+        key = (deployment.name, deployment.kind, deployment.base_url)
+        probe = _probes.get(key)
         if probe is None:
-            probe = _probes[provider] = ProviderProbe(provider, min_interval_s=settings.health_check_interval)
-        checks.append(LLMProviderHealthCheck(provider, probe))
+            probe = _probes[key] = ProviderProbe(
+                deployment.name, min_interval_s=settings.health_check_interval
+            )
+        checks.append(LLMProviderHealthCheck(deployment.name, probe))
     return checks
 
 

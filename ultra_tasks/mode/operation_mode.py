@@ -36,6 +36,7 @@ from ultra_tasks.mode.policy import (
     status_for_severity,
 )
 from ultra_tasks.mode.webhook import notify_mode_change
+from ultra_tasks.providers.status import provider_groups
 from ultra_tasks.redis_client import REDIS_DOWN as DOWN
 from ultra_tasks.redis_client import shared_redis
 
@@ -156,7 +157,7 @@ class SystemOperationMode:
     def evaluate(self) -> str:
         """Apply the policy, hysteresis and any override; record and broadcast a change; return the mode."""
         # the primary: a status recorded a moment ago must count, and this decides a write
-        wanted, reasons = evaluate(self.component_states(primary=True))
+        wanted, reasons = evaluate(self.component_states(primary=True), provider_groups())
         now = utcnow()
         change: tuple[str, str, list[dict[str, Any]]] | None = None
         with session_scope() as s:
@@ -226,7 +227,7 @@ class SystemOperationMode:
         Worsening applies at once; recovery waits for the database (hysteresis needs its record). A change
         is mirrored, broadcast and posted as usual, and its transition and the components' statuses are
         kept in Redis and written to SQL by the next evaluation that reaches the database."""
-        wanted, reasons = evaluate(components)
+        wanted, reasons = evaluate(components, provider_groups())
         now = utcnow()
         try:
             mirrored = self.redis.hget(keys.mode_current(), "mode")

@@ -2,6 +2,8 @@
 
 - Redis or the broker critical → EMERGENCY (nothing can be queued or coordinated).
 - Every LLM provider critical → EMERGENCY (no chain can be served).
+- A provider deployment that is down while every model it serves has another deployment up does not
+  count: its models are still served (``provider_groups``, the deployments that share a model).
 - Anything else degraded or critical (some providers, the database, workers, queues, disk cache)
   → DEGRADED.
 - Otherwise NORMAL.
@@ -13,6 +15,7 @@ Worsening applies at once; recovery only after it held for ``recovery_checks`` e
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -66,9 +69,28 @@ def is_unhealthy(component: ComponentState) -> bool:
     return component.status not in (OK, NOT_CONFIGURED)
 
 
-def evaluate(components: list[ComponentState]) -> tuple[Mode, list[dict[str, Any]]]:
-    """The mode the components call for, and the reasons (the components that are not ok)."""
-    unhealthy = [c for c in components if is_unhealthy(c)]
+def covered_providers(
+    components: list[ComponentState], provider_groups: Sequence[frozenset[str]]
+) -> set[str]:
+    """Unhealthy provider components whose every model another deployment still serves: each group
+    (component names of the deployments sharing a model) they belong to has a member that is ok."""
+    ok = {c.component for c in components if c.status == OK}
+    covered = set()
+    for c in components:
+        if c.kind != PROVIDER_KIND or not is_unhealthy(c):
+            continue
+        groups = [g for g in provider_groups if c.component in g]
+        if groups and all(g & ok for g in groups):
+            covered.add(c.component)
+    return covered
+
+
+def evaluate(
+    components: list[ComponentState], provider_groups: Sequence[frozenset[str]] = ()
+) -> tuple[Mode, list[dict[str, Any]]]:
+    """The mode the components call for, and the reasons (the components that are not ok and count)."""
+    covered = covered_providers(components, provider_groups)
+    unhealthy = [c for c in components if is_unhealthy(c) and c.component not in covered]
     reasons = [c.as_reason() for c in unhealthy]
     if any(c.kind in CORE and c.status == CRITICAL for c in unhealthy):
         return Mode.EMERGENCY, reasons

@@ -17,8 +17,17 @@ PASSTHROUGH_PARAMS = ("top_p", "top_k")
 
 
 class AnthropicProvider(Provider):
-    def __init__(self, name: str, *, api_key: str, base_url: str | None, threads: int = 8) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        api_key: str,
+        base_url: str | None,
+        threads: int = 8,
+        params: tuple[str, ...] = PASSTHROUGH_PARAMS,
+    ) -> None:
         self.name = name
+        self.params = params
         self._clients = ClientShards(
             lambda http: anthropic.Anthropic(
                 api_key=api_key,
@@ -41,7 +50,7 @@ class AnthropicProvider(Provider):
         }
         if system:
             kwargs["system"] = system
-        for key in PASSTHROUGH_PARAMS:
+        for key in self.params:
             if key in request.params:
                 kwargs[key] = request.params[key]
         if request.temperature is not None:

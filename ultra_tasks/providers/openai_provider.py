@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import openai
@@ -18,18 +19,38 @@ PASSTHROUGH_PARAMS = ("top_p", "stop", "seed", "presence_penalty", "frequency_pe
 
 
 class OpenAIProvider(Provider):
-    def __init__(self, name: str, *, api_key: str, base_url: str | None, threads: int = 8) -> None:
+    """Chat completions through an ``openai.OpenAI`` client, or whatever ``make_client`` builds from the
+    HTTP client options (``openai.AzureOpenAI`` for Azure); ``params`` are passed through when set."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        api_key: str,
+        base_url: str | None,
+        threads: int = 8,
+        make_client: Callable[[dict[str, Any]], openai.OpenAI] | None = None,
+        params: tuple[str, ...] = PASSTHROUGH_PARAMS,
+    ) -> None:
         self.name = name
+        self.params = params
         # max_retries=0: our own retry layer owns retries, so attempts are counted once and budgeted.
         self._clients = ClientShards(
-            lambda http: openai.OpenAI(
-                api_key=api_key,
-                base_url=base_url,
-                max_retries=0,
-                http_client=openai.DefaultHttpxClient(**http),
+            make_client
+            or (
+                lambda http: openai.OpenAI(
+                    api_key=api_key,
+                    base_url=base_url,
+                    max_retries=0,
+                    http_client=openai.DefaultHttpxClient(**http),
+                )
             ),
             threads,
         )
+
+    def client(self) -> openai.OpenAI:
+        """The calling thread's SDK client."""
+        return self._clients.get()
 
     def complete(self, request: LLMRequest, *, timeout: float) -> LLMResponse:
         kwargs: dict[str, Any] = {
@@ -39,7 +60,7 @@ class OpenAIProvider(Provider):
         }
         if request.temperature is not None:
             kwargs["temperature"] = request.temperature
-        for key in PASSTHROUGH_PARAMS:
+        for key in self.params:
             if key in request.params:
                 kwargs[key] = request.params[key]
         started = time.perf_counter()

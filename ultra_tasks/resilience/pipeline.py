@@ -1,15 +1,18 @@
-"""One job's provider call, made resilient: walk the fallback chain; for each entry check its quota mark,
-breaker and rate limit, then call it with an adaptive timeout and retries, inside one attempt budget for
-the whole chain.
+"""One job's provider call, made resilient: walk the fallback chain; for each entry, the router orders the
+deployments serving its model; for each deployment check its quota mark, concurrency cap, breaker and rate
+limit, then call it with an adaptive timeout and retries, inside one attempt budget for the whole chain.
 
-- An entry whose provider is not configured (no API key, no explicit USE_FAKE_PROVIDER) is skipped and
-  recorded as such; if no other entry answers, the job fails with ``ProviderNotConfiguredError``.
-- An entry that cannot be called now (breaker open, quota exhausted, rate limit beyond the wait bound)
-  is skipped without paying a timeout. If nothing answered and such an entry exists, the job is deferred
+- A deployment that cannot be called now (breaker open, quota exhausted, at its concurrency cap, rate
+  limit beyond the wait bound) is skipped without paying a timeout, and so is one that failed transiently
+  while another deployment of the same model is left: the model is served by another deployment before
+  the chain moves to another model. The last deployment standing gets the retries.
+- An entry whose deployments are not configured (no API key, no explicit USE_FAKE_PROVIDER) is skipped
+  and recorded as such; if no other entry answers, the job fails with ``ProviderNotConfiguredError``.
+- If nothing answered and some deployment was only unavailable for now, the job is deferred
   (``NoProviderAvailableError``) rather than failed.
 - A permanent error ends the job at once (no retry, no fallback), except a context-window or
   content-policy refusal, which moves on to the next entry.
-- Every provider call is one attempt, recorded with why it failed.
+- Every provider call is one attempt, recorded with why it failed and at which deployment.
 """
 
 from __future__ import annotations
@@ -36,9 +39,11 @@ from ultra_tasks.errors import (
 )
 from ultra_tasks.model_names import tracked_model
 from ultra_tasks.providers.base import LLMRequest, LLMResponse
+from ultra_tasks.providers.kinds.base import Deployment
 from ultra_tasks.providers.registry import ProviderRegistry, UnconfiguredProvider
 from ultra_tasks.resilience.breaker import CircuitBreaker, get_breaker
 from ultra_tasks.resilience.chains import ChainEntry, context_window, estimated_tokens
+from ultra_tasks.resilience.concurrency import ConcurrencyCapReached, ConcurrencyLimiter
 from ultra_tasks.resilience.quota import QuotaGuard
 from ultra_tasks.resilience.ratelimit import RateLimiter, RateLimitWaitTooLong
 from ultra_tasks.resilience.retry import AttemptBudget, retrying
@@ -63,6 +68,7 @@ class ChainFailed(Exception):
 
 
 def breaker_name(provider: str, model: str, settings: Settings) -> str:
+    """The breaker of a deployment (``provider``), or of a deployment and model (CIRCUIT_BREAKER_SCOPE)."""
     if settings.circuit_breaker_scope == "provider":
         return provider
     return f"{provider}:{tracked_model(model)}"  # bounded: models beyond the cap share one breaker
@@ -79,122 +85,222 @@ class ResilientCaller:
         breaker_factory: Callable[[str], CircuitBreaker] = get_breaker,
     ) -> None:
         self.registry = registry
+        self.router = registry.router
         self.settings = settings
         self.sleep = sleep
         self.breakers = breaker_factory
         self.quota = QuotaGuard(client, settings.quota_cooldown)
-        self.rate_limits = RateLimiter(client, settings.provider_rate_limits)
+        # each deployment's own rpm/tpm from the deployments file, over PROVIDER_RATE_LIMITS
+        self.rate_limits = RateLimiter(client, registry.catalog.rate_limits(settings))
         self.timeouts = AdaptiveTimeouts(client, settings)
+        self.slots = ConcurrencyLimiter(client)
 
     def call(self, request: LLMRequest, chain: list[ChainEntry], budget: AttemptBudget) -> CallOutcome:
-        attempts: list[dict[str, Any]] = []
-        unavailable: list[tuple[str, float]] = []
-        last_error: ProviderError | None = None
-        not_configured: list[ProviderNotConfiguredError] = []
+        state = _ChainState()
         if budget.remaining <= 0:
             spent = PermanentProviderError(
                 "the job has used its whole attempt budget (JOB_ATTEMPT_BUDGET) on earlier runs",
                 provider=chain[0].provider if chain else "none",
                 model=request.model,
             )
-            raise ChainFailed(spent, attempts)
+            raise ChainFailed(spent, state.attempts)
+        catalog = self.registry.catalog
         for index, entry in enumerate(chain):
             if budget.remaining <= 0:
                 break
-            provider = self.registry.get(entry.provider)
-            if isinstance(provider, UnconfiguredProvider):
-                not_configured.append(provider.error(entry.model))
-                skip = _skip(entry, f"not configured: {provider.variable} is not set")
-                attempts.append({**skip, "missing": provider.variable})
-                continue
             entry_request = request.with_model(entry.model)
             if estimated_tokens(entry_request) > context_window(entry.model):
-                attempts.append(_skip(entry, "input larger than the model's context window"))
+                state.attempts.append(_skip(entry, "input larger than the model's context window"))
                 continue
-            blocked = self.quota.blocked_for(entry.provider)
-            if blocked > 0:
-                attempts.append(_skip(entry, f"quota exhausted, {blocked:.0f}s to reset"))
-                unavailable.append((f"{entry}: quota exhausted", blocked))
+            deployments = catalog.candidates(entry.provider, entry.model)
+            if not deployments:
+                state.attempts.append(_skip(entry, "no deployment serves this model"))
                 continue
-            try:
-                response = self._call_entry(entry, entry_request, budget, attempts)
-                return CallOutcome(response, entry, fallback_used=index > 0, attempts=attempts)
-            except CircuitOpenException as exc:
-                why = "breaker forced open by an operator" if exc.forced else "breaker open"
-                attempts.append(_skip(entry, f"circuit {why}"))
-                unavailable.append((f"{entry}: {why}", exc.retry_after))
-            except RateLimitWaitTooLong as exc:
-                attempts.append(_skip(entry, f"rate limit: {exc.retry_after:.1f}s wait"))
-                unavailable.append((f"{entry}: rate limited", exc.retry_after))
-            except QuotaExhaustedError as exc:
-                seconds = self.quota.mark_exhausted(entry.provider, exc.retry_after, str(exc))
-                unavailable.append((f"{entry}: quota exhausted", seconds))
-                last_error = exc
-            except (ContextWindowExceededError, ContentPolicyError) as exc:
-                last_error = exc  # this model or provider refuses; another may not
-            except PermanentProviderError as exc:
-                raise ChainFailed(exc, attempts) from exc
-            except ProviderError as exc:
-                last_error = exc  # transient, retries spent: next entry
-        if unavailable and budget.remaining > 0:
-            raise NoProviderAvailableError([r for r, _ in unavailable], min(s for _, s in unavailable))
-        if last_error is None and not_configured and len(not_configured) == len(attempts):
-            last_error = not_configured[0]  # nothing else was even looked at: say what to set
+            response = self._call_model(entry, deployments, entry_request, budget, state)
+            if response is not None:
+                return CallOutcome(response, entry, fallback_used=index > 0, attempts=state.attempts)
+        if state.unavailable and budget.remaining > 0:
+            reasons = [r for r, _ in state.unavailable]
+            raise NoProviderAvailableError(reasons, min(s for _, s in state.unavailable))
+        last_error = state.last_error
+        if last_error is None and state.not_configured and len(state.not_configured) == len(state.attempts):
+            last_error = state.not_configured[0]  # nothing else was even looked at: say what to set
         if last_error is None:
             last_error = ProviderError(
                 "no entry of the fallback chain could take this request: "
-                + "; ".join(a["reason"] for a in attempts if a.get("reason")),
+                + "; ".join(a["reason"] for a in state.attempts if a.get("reason")),
                 provider=chain[0].provider if chain else "none",
                 model=request.model,
             )
             last_error.kind = PermanentProviderError.kind
-        raise ChainFailed(last_error, attempts)
+        raise ChainFailed(last_error, state.attempts)
 
-    def _call_entry(
-        self, entry: ChainEntry, request: LLMRequest, budget: AttemptBudget, attempts: list[dict[str, Any]]
+    def _call_model(
+        self,
+        entry: ChainEntry,
+        deployments: tuple[Deployment, ...],
+        request: LLMRequest,
+        budget: AttemptBudget,
+        state: _ChainState,
+    ) -> LLMResponse | None:
+        """The entry's answer from one of its deployments, or None (the chain moves on; ``state`` says
+        why). Raises ChainFailed on a permanent error."""
+        order = self.router.order(deployments)
+        failed: list[Deployment] = []
+        retried = False
+        for position, deployment in enumerate(order):
+            if budget.remaining <= 0:
+                return None
+            provider = self.registry.get(deployment.name)
+            if isinstance(provider, UnconfiguredProvider):
+                state.not_configured.append(provider.error(entry.model))
+                skip = _skip(entry, f"not configured: {provider.variable} is not set", deployment)
+                state.attempts.append({**skip, "missing": provider.variable})
+                continue
+            where = _where(entry, deployment)
+            blocked = self.quota.blocked_for(deployment.name)
+            if blocked > 0:
+                state.attempts.append(_skip(entry, f"quota exhausted, {blocked:.0f}s to reset", deployment))
+                state.unavailable.append((f"{where}: quota exhausted", blocked))
+                continue
+            if self.router.at_capacity(deployment):
+                state.attempts.append(_skip(entry, "at its concurrency cap", deployment))
+                state.unavailable.append((f"{where}: at its concurrency cap", CAPACITY_RETRY_S))
+                continue
+            # The model's only deployment that can be called gets the retries; while another is left,
+            # or once one has failed, each gets one try and the retries come after (below).
+            alone = not failed and position == len(order) - 1
+            retried = retried or alone
+            try:
+                return self._call_deployment(entry, deployment, request, budget, state.attempts, retry=alone)
+            except CircuitOpenException as exc:
+                why = "breaker forced open by an operator" if exc.forced else "breaker open"
+                state.attempts.append(_skip(entry, f"circuit {why}", deployment))
+                state.unavailable.append((f"{where}: {why}", exc.retry_after))
+            except RateLimitWaitTooLong as exc:
+                state.attempts.append(_skip(entry, f"rate limit: {exc.retry_after:.1f}s wait", deployment))
+                state.unavailable.append((f"{where}: rate limited", exc.retry_after))
+            except ConcurrencyCapReached as exc:
+                state.attempts.append(_skip(entry, "at its concurrency cap, fleet-wide", deployment))
+                state.unavailable.append((f"{where}: at its concurrency cap", exc.retry_after))
+            except QuotaExhaustedError as exc:
+                seconds = self.quota.mark_exhausted(deployment.name, exc.retry_after, str(exc))
+                state.unavailable.append((f"{where}: quota exhausted", seconds))
+                state.last_error = exc
+            except (ContextWindowExceededError, ContentPolicyError) as exc:
+                state.last_error = exc  # this model refuses; another may not
+                return None
+            except PermanentProviderError as exc:
+                raise ChainFailed(exc, state.attempts) from exc
+            except ProviderError as exc:
+                state.last_error = exc  # transient: the next deployment, else the next entry
+                failed.append(deployment)
+        # Every deployment was tried once and those that failed did so transiently: the retries left to
+        # the model (RETRY_MAX_ATTEMPTS in all, as for a model on one deployment) go, with their backoff,
+        # to the one the router now prefers; the rest of the budget stays with the fallbacks.
+        retries = self.settings.retry_max_attempts - len(failed)
+        if failed and not retried and retries > 0 and budget.remaining > 0:
+            retry_on = self.router.order(failed)[0]
+            try:
+                return self._call_deployment(
+                    entry,
+                    retry_on,
+                    request,
+                    budget,
+                    state.attempts,
+                    retry=True,
+                    attempts_allowed=retries,
+                )
+            except CircuitOpenException as exc:
+                state.unavailable.append((f"{_where(entry, retry_on)}: breaker open", exc.retry_after))
+            except PermanentProviderError as exc:
+                if isinstance(exc, ContextWindowExceededError | ContentPolicyError):
+                    state.last_error = exc
+                    return None
+                raise ChainFailed(exc, state.attempts) from exc
+            except (ProviderError, RateLimitWaitTooLong, ConcurrencyCapReached) as exc:
+                if isinstance(exc, ProviderError):
+                    state.last_error = exc
+        return None
+
+    def _call_deployment(
+        self,
+        entry: ChainEntry,
+        deployment: Deployment,
+        request: LLMRequest,
+        budget: AttemptBudget,
+        attempts: list[dict[str, Any]],
+        *,
+        retry: bool,
+        attempts_allowed: int | None = None,
     ) -> LLMResponse:
-        provider = self.registry.get(entry.provider)
-        breaker = self.breakers(breaker_name(entry.provider, entry.model, self.settings))
+        name = deployment.name
+        provider = self.registry.get(name)
+        breaker = self.breakers(breaker_name(name, entry.model, self.settings))
         tokens = estimated_tokens(request)
+        where = _where(entry, deployment)
+        # in-flight counts and latencies matter only to a choice among deployments, or to a cap
+        tracked = deployment.max_concurrency is not None or name in self.registry.catalog.shared
+        router = self.router if tracked else None
 
         def attempt() -> LLMResponse:
-            self._wait_for_rate_limit(entry.provider, tokens)
+            self._wait_for_rate_limit(name, tokens)
             if not budget.take():
                 raise _BudgetSpent()
-            timeout = self.timeouts.timeout(entry.provider, entry.model)
+            timeout = self.timeouts.timeout(name, entry.model)
+            if deployment.timeout_s is not None:
+                timeout = min(timeout, deployment.timeout_s)
+            slot = None
+            if deployment.max_concurrency is not None:
+                try:
+                    slot = self.slots.acquire(name, deployment.max_concurrency, timeout)
+                except ConcurrencyCapReached:
+                    budget.refund()  # nothing was sent
+                    raise
             started = time.perf_counter()
             probe = False
+            if router is not None:
+                router.started(deployment)
+            latency: float | None = None
             try:
                 with breaker:
                     probe = breaker.probing
                     response = provider.complete(request, timeout=timeout)
+                latency = time.perf_counter() - started
             except CircuitOpenException:
                 budget.refund()
                 raise
             except ProviderError as exc:
-                attempts.append({**exc.to_dict(), "entry": str(entry), "timeout_s": round(timeout, 3)})
+                attempts.append({**exc.to_dict(), "entry": where, "timeout_s": round(timeout, 3)})
                 if isinstance(exc, ProviderTimeoutError):
-                    self.timeouts.record(entry.provider, entry.model, timeout)
+                    self.timeouts.record(name, entry.model, timeout)
                 if probe and exc.kind is ErrorKind.TRANSIENT:
-                    # The breaker chose this call to test a provider it holds to be down, and the failure
-                    # opened it again. It reports on the provider, not on the job: no attempt is charged
-                    # (probes are few fleet-wide), and the entry is unavailable now, as for any open
-                    # breaker, so the job moves on or parks at once: retrying would sleep its backoff
-                    # holding a worker thread only to be refused, and in a long outage the jobs that carry
-                    # its probes would run out of budget and fail.
+                    # The breaker chose this call to test a deployment it holds to be down, and the
+                    # failure opened it again. It reports on the deployment, not on the job: no attempt is
+                    # charged (probes are few fleet-wide), and the deployment is unavailable now, as for
+                    # any open breaker, so the job moves on or parks at once: retrying would sleep its
+                    # backoff holding a worker thread only to be refused, and in a long outage the jobs
+                    # that carry its probes would run out of budget and fail.
                     budget.refund(sent=True)
                     raise CircuitOpenException(breaker.name, breaker.reset_timeout) from exc
                 raise
-            self.timeouts.record(entry.provider, entry.model, time.perf_counter() - started)
+            finally:
+                if router is not None:
+                    router.finished(deployment, latency)
+                if deployment.max_concurrency is not None:
+                    self.slots.release(name, slot)
+            self.timeouts.record(name, entry.model, latency)
             return response
 
         try:
-            for try_ in retrying(self.settings, budget, sleep=self.sleep):
+            if not retry:
+                return attempt()
+            for try_ in retrying(self.settings, budget, sleep=self.sleep, attempts=attempts_allowed):
                 with try_:
                     return attempt()
         except _BudgetSpent:
             raise ChainFailed(
-                ProviderError("attempt budget spent", provider=entry.provider, model=entry.model), attempts
+                ProviderError("attempt budget spent", provider=name, model=entry.model), attempts
             ) from None
         raise AssertionError("unreachable: tenacity reraises the last error")
 
@@ -212,9 +318,32 @@ class ResilientCaller:
             waited += wait
 
 
+#: seconds a job whose every deployment is at its concurrency cap waits before it is run again
+CAPACITY_RETRY_S = 1.0
+
+
+@dataclass
+class _ChainState:
+    """What one walk along a chain has seen so far."""
+
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    unavailable: list[tuple[str, float]] = field(default_factory=list)
+    not_configured: list[ProviderNotConfiguredError] = field(default_factory=list)
+    last_error: ProviderError | None = None
+
+
 class _BudgetSpent(Exception):
     pass
 
 
-def _skip(entry: ChainEntry, reason: str) -> dict[str, Any]:
-    return {"entry": str(entry), "skipped": True, "reason": reason}
+def _where(entry: ChainEntry, deployment: Deployment) -> str:
+    """The entry as attempts record it: ``provider:model``, the deployment named when it is not the
+    entry's own selector."""
+    if deployment.name == entry.provider:
+        return str(entry)
+    return f"{deployment.name}:{entry.model}"
+
+
+def _skip(entry: ChainEntry, reason: str, deployment: Deployment | None = None) -> dict[str, Any]:
+    where = str(entry) if deployment is None else _where(entry, deployment)
+    return {"entry": where, "skipped": True, "reason": reason}

@@ -85,10 +85,13 @@ class _Wait:
         return wait
 
 
-def retrying(settings: Settings, budget: AttemptBudget, *, sleep: Callable[[float], Any]) -> Retrying:
-    """The retry policy of one chain entry; ``sleep`` is injected so tests need not wait."""
+def retrying(
+    settings: Settings, budget: AttemptBudget, *, sleep: Callable[[float], Any], attempts: int | None = None
+) -> Retrying:
+    """The retry policy of one chain entry (``attempts`` tries, default RETRY_MAX_ATTEMPTS); ``sleep`` is
+    injected so tests need not wait."""
     return Retrying(
-        stop=stop_after_attempt(settings.retry_max_attempts)
+        stop=stop_after_attempt(attempts or settings.retry_max_attempts)
         | _BudgetSpent(budget)
         | _RetryAfterTooLong(settings.retry_after_max),
         wait=_Wait(settings),

@@ -90,6 +90,21 @@ def snapshot_renderables(snap: dict[str, Any]) -> list[RenderableType]:
         if snap.get("all_providers_down"):
             out.append(Text(str(snap["all_providers_down"]), style="yellow"))
 
+    if snap.get("deployments"):
+        table = Table(
+            "deployment", "kind", "models", "weight", "health", "breaker", title="provider deployments"
+        )
+        for d in snap["deployments"]:
+            table.add_row(
+                Text(str(d["name"])),
+                Text(str(d["kind"])),
+                Text(", ".join(d["models"])),
+                f"{d['weight']:g}",
+                _styled(d.get("health") or "-", _STATUS_STYLE),
+                _styled(d.get("breaker") or "-", _BREAKER_STYLE),
+            )
+        out.append(table)
+
     if "queues" in snap:
         table = Table("queue", "waiting", "parked", title="queues")
         for name, q in snap["queues"].items():

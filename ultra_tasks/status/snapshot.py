@@ -23,11 +23,13 @@ from typing import Any
 import redis
 
 from ultra_tasks.config import get_settings
+from ultra_tasks.errors import ConfigurationError
 from ultra_tasks.fleet import FleetSnapshot, Part, Store, read_fleet
 from ultra_tasks.fleet.breakers import all_providers_down
 from ultra_tasks.fleet.mode import iso
 from ultra_tasks.fleet.read import DEFAULT_WINDOW_S
 from ultra_tasks.fleet.snapshot import STORE_OF
+from ultra_tasks.providers.status import deployment_rows, with_health
 from ultra_tasks.redaction import known_secrets, redact_value
 
 
@@ -65,9 +67,21 @@ def snapshot_json(snapshot: FleetSnapshot) -> dict[str, Any]:
     snap["cache"] = snapshot.cache.to_json() if snapshot.cache is not None else {}
     if snapshot.mode_history is not None:
         snap["timeline"] = [change.to_json() for change in snapshot.mode_history.timeline]
-    snap["errors"] = errors(snapshot)
+    errs = errors(snapshot)
+    snap["deployments"] = _deployments(snap, errs)
+    snap["errors"] = errs
     redacted: dict[str, Any] = redact_value(snap, known_secrets(get_settings()))
     return redacted
+
+
+def _deployments(snap: dict[str, Any], errs: dict[str, str]) -> list[dict[str, Any]]:
+    """Each provider deployment with its last probe's status and its breaker state."""
+    try:
+        rows = deployment_rows()
+    except ConfigurationError as exc:
+        errs["deployments"] = str(exc)
+        return []
+    return with_health(rows, snap.get("components"), snap.get("breakers"))
 
 
 def _queues(depths: dict[str, int], parked: dict[str, int]) -> dict[str, dict[str, int]]:

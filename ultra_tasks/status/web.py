@@ -325,6 +325,18 @@ def _breakers(snap: dict[str, Any], now: datetime) -> str:
     return table + (f'<p id="all-providers-down">{_e(notice)}</p>' if notice else "")
 
 
+def _deployments(snap: dict[str, Any]) -> str:
+    rows = [
+        f'<tr class="status-{_css_word(d.get("health"))}" data-deployment="{_e(d.get("name"))}">'
+        f"<td>{_e(d.get('name'))}</td><td>{_e(d.get('kind'))}</td>"
+        f"<td>{_e(', '.join(d.get('models') or []))}</td><td>{_e(d.get('weight'))}</td>"
+        f'<td class="status">{_e(d.get("health") or "-")}</td><td>{_e(d.get("breaker") or "-")}</td></tr>'
+        for d in snap.get("deployments") or []
+    ]
+    headers = ["deployment", "kind", "models", "weight", "health", "breaker"]
+    return _table("deployments", headers, rows, "no deployment configured")
+
+
 def _admission(snap: dict[str, Any]) -> str:
     """The admission bound's fill against each priority's threshold (QUEUE_MAX_SIZE, QUEUE_SHED_AT)."""
     a = snap.get("admission")
@@ -519,6 +531,7 @@ def render_page(snap: dict[str, Any], history: History | str | None = None) -> s
         f"<title>ultra-tasks: {name}</title><style>{STYLE}</style></head><body>"
         f"{_banner(mode or {}, now)}<main>{_errors(snap)}{_plots(history)}"
         f"<section><h2>Components</h2>{_components(snap, now)}</section>"
+        f"<section><h2>Provider deployments</h2>{_deployments(snap)}</section>"
         f"<section><h2>Circuit breakers</h2>{_breakers(snap, now)}</section>"
         f"<section><h2>Queues</h2>{_queues(snap)}</section>"
         f"<section><h2>Job table</h2>{_job_table(snap, now)}</section>"
