@@ -157,28 +157,25 @@ def _wait_jobs(ids: list[str], timeout: float) -> list[float]:
     return [done[i] for i in ids]
 
 
-def _publish_noops(n: int) -> list[str]:
+def _publish_tasks(task: str, n: int) -> list[str]:
+    """``n`` messages for ``task`` (a baseline: no job record), with the job path's payload."""
     from ultra_tasks.celery_app import app
 
     payload = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "bench"}], "max_tokens": 16}
     ids = []
     for _ in range(n):
         task_id = str(uuid.uuid4())
-        app.send_task("ultra.noop", args=[task_id, payload], task_id=task_id, queue="llm.default")
+        app.send_task(task, args=[task_id, payload], task_id=task_id, queue="llm.default")
         ids.append(task_id)
     return ids
+
+
+def _publish_noops(n: int) -> list[str]:
+    return _publish_tasks("ultra.noop", n)
 
 
 def _publish_plain(n: int) -> list[str]:
-    from ultra_tasks.celery_app import app
-
-    payload = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "bench"}], "max_tokens": 16}
-    ids = []
-    for _ in range(n):
-        task_id = str(uuid.uuid4())
-        app.send_task("bench.plain_sdk", args=[task_id, payload], task_id=task_id, queue="llm.default")
-        ids.append(task_id)
-    return ids
+    return _publish_tasks("bench.plain_sdk", n)
 
 
 def _submit_jobs(n: int, producers: int = 1) -> list[str]:

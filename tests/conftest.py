@@ -378,6 +378,15 @@ def llm_worker(redis_client: object, database: str) -> Iterator[WorkerProcess]:
     worker.stop()
 
 
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``predicate`` every 0.1 s until it holds; AssertionError naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
 # --- a private Redis that tests may stop and start -------------------------------------------------------
 def _free_port() -> int:
     with socket.socket() as s:

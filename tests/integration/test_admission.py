@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import ON_AMQP, TEST_BROKER_URL, TEST_REDIS_URL, _free_port, ultra_cli
+from conftest import ON_AMQP, TEST_BROKER_URL, TEST_REDIS_URL, _free_port, ultra_cli, wait_for
 from sqlalchemy import create_engine, delete, text
 from sqlalchemy.engine import make_url
 
@@ -348,14 +348,6 @@ def test_the_sweeper_frees_slots_a_dead_process_left_and_counts_live_jobs_redis_
     assert store.rows() == 4
 
 
-def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
 @pytest.mark.usefixtures("closed_provider_breakers")
 def test_slots_come_back_as_jobs_finish_or_expire_and_stay_while_parked(
     store: Store, worker_factory: Any
@@ -371,18 +363,18 @@ def test_slots_come_back_as_jobs_finish_or_expire_and_stay_while_parked(
         finished = [submit(f"finish {i}", model="gpt-4o-mini") for i in range(3)]
         for handle in finished:
             handle.result(timeout=30)
-        _wait_for(lambda: store.held() == 0, 10, "the slots of the ended jobs")
+        wait_for(lambda: store.held() == 0, 10, "the slots of the ended jobs")
 
         # EMERGENCY parks a low job: parked, it is work the system holds, and keeps its slot
         mode.set_override("EMERGENCY", 120, reason="test")
         time.sleep(1.3)  # workers re-read the mode within a second
         parked = submit("parked", model="gpt-4o-mini", priority="low")
-        _wait_for(lambda: parked.status() is JobStatus.PARKED, 20, "the job to be parked")
+        wait_for(lambda: parked.status() is JobStatus.PARKED, 20, "the job to be parked")
         assert store.admitted_ids() == {parked.id}
         # released when the mode recovers, it runs, ends and gives the slot back
         mode.clear_override()
         parked.result(timeout=30)
-        _wait_for(lambda: store.held() == 0, 10, "the parked job's slot")
+        wait_for(lambda: store.held() == 0, 10, "the parked job's slot")
     finally:
         mode.clear_override()
         mode.close()
@@ -397,7 +389,7 @@ def test_a_job_whose_worker_is_killed_keeps_its_slot_until_it_ends_on_another_wo
     slow = fake_provider.add_fault("latency", model="gpt-4o-mini", ms=20_000)
     doomed = worker_factory(concurrency=1)
     handle = submit("outlives its worker", model="gpt-4o-mini")
-    _wait_for(lambda: handle.status() is JobStatus.RUNNING, 30, "the job to start")
+    wait_for(lambda: handle.status() is JobStatus.RUNNING, 30, "the job to start")
     doomed.stop(signal.SIGKILL)
     # its worker is gone; the job is still work the system holds
     assert store.admitted_ids() == {handle.id}
@@ -407,7 +399,7 @@ def test_a_job_whose_worker_is_killed_keeps_its_slot_until_it_ends_on_another_wo
     time.sleep(3.5)  # the dead run's lease lapses
     ops_tasks.sweep()  # republishes the job whose lease nobody renews
     assert handle.result(timeout=60).text == "echo: outlives its worker"
-    _wait_for(lambda: store.held() == 0, 10, "the slot of the job that ended")
+    wait_for(lambda: store.held() == 0, 10, "the slot of the job that ended")
 
 
 def _hold(store: Store, n: int) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from conftest import wait_for
 
 from ultra_tasks import JobStatus, SystemOperationMode, keys, submit
 from ultra_tasks.jobs import records
@@ -30,14 +31,6 @@ def mode(redis_client: Any, database: str) -> Iterator[SystemOperationMode]:
     m.close()
 
 
-def _wait_for(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
 def test_emergency_parks_all_but_high_holds_no_worker_and_recovery_releases_them(
     worker_factory: Any, fake_provider: Any, mode: SystemOperationMode, redis_client: Any
 ) -> None:
@@ -54,7 +47,7 @@ def test_emergency_parks_all_but_high_holds_no_worker_and_recovery_releases_them
     assert high.result(timeout=30).text == "echo: urgent"
 
     # the others are parked, saying why, and hold no worker thread: more high work still runs at once
-    _wait_for(lambda: all(h.status() is JobStatus.PARKED for h in low + default), 20, "jobs to be parked")
+    wait_for(lambda: all(h.status() is JobStatus.PARKED for h in low + default), 20, "jobs to be parked")
     assert all("EMERGENCY" in (h.status_reason() or "") for h in low + default)
     assert Parking(redis_client).depths() == {"llm.high": 0, "llm.default": 3, "llm.low": 3}
     assert submit("more urgent", model="gpt-4o-mini", priority="high").result(timeout=20).provider
@@ -113,7 +106,7 @@ def test_a_flapping_breaker_in_degraded_does_not_let_slotted_low_jobs_run_ahead_
     time.sleep(MODE_PROPAGATION_S)
 
     low = [submit(f"slotted {i}", model="gpt-4o-mini", priority="low") for i in range(4)]
-    _wait_for(lambda: sum(Parking(redis_client).depths().values()) >= 2, 20, "low jobs parked on slots")
+    wait_for(lambda: sum(Parking(redis_client).depths().values()) >= 2, 20, "low jobs parked on slots")
     assert {json.loads(v)["cause"] for v in redis_client.hvals(keys.parked_jobs())} == {"slot"}
     # a breaker closes again and again while they wait: that is no reason for them to run sooner
     for _ in range(3):

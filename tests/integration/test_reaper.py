@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import TEST_REDIS_URL, RedisServer
+from conftest import TEST_REDIS_URL, RedisServer, wait_for
 
 from ultra_tasks import JobStatus, keys, submit
 from ultra_tasks.config import get_settings
@@ -27,14 +27,6 @@ def _calls(fake_provider: Any, prompt: str) -> int:
     return int(fake_provider.stats()["by_prompt"].get(prompt_key(prompt), 0))
 
 
-def _wait_for(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
 @pytest.mark.usefixtures("closed_provider_breakers")
 def test_a_job_whose_worker_is_killed_runs_on_another_worker_long_before_its_lease_would_lapse(
     worker_factory: Any, fake_provider: Any
@@ -45,7 +37,7 @@ def test_a_job_whose_worker_is_killed_runs_on_another_worker_long_before_its_lea
     prompt = "outlived by its job [[sleep_ms=20000]]"
     doomed = worker_factory(concurrency=1)
     handle = submit(prompt, model="gpt-4o-mini", cache=False)
-    _wait_for(lambda: _calls(fake_provider, prompt) == 1, 60, "the job's call to go out")
+    wait_for(lambda: _calls(fake_provider, prompt) == 1, 60, "the job's call to go out")
     worker_factory(concurrency=1)  # the survivor, idle
     assert handle.status() is JobStatus.RUNNING
     doomed.stop(signal.SIGKILL)
@@ -73,7 +65,7 @@ def test_a_live_worker_in_a_call_longer_than_worker_dead_after_is_never_taken_fo
     prompt = f"a long call [[sleep_ms={int((settings.worker_dead_after + 2) * 1000)}]]"
     worker_factory(concurrency=1)
     handle = submit(prompt, model="gpt-4o-mini", cache=False)
-    _wait_for(lambda: handle.status() is JobStatus.RUNNING, 60, "the job to start")
+    wait_for(lambda: handle.status() is JobStatus.RUNNING, 60, "the job to start")
     runner = records.get_job(handle.id).worker
     republished: list[str] = []
     while handle.status() is JobStatus.RUNNING:
