@@ -370,6 +370,22 @@ def closed_provider_breakers(redis_client: object) -> Iterator[None]:
         CircuitBreaker(name).reset()
 
 
+@pytest.fixture
+def fresh_latencies(redis_client: object) -> Iterator[None]:
+    """The providers' shared latency history starts the test empty, so a call timeout is PROVIDER_TIMEOUT,
+    not what the session's earlier fast calls taught (a test whose calls are slow on purpose). Workers
+    reread the history within a second (timeouts.REFRESH_S)."""
+    from ultra_tasks import keys
+    from ultra_tasks.resilience.timeouts import REFRESH_S
+
+    client = redis.Redis.from_url(TEST_REDIS_URL)
+    names = list(client.scan_iter(match=keys.latencies("*", "*"), count=500))
+    if names:
+        client.delete(*names)
+    time.sleep(REFRESH_S + 0.2)
+    yield
+
+
 @pytest.fixture(scope="module")
 def llm_worker(redis_client: object, database: str) -> Iterator[WorkerProcess]:
     """One LLM worker shared by the tests of a module."""

@@ -244,6 +244,7 @@ def test_a_batch_completes_with_one_line_per_custom_id_while_a_worker_is_killed_
     assert done.request_counts.completed == KILL_BATCH_LINES
 
 
+@pytest.mark.usefixtures("fresh_latencies")
 def test_lines_not_finished_within_the_window_end_expired_in_the_error_file(
     client: openai.OpenAI, llm_worker: Any, fake_provider: Any
 ) -> None:

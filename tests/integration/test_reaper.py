@@ -27,7 +27,7 @@ def _calls(fake_provider: Any, prompt: str) -> int:
     return int(fake_provider.stats()["by_prompt"].get(prompt_key(prompt), 0))
 
 
-@pytest.mark.usefixtures("closed_provider_breakers")
+@pytest.mark.usefixtures("closed_provider_breakers", "fresh_latencies")
 def test_a_job_whose_worker_is_killed_runs_on_another_worker_long_before_its_lease_would_lapse(
     worker_factory: Any, fake_provider: Any
 ) -> None:
@@ -57,7 +57,7 @@ def test_a_job_whose_worker_is_killed_runs_on_another_worker_long_before_its_lea
     assert _calls(fake_provider, prompt) == 2
 
 
-@pytest.mark.usefixtures("closed_provider_breakers")
+@pytest.mark.usefixtures("closed_provider_breakers", "fresh_latencies")
 def test_a_live_worker_in_a_call_longer_than_worker_dead_after_is_never_taken_for_dead(
     worker_factory: Any, fake_provider: Any
 ) -> None:
