@@ -191,14 +191,21 @@ def _need(ok_key: str, what: str) -> None:
 
 @pytest.fixture(autouse=True)
 def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Each test may change environment variables; they and the cached settings are restored after."""
+    """Each test may change environment variables; they and the cached settings are restored after, and
+    a runtime built under changed variables (another deployments file, say) is dropped with them."""
     from ultra_tasks.config import reset_settings
+    from ultra_tasks.providers.deployments import forget_catalogs
+    from ultra_tasks.runtime import reset_runtime
 
     saved = dict(os.environ)
     yield
+    changed = os.environ != saved
     os.environ.clear()
     os.environ.update(saved)
     reset_settings()
+    if changed:
+        reset_runtime()
+        forget_catalogs()
 
 
 @pytest.fixture(scope="session")
