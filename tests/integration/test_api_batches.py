@@ -254,9 +254,10 @@ def test_lines_not_finished_within_the_window_end_expired_in_the_error_file(
     from ultra_tasks.clock import utcnow
     from ultra_tasks.db.engine import transaction
 
-    # slow enough that the 8 threads cannot finish every line while the test, on a busy machine, looks
+    # 8 threads need 75 s for every line: far longer than a busy machine can take between seeing the first
+    # line start and reading the batch after its window passed
     fake_provider.add_fault("latency", model=MODEL, ms=5000)
-    lines = [line(f"w-{i}", f"window {i}") for i in range(30)]
+    lines = [line(f"w-{i}", f"window {i}") for i in range(120)]
     batch = client.batches.create(
         input_file_id=upload(client, lines), endpoint="/v1/chat/completions", completion_window="24h"
     )
@@ -272,7 +273,7 @@ def test_lines_not_finished_within_the_window_end_expired_in_the_error_file(
     assert done.status == "expired" and done.expired_at is not None
     output = file_lines(client, done.output_file_id)
     errors = file_lines(client, done.error_file_id)
-    assert sorted(x["custom_id"] for x in output + errors) == sorted(f"w-{i}" for i in range(30))
+    assert sorted(x["custom_id"] for x in output + errors) == sorted(f"w-{i}" for i in range(120))
     assert errors and {x["error"]["code"] for x in errors} == {"batch_expired"}
     assert output, "the lines running when the window passed finish"
     assert done.request_counts.failed == len(errors) and done.request_counts.completed == len(output)
