@@ -170,6 +170,26 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+#: the files that take longest, started first so that no session ends long after the others
+#: (the sessions take files in collection order, one at a time as they finish one)
+LONGEST_FIRST = (
+    "tests/integration/test_rabbitmq.py",
+    "tests/integration/test_health.py",
+    "tests/chaos/test_soak.py",
+    "tests/chaos/test_chaos.py",
+    "tests/integration/test_reaper.py",
+    "tests/integration/test_api_batches.py",
+    "tests/integration/test_redis_footprint.py",
+    "tests/integration/test_api_chat.py",
+    "tests/integration/test_admission.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
+
+
 def ultra_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run the `ultra` command line in a subprocess with this session's environment."""
     return subprocess.run(
