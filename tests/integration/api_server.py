@@ -64,7 +64,7 @@ class ApiServer:
             return exc.code, exc.read()
 
     def client(self, key: str, **kwargs: object) -> openai.OpenAI:
-        """The official SDK, retries off (a retried request would be a second job)."""
+        """The official SDK with its retries off, so each test sees each answer the API gives."""
         return openai.OpenAI(api_key=key, base_url=self.url + "/v1", max_retries=0, timeout=60, **kwargs)  # type: ignore[arg-type]
 
     def log(self) -> str:

@@ -18,6 +18,7 @@ from conftest import ultra_cli
 
 from ultra_tasks import JobHandle
 from ultra_tasks.jobs import records
+from ultra_tasks.providers.fake_server import prompt_key
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -243,3 +244,40 @@ def test_a_repeated_idempotency_key_answers_the_first_job_and_makes_no_other(
         model=MODEL, messages=[{"role": "user", "content": "only once"}], extra_headers=headers
     )
     assert other.id != first.id
+
+
+def _jobs_with_prompt(prompt: str) -> list[Any]:
+    return [r for r in records.list_jobs(limit=300) if r.request["messages"][-1]["content"] == prompt]
+
+
+def test_an_sdk_with_its_default_retries_makes_one_job_of_a_request_that_outlasts_the_wait(
+    api: ApiServer, key: str, fake_provider: Any
+) -> None:
+    fake_provider.add_fault("latency", model="gpt-4o", ms=7000)
+    # the SDK as users build it: two retries of a 5xx by default
+    client = openai.OpenAI(api_key=key, base_url=api.url + "/v1", timeout=60)
+    prompt = f"no second job {uuid.uuid4().hex}"
+    with pytest.raises(openai.APIStatusError) as late:
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": prompt}])
+    assert late.value.status_code == 504
+    # the SDK did not send it again: one job, and the provider sees the prompt once
+    assert [j.id for j in _jobs_with_prompt(prompt)] == [late.value.response.headers["X-Job-Id"]]
+    assert late.value.response.headers["x-should-retry"] == "false"
+    time.sleep(3)
+    assert fake_provider.stats()["by_prompt"].get(prompt_key(prompt), 0) == 1
+
+
+def test_an_sdk_retry_with_an_idempotency_key_waits_on_the_same_job_again(
+    api: ApiServer, key: str, fake_provider: Any
+) -> None:
+    fake_provider.add_fault("latency", model="gpt-4o", ms=7000)
+    client = openai.OpenAI(api_key=key, base_url=api.url + "/v1", timeout=60)
+    prompt = f"rejoined {uuid.uuid4().hex}"
+    # the first wait (5 s) ends before the job: the SDK retries, and the retry answers the same job
+    answer = client.chat.completions.create(
+        model="gpt-4o",
+        messages=[{"role": "user", "content": prompt}],
+        extra_headers={"Idempotency-Key": f"k-{uuid.uuid4().hex}"},
+    )
+    assert answer.choices[0].message.content == f"echo: {prompt}"
+    assert [j.id for j in _jobs_with_prompt(prompt)] == [answer.id]

@@ -80,6 +80,19 @@ def submit_error(exc: Exception, job_id: str) -> ApiError:
     raise exc
 
 
+#: OpenAI's SDKs retry a 5xx (twice by default) unless the answer says otherwise, and each retry without an
+#: Idempotency-Key would be a new job calling the provider again
+NO_RETRY = {"x-should-retry": "false"}
+
+
+def after_the_job(error: ApiError, *, rejoinable: bool) -> ApiError:
+    """``error`` answered once a job exists: the client's SDK must not retry it into another job. A
+    request with an Idempotency-Key may retry when ``rejoinable`` (the retry waits on the same job)."""
+    if not rejoinable:
+        error.headers = {**error.headers, **NO_RETRY}
+    return error
+
+
 def priority_of(header: str | None) -> str:
     priority = (header or "default").strip().lower()
     if priority not in PRIORITY_QUEUES:
@@ -123,7 +136,9 @@ async def create_chat_completion(
                 job_id=job_id,
                 idempotency_key=f"api:{tenant.id}:{idempotency_key}" if idempotency_key else None,
             )
-        except (JobValidationError, QueueFullError, SubmitOutcomeUnknownError) as exc:
+        except SubmitOutcomeUnknownError as exc:
+            raise after_the_job(submit_error(exc, job_id), rejoinable=idempotency_key is not None) from None
+        except (JobValidationError, QueueFullError) as exc:
             raise submit_error(exc, job_id) from None
         if handle.id != job_id:  # the key's first request made the job: wait for that one
             registration.close()
@@ -137,7 +152,7 @@ async def create_chat_completion(
     finally:
         registration.close()
     if outcome is None:
-        raise ApiError(
+        pending = ApiError(
             504,
             f"Job {job_id} did not finish within {timeout:g} s; it goes on. "
             f"GET /v1/jobs/{job_id} answers its state and result.",
@@ -145,8 +160,12 @@ async def create_chat_completion(
             code="job_pending",
             headers={"X-Job-Id": job_id},
         )
+        raise after_the_job(pending, rejoinable=idempotency_key is not None)
     if outcome.get("status") != JobStatus.SUCCEEDED.value:
-        raise completions.failure(job_id, outcome)
+        # the job ran its retries and fallbacks: a retry of the request would only run them again
+        failed = completions.failure(job_id, outcome)
+        failed.headers = {**failed.headers, "X-Job-Id": job_id}
+        raise after_the_job(failed, rejoinable=False)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(
