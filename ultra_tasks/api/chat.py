@@ -17,6 +17,7 @@ from ultra_tasks.api.waiter import JobWaiter, final_outcomes
 from ultra_tasks.config import get_settings
 from ultra_tasks.errors import (
     ApiError,
+    DependencyUnavailableError,
     JobNotFoundError,
     JobValidationError,
     QueueFullError,
@@ -140,15 +141,27 @@ async def create_chat_completion(
             raise after_the_job(submit_error(exc, job_id), rejoinable=idempotency_key is not None) from None
         except (JobValidationError, QueueFullError) as exc:
             raise submit_error(exc, job_id) from None
-        if handle.id != job_id:  # the key's first request made the job: wait for that one
-            registration.close()
-            job_id = handle.id
-            registration = waiter.register(job_id)
-            outcome = (await run_in_threadpool(final_outcomes, [job_id])).get(job_id)
-            if outcome is None:
+        try:
+            if handle.id != job_id:  # the key's first request made the job: wait for that one
+                registration.close()
+                job_id = handle.id
+                registration = waiter.register(job_id)
+                outcome = (await run_in_threadpool(final_outcomes, [job_id])).get(job_id)
+                if outcome is None:
+                    outcome = await registration.wait(timeout)
+            else:
                 outcome = await registration.wait(timeout)
-        else:
-            outcome = await registration.wait(timeout)
+        except DependencyUnavailableError as exc:
+            # the job exists and goes on: the answer says so and names it, like a 504
+            down = ApiError(
+                503,
+                f"{exc.dependency} failed while job {job_id} was awaited; it goes on. "
+                f"GET /v1/jobs/{job_id} answers its state and result.",
+                type="service_unavailable",
+                code="dependency_unavailable",
+                headers={"X-Job-Id": job_id},
+            )
+            raise after_the_job(down, rejoinable=idempotency_key is not None) from None
     finally:
         registration.close()
     if outcome is None:
