@@ -64,9 +64,6 @@ def _setup_env(tmp: Path) -> None:
         QUEUE_MAX_SIZE="100000",  # (b) queues thousands of jobs before its worker starts
     )
     # the worker imports scripts/bench_tasks.py (the plain SDK task) from here
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(ROOT / "scripts"), os.environ.get("PYTHONPATH", "")) if p
-    )
     os.environ.pop("OPENAI_API_KEY", None)
     os.environ.pop("ANTHROPIC_API_KEY", None)
     if "BENCH_DATABASE_URL" in os.environ:
@@ -76,8 +73,17 @@ def _setup_env(tmp: Path) -> None:
 
 
 def _start(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    # scripts/ on the path: workers import the plain tasks of bench_tasks.py
+    path = os.pathsep.join(p for p in (str(ROOT / "scripts"), os.environ.get("PYTHONPATH", "")) if p)
     with open(log, "wb") as fh:
-        return subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
+        return subprocess.Popen(
+            argv,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": path},
+        )
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
