@@ -61,11 +61,22 @@ def signing_key(settings: Settings | None = None) -> bytes:
     return _local_key(settings.var_dir)
 
 
+#: the keys of a settings object (held, so its id stays its own): every job message is verified, and
+#: finding the local key resolves a path on disk
+_accepted: dict[int, tuple[Settings, list[bytes]]] = {}
+
+
 def accepted_keys(settings: Settings | None = None) -> list[bytes]:
     settings = settings or get_settings()
+    known = _accepted.get(id(settings))
+    if known is not None and known[0] is settings:
+        return known[1]
     keys = [signing_key(settings)]
     if settings.ultra_secret_key_previous:
         keys.append(settings.ultra_secret_key_previous.encode())
+    if len(_accepted) > 16:
+        _accepted.clear()
+    _accepted[id(settings)] = (settings, keys)
     return keys
 
 
