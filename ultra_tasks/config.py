@@ -135,8 +135,11 @@ class Settings(BaseSettings):
     cache_disk_dir: Path | None = None  #: default ./var/cache
     #: the Redis level of the job cache (the fleet's)
     cache_redis_url: str | None = None  #: default: REDIS_URL
-    #: seconds an entry lives
+    #: seconds an entry lives (0: as long as each level keeps it)
     cache_default_ttl: int = Field(3600, ge=0)
+    #: the longest an entry lives in the Redis level (seconds), also one whose TTL is 0: Redis runs with
+    #: noeviction, so entries that never expire would fill it
+    cache_redis_max_ttl: int = Field(30 * 24 * 3600, ge=1)
 
     #: the job path's result cache (level 3 is CACHE_REDIS_URL, or REDIS_URL when that is unset)
     cache_enabled: bool = True
