@@ -257,6 +257,8 @@ class Settings(BaseSettings):
     # --- jobs
     #: characters of input (prompt or messages) a job may carry
     max_input_chars: int = Field(200_000, ge=1)
+    #: messages a job may carry (each adds to the payload and to a worker's parsing beyond its text)
+    job_max_messages: int = Field(2048, ge=1, le=100_000)
     #: entries a job's own fallback chain (``chain=``) may name
     job_max_chain_length: int = Field(8, ge=1, le=64)
     #: bytes of a job's ``params`` and of its ``metadata``, as JSON
