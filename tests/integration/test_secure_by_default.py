@@ -329,3 +329,18 @@ def test_deployment_api_keys_and_url_passwords_from_the_providers_file_never_sho
     logger.error("401 from t16-env with key %s; t16-literal refused %s", env_key, literal_key)
     written = stream.getvalue()
     assert env_key not in written and literal_key not in written and written.count("***") == 2
+
+
+@pytest.mark.usefixtures("database", "redis_client")
+def test_the_http_apis_log_lines_mask_secret_values_also_in_its_access_log(tmp_path: Path) -> None:
+    secret = "t16-status-token-" + uuid.uuid4().hex  # any secret setting's value
+    api = ApiServer(tmp_path, env={"STATUS_TOKEN": secret}).start()
+    try:
+        # a request line that carries a secret's value (a client that pasted one into a URL)
+        assert http(api.url + f"/v1/files/{secret}")[0] == 401
+        assert http(api.url + f"/v1/nothing/{secret}")[0] == 404
+    finally:
+        api.stop()
+    log = api.log()
+    assert secret not in log, log
+    assert "/v1/files/***" in log and "/v1/nothing/***" in log, log
