@@ -619,6 +619,18 @@ def breakers_force_open(
     _breaker_action(name, "force_open", for_s=for_seconds)
 
 
+@breakers_cli.command("forget")
+@_guarded
+def breakers_forget(name: str) -> None:
+    """Delete a breaker no process uses any more (a deployment renamed or removed): its shared state,
+    counters and its line in `ultra breakers list`. One still in use comes back closed."""
+    from ultra_tasks.resilience.breaker import forget_breaker
+
+    if not forget_breaker(name):
+        _fail(Exit.BAD_INPUT, f"no breaker named {name!r} (see `ultra breakers list`)")
+    console.print(f"{name}: forgotten")
+
+
 @breakers_cli.command("disable")
 @_guarded
 def breakers_disable(name: str) -> None:

@@ -135,8 +135,11 @@ class Settings(BaseSettings):
     cache_disk_dir: Path | None = None  #: default ./var/cache
     #: the Redis level of the job cache (the fleet's)
     cache_redis_url: str | None = None  #: default: REDIS_URL
-    #: seconds an entry lives
+    #: seconds an entry lives (0: as long as each level keeps it)
     cache_default_ttl: int = Field(3600, ge=0)
+    #: the longest an entry lives in the Redis level (seconds), also one whose TTL is 0: Redis runs with
+    #: noeviction, so entries that never expire would fill it
+    cache_redis_max_ttl: int = Field(30 * 24 * 3600, ge=1)
 
     #: the job path's result cache (level 3 is CACHE_REDIS_URL, or REDIS_URL when that is unset)
     cache_enabled: bool = True
@@ -254,6 +257,8 @@ class Settings(BaseSettings):
     # --- jobs
     #: characters of input (prompt or messages) a job may carry
     max_input_chars: int = Field(200_000, ge=1)
+    #: messages a job may carry (each adds to the payload and to a worker's parsing beyond its text)
+    job_max_messages: int = Field(2048, ge=1, le=100_000)
     #: entries a job's own fallback chain (``chain=``) may name
     job_max_chain_length: int = Field(8, ge=1, le=64)
     #: bytes of a job's ``params`` and of its ``metadata``, as JSON

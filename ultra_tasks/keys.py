@@ -4,6 +4,11 @@ Celery's own keys (queues named below, ``unacked*``, ``_kombu.binding.*``, and `
 queued operations only: LLM jobs store nothing in the result backend) are managed by kombu and the result
 backend; everything else lives here so an operator can find, inspect or clear it.
 
+Each key's docstring says how long it lives: "with expiry" (and when), or "Owner:" the module that
+deletes it, or keeps it to a fixed size, when it has no expiry. tests/unit/test_keys.py holds every key
+here to that, and tests/integration/test_redis_footprint.py checks that what the running code writes is
+named here and expires when its docstring says so.
+
 Every key named after one job lives no longer than the job's work: a lease until a few minutes after the
 outcome, a parked entry until release, an outcome only while its record write waits for the database.
 tests/integration/test_redis_footprint.py fails on any key family that grows with the number of jobs run.
@@ -30,13 +35,17 @@ def breaker(name: str) -> tuple[str, str, str, str]:
     """Keys of one circuit breaker: state hash, probe leases, metrics hash, failure-rate window.
 
     The ``{name}`` hash tag keeps all four in one cluster slot, as the breaker's Lua script requires.
+    The probe leases and the window expire; the state and metrics have no expiry (a breaker forced open
+    must stay so through a quiet spell). Owner: resilience/breaker.py; one set per deployment (and per
+    tracked model under CIRCUIT_BREAKER_SCOPE=model), deleted by ``ultra breakers forget``.
     """
     base = f"{_ns()}:cb:{{{name}}}"
     return base, f"{base}:leases", f"{base}:metrics", f"{base}:window"
 
 
 def breaker_index() -> str:
-    """Set of every breaker name ever used (for `ultra breakers list` and metrics)."""
+    """Set of every breaker name in use (for `ultra breakers list` and metrics). Owner:
+    resilience/breaker.py; ``ultra breakers forget`` removes a name."""
     return f"{_ns()}:cb:index"
 
 
@@ -46,7 +55,8 @@ def breaker_events() -> str:
 
 
 def cache_entry(namespace: str, key: str) -> str:
-    """String: one cached value (JSON envelope), level 3."""
+    """String with expiry: one cached value (JSON envelope), level 3; it expires with the entry's TTL, at
+    most CACHE_REDIS_MAX_TTL seconds (cache/redis_level.py)."""
     return f"{_ns()}:cache:{namespace}:{key}"
 
 
@@ -65,7 +75,8 @@ def cache_invalidations() -> str:
 
 
 def cache_fill_lock(namespace: str, key: str) -> str:
-    """Lock held by the one worker computing a missing entry while identical jobs wait for it."""
+    """Lock with expiry (the filler's lease): held by the one worker computing a missing entry while
+    identical jobs wait for it."""
     return f"{_ns()}:cache-lock:{namespace}:{key}"
 
 
@@ -77,18 +88,20 @@ def latencies(provider: str, model: str) -> str:
 
 def tracked_models() -> str:
     """Set: the model names the fleet keeps state of their own for (metrics labels, adaptive timeouts,
-    latency lists), at most model_names.MAX_TRACKED_MODELS of them; owner: model_names.py."""
+    latency lists). Owner: model_names.py, which keeps it to MAX_TRACKED_MODELS names; no expiry."""
     return f"{_ns()}:models:tracked"
 
 
 def deployment_slots(deployment: str) -> str:
-    """Sorted set: a deployment's calls in flight across the fleet (member: a call's token, score: when its
-    lease lapses), for its ``max_concurrency`` (resilience/concurrency.py)."""
+    """Sorted set with expiry (a minute past the last call's lease): a deployment's calls in flight across
+    the fleet (member: a call's token, score: when its lease lapses), for its ``max_concurrency``
+    (resilience/concurrency.py)."""
     return f"{_ns()}:slots:{deployment}"
 
 
 def rate_limit(provider: str, kind: str) -> str:
-    """String: the GCRA 'theoretical arrival time' of a provider's fleet-wide limit (kind: rpm or tpm).
+    """String with expiry (once the limit is full again): the GCRA 'theoretical arrival time' of a
+    provider's fleet-wide limit (kind: rpm or tpm).
 
     The ``{provider}`` hash tag keeps a provider's limits in one cluster slot for the script that checks
     them together.
@@ -102,7 +115,8 @@ def provider_unavailable(provider: str) -> str:
 
 
 def mode_current() -> str:
-    """Hash: the current operation mode mirrored from SQL (mode, reasons, changed_at) for cheap reads."""
+    """Hash: the current operation mode mirrored from SQL (mode, reasons, changed_at) for cheap reads.
+    Owner: mode/operation_mode.py, which rewrites this one key at each change; no expiry."""
     return f"{_ns()}:mode:current"
 
 
@@ -112,12 +126,14 @@ def mode_events() -> str:
 
 
 def health_tick(interval_index: int) -> str:
-    """Claimed by the one health-check run of a beat interval (so a second beat changes nothing)."""
+    """String with expiry (three intervals): claimed by the one health-check run of a beat interval (so a
+    second beat changes nothing)."""
     return f"{_ns()}:health:tick:{interval_index}"
 
 
 def health_runs() -> str:
-    """Counter of health-check runs that did the work (one per interval)."""
+    """Counter of health-check runs that did the work (one per interval). Owner: health/tasks.py; one key,
+    no expiry."""
     return f"{_ns()}:health:runs"
 
 
@@ -125,14 +141,15 @@ def admitted(priority: str) -> str:
     """Sorted set: ids of the jobs of ``priority`` (high, default, low) that were admitted and have not
     reached a final state (queued, running or parked), scored by their admission time (Redis time, ms).
     The three sets together are what QUEUE_MAX_SIZE bounds (jobs/admission.py). The ``{admission}`` hash
-    tag keeps them and ``admission_synced`` in one cluster slot, as the admission script requires."""
+    tag keeps them and ``admission_synced`` in one cluster slot, as the admission script requires.
+    Owner: jobs/admission.py, which removes a job when it ends (and the sweeper's reconciliation)."""
     return f"{_ns()}:{{admission}}:admitted:{priority}"
 
 
 def admission_synced() -> str:
     """String: present while the ``admitted`` sets hold every live job of the job table. Rebuilding them
     from the table sets it; a Redis restart or flush loses it, so nothing is admitted against sets that
-    forgot jobs until they are rebuilt."""
+    forgot jobs until they are rebuilt. Owner: jobs/admission.py; one key, no expiry."""
     return f"{_ns()}:{{admission}}:synced"
 
 
@@ -143,7 +160,8 @@ def admission_keys() -> list[str]:
 
 def parked(queue: str) -> str:
     """Sorted set: ids of jobs parked off ``queue`` (one of LLM_QUEUES), scored by the time (epoch seconds)
-    they are due to be released back onto it. Parked jobs hold no worker slot and keep their queue."""
+    they are due to be released back onto it. Parked jobs hold no worker slot and keep their queue.
+    Owner: jobs/parking.py, whose releasers remove each job they release."""
     return f"{_ns()}:parked:{queue}"
 
 
@@ -154,19 +172,20 @@ PARK_CAUSES = ("provider", "mode", "slot")
 
 def parked_for(queue: str, cause: str) -> str:
     """Sorted set: the jobs of ``parked(queue)`` parked for ``cause`` (one of PARK_CAUSES), with the
-    same scores: what a wake for that cause releases before they are due."""
+    same scores: what a wake for that cause releases before they are due. Owner: jobs/parking.py."""
     return f"{_ns()}:parked:{queue}:{cause}"
 
 
 def parked_jobs() -> str:
     """Hash: job id → JSON {"queue", "payload", "reason", "cause", "parked_at"} of every parked job, so a
-    job can be released with no SQL read (the database may be the thing that is down)."""
+    job can be released with no SQL read (the database may be the thing that is down). Owner:
+    jobs/parking.py, which deletes a job's field when it releases the job."""
     return f"{_ns()}:parked:jobs"
 
 
 def parked_inflight() -> str:
     """Sorted set: parked jobs being released, scored by when the releaser's lease lapses (a job whose
-    releaser died goes back to its parked set then)."""
+    releaser died goes back to its parked set then). Owner: jobs/parking.py."""
     return f"{_ns()}:parked:inflight"
 
 
@@ -190,25 +209,29 @@ def parked_wake() -> str:
 
 def metrics_jobs() -> str:
     """Hash: fleet-wide job counters (finished per status and model, fallback use), HINCRBY'd by workers
-    in batches (ultra_tasks/metrics/buffer.py); fields are JSON label lists."""
+    in batches (ultra_tasks/metrics/buffer.py); fields are JSON label lists. Owner: metrics/jobs.py, whose
+    labels are bounded (statuses x tracked models); no expiry (counters only grow, as Prometheus wants)."""
     return f"{_ns()}:metrics:jobs"
 
 
 def metrics_job_latency() -> str:
     """Hash: fleet-wide job latency histogram per provider, model and cached: per-bucket counts, sum and
-    count, HINCRBY'd by workers in batches; fields are JSON label lists."""
+    count, HINCRBY'd by workers in batches; fields are JSON label lists. Owner: metrics/jobs.py, whose
+    labels are bounded (deployments x tracked models x cached); no expiry."""
     return f"{_ns()}:metrics:job-latency"
 
 
 def metrics_cache() -> str:
     """Hash: fleet-wide cache counters per level ("memory:hits", "redis:misses", ...), flushed in batches
-    from every process's in-process counters."""
+    from every process's in-process counters. Owner: metrics/cache.py; fields bounded (levels x
+    counters); no expiry."""
     return f"{_ns()}:metrics:cache"
 
 
 def metrics_cache_sizes() -> str:
     """Hash: process id → JSON sizes of that process's cache levels and when they were reported; entries
-    not refreshed for a minute belong to processes that are gone."""
+    not refreshed for a minute belong to processes that are gone. Owner: fleet/cache.py, which deletes
+    those whenever it reads the hash (metrics scrapes, the status page, `ultra cache stats`)."""
     return f"{_ns()}:metrics:cache-sizes"
 
 
@@ -221,7 +244,8 @@ def worker_alive(identity: str) -> str:
 
 def workers_seen() -> str:
     """Sorted set: worker process identity -> Redis time (ms) of its last liveness beat; beat's reaper
-    takes a worker whose beat is WORKER_DEAD_AFTER old for dead (jobs/reaper.py)."""
+    takes a worker whose beat is WORKER_DEAD_AFTER old for dead (jobs/reaper.py). Owner: jobs/reaper.py,
+    which removes a worker it took for dead; a worker that stops cleanly removes itself."""
     return f"{_ns()}:workers:seen"
 
 
@@ -245,22 +269,25 @@ def rollup_minute(minute: str) -> str:
 
 def record_buffer() -> str:
     """List: job-record writes made while the database was unreachable, oldest first (JSON), applied in
-    order when it answers again (jobs/record_buffer.py)."""
+    order when it answers again. Owner: jobs/record_buffer.py, whose flusher removes each write it
+    applied."""
     return f"{_ns()}:db:buffer"
 
 
 def record_buffer_inflight() -> str:
-    """List: the buffered write a flusher is applying (back to the head of the buffer if it dies)."""
+    """List: the buffered write a flusher is applying (back to the head of the buffer if it dies). Owner:
+    jobs/record_buffer.py."""
     return f"{_ns()}:db:buffer:inflight"
 
 
 def record_buffer_seq() -> str:
-    """Counter: the sequence number of the next buffered job-record write (entries say their order)."""
+    """Counter: the sequence number of the next buffered job-record write (entries say their order).
+    Owner: jobs/record_buffer.py; one key, no expiry."""
     return f"{_ns()}:db:buffer:seq"
 
 
 def record_buffer_lock() -> str:
-    """Lock: held by the one process flushing the write buffer."""
+    """Lock with expiry: held by the one process flushing the write buffer."""
     return f"{_ns()}:db:buffer:lock"
 
 
@@ -287,7 +314,8 @@ def operation_done(request_id: str) -> str:
 
 def mode_buffer() -> str:
     """List: component statuses and mode transitions decided while the database was unreachable (JSON),
-    written to SQL by the next evaluation that reaches it."""
+    written to SQL by the next evaluation that reaches it. Owner: mode/operation_mode.py, which trims
+    what it wrote."""
     return f"{_ns()}:mode:buffer"
 
 

@@ -99,6 +99,20 @@ class RedactingFilter(logging.Filter):
         self.secrets = tuple(secrets)
         self._formatter = logging.Formatter()
 
+    def _masked(self, record: logging.LogRecord, clean: str) -> tuple[Any, Any]:
+        """(msg, args) of the masked record: the arguments masked one by one when that gives the same
+        text, so formatters that read ``record.args`` (uvicorn's access log) still find them; else the
+        whole message, with no arguments."""
+        if isinstance(record.msg, str) and isinstance(record.args, tuple):
+            msg = redact_text(record.msg, self.secrets)
+            args = tuple(redact_text(a, self.secrets) if isinstance(a, str) else a for a in record.args)
+            try:
+                if msg % args == clean:
+                    return msg, args
+            except (TypeError, ValueError):
+                pass
+        return clean, None
+
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
@@ -106,7 +120,7 @@ class RedactingFilter(logging.Filter):
             return True
         clean = redact_text(message, self.secrets)
         if clean != message:
-            record.msg, record.args = clean, None
+            record.msg, record.args = self._masked(record, clean)
         if record.exc_info and not record.exc_text:
             record.exc_text = self._formatter.formatException(record.exc_info)
         if record.exc_text:

@@ -53,6 +53,23 @@ async def test_seed_usage_get_put_with_namespace_and_ttl(caches: Any) -> None:
     assert await cache.get("gpt-4o:prompt", ns) == {"text": "hi", "n": 1}
 
 
+def test_an_entry_put_with_no_ttl_or_a_longer_one_still_expires_in_redis_within_its_ceiling(
+    caches: Any, redis_client: Any
+) -> None:
+    # Redis runs with noeviction: an entry kept for good there would hold the queues' memory
+    cache = caches(memory=0, disk=False, default_ttl=0, redis_max_ttl=120)
+    ns = _ns()
+    cache.put_sync("no-ttl", "v", ns, ttl_seconds=0)
+    cache.put_sync("default-ttl-0", "v", ns)
+    cache.put_sync("a-year", "v", ns, ttl_seconds=365 * 24 * 3600)
+    cache.put_sync("a-minute", "v", ns, ttl_seconds=60)
+    names = ("no-ttl", "default-ttl-0", "a-year", "a-minute")
+    ttls = {k: redis_client.ttl(cache_entry(ns, k)) for k in names}
+    assert all(0 < ttl <= 120 for ttl in ttls.values()), ttls
+    assert ttls["a-minute"] <= 60
+    assert cache.get_sync("no-ttl", ns) == "v"
+
+
 @pytest.mark.parametrize("level", ["memory", "disk", "redis"])
 def test_entries_expire_on_each_level(caches: Any, level: str) -> None:
     cache = caches(memory=100 if level == "memory" else 0, disk=level == "disk", redis_level=level == "redis")

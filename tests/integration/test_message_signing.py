@@ -14,19 +14,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from celery.result import AsyncResult
 
-from ultra_tasks import app, keys, submit
+from ultra_tasks import PersistentRequestQueue, RetryableRequest, app, keys, submit
 from ultra_tasks.broker import publish_options
 from ultra_tasks.config import get_settings
+from ultra_tasks.jobs.queue import OPERATION_TASK
 from ultra_tasks.jobs.validation import build_request
 from ultra_tasks.signing import sign, verify
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("closed_provider_breakers")]
 
 
-def _refused(redis_client: Any) -> int:
+def _refused(redis_client: Any, kind: str = "job") -> int:
     return int(
-        redis_client.hget(keys.metrics_jobs(), json.dumps(["refused", "job"], separators=(",", ":"))) or 0
+        redis_client.hget(keys.metrics_jobs(), json.dumps(["refused", kind], separators=(",", ":"))) or 0
     )
 
 
@@ -59,6 +61,34 @@ def test_a_job_message_without_a_valid_signature_is_refused_counted_and_never_ca
     assert submit("signed", model="gpt-4o-mini", priority="high").result(timeout=30).text == "echo: signed"
     stats = fake_provider.stats()
     assert stats["total"] == 1, stats
+
+
+def test_an_operation_message_without_a_valid_signature_is_refused_counted_and_never_runs(
+    llm_worker: Any, redis_client: Any
+) -> None:
+    # Given a queued operation as a producer would send it, but signed over other arguments
+    before = _refused(redis_client, "operation")
+    entry = RetryableRequest("ultra.echo", ["forged"]).to_dict()
+    request_id = str(uuid.uuid4())
+    altered = sign("operation", request_id, {**entry, "args": ["something else"]})
+    app.send_task(
+        OPERATION_TASK,
+        args=[entry],
+        kwargs={"sig": altered},
+        task_id=request_id,
+        **publish_options("llm.default"),
+    )
+    # Then the worker refuses it and counts it, and the operation never ran (it would be marked done)
+    deadline = time.monotonic() + 30
+    while _refused(redis_client, "operation") < before + 1:
+        assert time.monotonic() < deadline, "the worker did not refuse the operation"
+        time.sleep(0.1)
+    assert f"refused operation message {request_id}" in llm_worker.log()
+    assert not redis_client.exists(keys.operation_done(request_id))
+    # while one signed by a producer runs
+    queue = PersistentRequestQueue(storage_path=Path(get_settings().var_dir) / "t16-signing.jsonl")
+    task_id = queue.enqueue_sync(RetryableRequest("ultra.echo", ["signed"]))
+    assert AsyncResult(task_id, app=app).get(timeout=30) == {"args": ["signed"], "kwargs": {}}
 
 
 def test_a_signature_made_with_the_previous_key_is_accepted_during_a_rotation(

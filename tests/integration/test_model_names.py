@@ -53,37 +53,3 @@ def test_five_thousand_model_names_add_no_more_labels_or_latency_lists_than_the_
     lists = list(redis_client.scan_iter(match=keys.latencies("openai", "*"), count=1000))
     assert 0 < len(lists) <= 21
     assert all(0 < redis_client.ttl(name) <= 7 * 24 * 3600 for name in lists)
-
-
-#: keys the project writes without an expiry, each with an owner that bounds or deletes it (keys.py says
-#: which): one per breaker, the mode, counters, parked jobs, buffers and the tracked model names
-OWNED_WITHOUT_EXPIRY = (
-    ":cb:",  # breaker state, metrics and window per breaker name (bounded: providers x tracked models)
-    ":mode:current",
-    ":mode:buffer",
-    ":health:runs",
-    ":parked:",  # parked jobs: released by the releasers
-    ":metrics:",  # fleet counters: bounded fields (tracked models)
-    ":db:buffer",  # buffered job-record writes: applied and removed by the flushers
-    ":models:tracked",
-)
-
-
-def test_every_key_the_job_path_writes_expires_or_has_an_owner(
-    llm_worker: Any, redis_client: Any, fake_provider: Any
-) -> None:
-    from ultra_tasks import submit
-
-    namespace = get_settings().ultra_redis_namespace
-    before = set(redis_client.scan_iter(match=f"{namespace}:*", count=1000))
-    handles = [submit(f"keys {i} {uuid.uuid4()}", model="gpt-4o-mini", temperature=0) for i in range(5)]
-    for handle in handles:
-        handle.result(timeout=30)
-    written = set(redis_client.scan_iter(match=f"{namespace}:*", count=1000)) - before
-    assert written  # leases, cache entries, latencies at least
-    unowned = [
-        name
-        for name in written
-        if redis_client.ttl(name) == -1 and not any(part in name for part in OWNED_WITHOUT_EXPIRY)
-    ]
-    assert not unowned, unowned

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import WorkerProcess, start_worker, ultra_cli
 from sqlalchemy import delete
+from status_server import StatusServer
 
 from ultra_tasks import LLMProviderHealthCheck, SystemOperationMode, keys, submit
 from ultra_tasks.config import load_settings
@@ -120,7 +123,7 @@ def fresh_components(database: str, redis_client: Any) -> Iterator[None]:
 
 
 def test_a_provider_without_key_is_shown_not_configured_and_leaves_the_mode_normal(
-    fresh_components: None, fake_provider: Any
+    fresh_components: None, fake_provider: Any, tmp_path: Path
 ) -> None:
     # Given OpenAI without a key (fake not chosen) and Anthropic keyed and answering
     os.environ.update(_only_anthropic_keyed())
@@ -145,3 +148,13 @@ def test_a_provider_without_key_is_shown_not_configured_and_leaves_the_mode_norm
     shown = ultra_cli("status")
     assert shown.returncode == 0, shown.stderr
     assert "not-configured" in shown.stdout and "OPENAI_API_KEY" in shown.stdout
+    # And the status page, as a browser gets it
+    server = StatusServer(tmp_path).start()
+    try:
+        status, _, body = server.get("/")
+    finally:
+        server.stop()
+    assert status == 200
+    row = re.search(r'<tr[^>]*data-component="llm_provider_openai".*?</tr>', body.decode())
+    assert row is not None, body.decode()[-3000:]
+    assert '<td class="status">not-configured</td>' in row[0] and "OPENAI_API_KEY" in row[0], row[0]

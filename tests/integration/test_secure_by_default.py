@@ -7,7 +7,10 @@ only), the session's Redis and database."""
 from __future__ import annotations
 
 import base64
+import hashlib
+import io
 import json
+import logging
 import os
 import signal
 import socket
@@ -21,14 +24,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from api_server import ApiServer
 from conftest import _free_port
 from conftest import ultra_cli as ultra
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 from status_server import StatusServer
 
 from ultra_tasks import SystemOperationMode
+from ultra_tasks.api.tenants import SHOWN_CHARS, create_key, tenant_for_key
+from ultra_tasks.config import reset_settings
 from ultra_tasks.db.engine import session_scope
-from ultra_tasks.db.models import ComponentStatus
+from ultra_tasks.db.models import ApiKey, ComponentStatus
+from ultra_tasks.redaction import install_log_redaction, known_secrets
 
 pytestmark = [pytest.mark.timeout(90)]
 
@@ -139,6 +146,15 @@ def test_status_server_and_fake_provider_listen_on_loopback_only_by_default(
     proc = start(background, "fake-provider", "--port", str(port), log=tmp_path / "fake.log")
     wait_http(f"http://127.0.0.1:{port}/healthz", proc)
     assert listening_addresses(port) == {"127.0.0.1"}
+
+
+@pytest.mark.usefixtures("database", "redis_client")
+def test_the_http_api_listens_on_loopback_only_by_default(tmp_path: Path) -> None:
+    api = ApiServer(tmp_path).start()  # `ultra api --port N`, no --host
+    try:
+        assert listening_addresses(api.port) == {"127.0.0.1"}
+    finally:
+        api.stop()
 
 
 # --- beyond loopback only behind a guard ----------------------------------------------------------------
@@ -258,3 +274,73 @@ def test_ultra_config_masks_every_replica_url_password_and_the_status_token() ->
     ]
     assert shown["STATUS_TOKEN"] == "***" and shown["REDIS_URL"] == "redis://:***@127.0.0.1:6399/0"
     assert DB_PASSWORD not in out.stdout + out.stderr and TOKEN not in out.stdout + out.stderr
+
+
+# --- the HTTP API's keys and the deployments file's keys ------------------------------------------------
+def test_an_api_key_is_kept_as_its_sha256_only_and_the_stored_digest_opens_nothing(database: str) -> None:
+    # Given a key made for a tenant
+    info, key = create_key(f"t16-digest-{uuid.uuid4().hex[:8]}")
+    # When someone reads its row of the key table (a leaked backup, a read replica)
+    with session_scope() as s:
+        row = s.execute(select(ApiKey.__table__).where(ApiKey.id == info.id)).one()
+    stored = " ".join(str(value) for value in row)
+    # Then the key is not there, only its SHA-256 and the first characters a listing shows
+    assert key not in stored and key[SHOWN_CHARS:] not in stored
+    assert row.key_hash == hashlib.sha256(key.encode()).hexdigest() and row.prefix == key[:SHOWN_CHARS]
+    # and what is stored authenticates nobody, while the key itself does
+    assert tenant_for_key(row.key_hash) is None and tenant_for_key(row.prefix) is None
+    found = tenant_for_key(key)
+    assert found is not None and found.name == info.tenant
+
+
+@pytest.mark.usefixtures("database", "redis_client")
+def test_deployment_api_keys_and_url_passwords_from_the_providers_file_never_show_in_cli_or_logs(
+    tmp_path: Path,
+) -> None:
+    env_key = "sk-t16-file-env-" + uuid.uuid4().hex
+    literal_key = "sk-t16-file-literal-" + uuid.uuid4().hex
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]  # nothing listens here once the socket is closed: its check fails
+    path = tmp_path / "providers.yaml"
+    path.write_text(
+        "deployments:\n"
+        "  - {name: t16-env, kind: openai_compatible, models: [gpt-4o-mini], api_key: env:T16_FILE_KEY,"
+        f" base_url: 'http://proxy:{DB_PASSWORD}@127.0.0.1:{closed}/v1'}}\n"
+        "  - {name: t16-literal, kind: openai_compatible, models: [gpt-4o], api_key: " + literal_key + ","
+        f" base_url: 'http://127.0.0.1:{closed}/v1'}}\n"
+    )
+    os.environ["PROVIDERS_FILE"] = str(path)
+    os.environ["T16_FILE_KEY"] = env_key
+    reset_settings()
+    secrets_shown = (env_key, literal_key, DB_PASSWORD)
+    for argv in (("config",), ("providers", "list", "--json"), ("providers", "check"), ("status", "--json")):
+        out = ultra(*argv)
+        assert out.returncode in (0, 1), (argv, out.stderr[-2000:])
+        for secret in secrets_shown:
+            assert secret not in out.stdout + out.stderr, (argv, secret)
+    # log lines of any process that installed the redaction (workers, beat, the API and status servers)
+    assert {env_key, literal_key} <= set(known_secrets())
+    stream = io.StringIO()
+    logger = logging.getLogger(f"t16-deployment-keys-{uuid.uuid4().hex}")
+    logger.addHandler(logging.StreamHandler(stream))
+    logger.propagate = False
+    install_log_redaction(logger)
+    logger.error("401 from t16-env with key %s; t16-literal refused %s", env_key, literal_key)
+    written = stream.getvalue()
+    assert env_key not in written and literal_key not in written and written.count("***") == 2
+
+
+@pytest.mark.usefixtures("database", "redis_client")
+def test_the_http_apis_log_lines_mask_secret_values_also_in_its_access_log(tmp_path: Path) -> None:
+    secret = "t16-status-token-" + uuid.uuid4().hex  # any secret setting's value
+    api = ApiServer(tmp_path, env={"STATUS_TOKEN": secret}).start()
+    try:
+        # a request line that carries a secret's value (a client that pasted one into a URL)
+        assert http(api.url + f"/v1/files/{secret}")[0] == 401
+        assert http(api.url + f"/v1/nothing/{secret}")[0] == 404
+    finally:
+        api.stop()
+    log = api.log()
+    assert secret not in log, log
+    assert "/v1/files/***" in log and "/v1/nothing/***" in log, log

@@ -79,6 +79,11 @@ BAD_INPUTS = [
     pytest.param(
         {"prompt": "hi", "metadata": {"blob": "x" * 20_000}, **OK}, "metadata", id="metadata-over-size-limit"
     ),
+    pytest.param(
+        {"messages": [{"role": "user", "content": "x"}] * 2049, **OK},
+        "messages",
+        id="more-messages-than-the-limit",
+    ),
 ]
 
 
@@ -120,3 +125,15 @@ def test_result_times_out_with_a_clear_error_while_no_worker_takes_the_job(
         assert broker_queues.depth("llm.low") == 1
     finally:
         broker_queues.purge("llm.low")  # leave no stray job for later tests
+
+
+def test_the_message_count_limit_is_configurable_and_named_in_the_error(
+    monkeypatch: pytest.MonkeyPatch, database: str
+) -> None:
+    from ultra_tasks.config import reset_settings
+
+    monkeypatch.setenv("JOB_MAX_MESSAGES", "3")
+    reset_settings()
+    turns = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    with pytest.raises(JobValidationError, match=r"has 4 messages, over the limit of 3 \(JOB_MAX_MESSAGES\)"):
+        submit(messages=[*turns, *turns], model="gpt-4o")

@@ -167,3 +167,22 @@ def test_worker_and_beat_logs_mask_secrets(monkeypatch: pytest.MonkeyPatch) -> N
     written = stream.getvalue()
     assert "sk-live-0123456789abcdef" not in written and "hunter2secret" not in written
     assert "provider refused key" in written
+
+
+def test_a_masked_record_keeps_its_arguments_for_formatters_that_read_them(
+    captured: tuple[logging.Logger, io.StringIO],
+) -> None:
+    # uvicorn's access formatter unpacks record.args (client, method, path, version, status)
+    logger, stream = captured
+
+    class ArgsFormatter(logging.Formatter):
+        def formatMessage(self, record: logging.LogRecord) -> str:
+            _client, method, path, _version, status = record.args  # type: ignore[misc]
+            return f"{method} {path} {status}"
+
+    logger.handlers[0].setFormatter(ArgsFormatter())
+    install_log_redaction(logger, secrets=["status-token-0123456789"])
+    logger.warning(
+        '%s - "%s %s HTTP/%s" %d', "127.0.0.1:5", "GET", "/v1/files/status-token-0123456789", "1.1", 404
+    )
+    assert stream.getvalue().strip() == "GET /v1/files/*** 404"

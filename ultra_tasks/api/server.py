@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import copy
 import logging
+import logging.config
+from typing import Any
 
 from ultra_tasks.config import Settings, get_settings
+from ultra_tasks.redaction import RedactingFilter, known_secrets
 from ultra_tasks.security import check_api_exposure
 
 log = logging.getLogger(__name__)
+
+
+def log_config(settings: Settings) -> dict[str, Any]:
+    """uvicorn's logging with a secret-masking filter on each of its handlers (the access log shows
+    request paths, which a client may fill with anything), and the project's own loggers written through
+    its default handler."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["filters"] = {"redact": {"()": RedactingFilter, "secrets": known_secrets(settings)}}
+    for handler in config["handlers"].values():
+        handler["filters"] = ["redact"]
+    config["root"] = {"handlers": ["default"], "level": settings.log_level.upper()}
+    return config
 
 
 def serve(host: str, port: int, *, behind_tls_proxy: bool = False, settings: Settings | None = None) -> None:
@@ -15,13 +33,13 @@ def serve(host: str, port: int, *, behind_tls_proxy: bool = False, settings: Set
     import uvicorn
 
     from ultra_tasks.api.app import create_app
-    from ultra_tasks.redaction import install_log_redaction
 
     settings = settings or get_settings()
     check_api_exposure(
         host, settings.api_tls_certfile, settings.api_tls_keyfile, behind_tls_proxy=behind_tls_proxy
     )
-    install_log_redaction()
+    config = log_config(settings)
+    logging.config.dictConfig(config)
     scheme = "https" if settings.api_tls_certfile else "http"
     log.info("HTTP API on %s://%s:%d (OpenAPI page at /docs)", scheme, host, port)
     uvicorn.run(
@@ -33,6 +51,7 @@ def serve(host: str, port: int, *, behind_tls_proxy: bool = False, settings: Set
         ssl_keyfile=str(settings.api_tls_keyfile) if settings.api_tls_keyfile else None,
         # the access log names paths and statuses only: keys travel in headers, which it does not show
         access_log=True,
+        log_config=config,
         log_level=settings.log_level.lower(),
         proxy_headers=behind_tls_proxy,
     )

@@ -26,6 +26,7 @@ from ultra_tasks import keys
 from ultra_tasks.cache.base import MISS, encode, remaining_ttl
 from ultra_tasks.cache.disk import DiskCache
 from ultra_tasks.cache.memory import MemoryCache
+from ultra_tasks.cache.redis_level import MAX_TTL_S as REDIS_MAX_TTL_S
 from ultra_tasks.cache.redis_level import RedisCache
 from ultra_tasks.errors import UltraTasksError
 from ultra_tasks.metrics.cache import track_cache
@@ -47,7 +48,9 @@ class CacheValueError(UltraTasksError, ValueError):
 class DistributedCache:
     """Multi-level cache. ``get``/``put``/``invalidate`` are async; ``*_sync`` twins do the same in threads.
 
-    ``disk_cache_dir=None`` or ``redis_url=None`` leave that level out.
+    ``disk_cache_dir=None`` or ``redis_url=None`` leave that level out. An entry lives at most
+    ``redis_max_ttl`` seconds in Redis, also one put with no TTL (``ttl_seconds=0``, or a ``default_ttl``
+    of 0 or None), so the shared level never holds memory for good.
     """
 
     def __init__(
@@ -57,6 +60,7 @@ class DistributedCache:
         redis_url: str | None = None,
         *,
         default_ttl: float | None = 3600,
+        redis_max_ttl: float = REDIS_MAX_TTL_S,
         redis_client: redis.Redis | None = None,
         listen_for_invalidations: bool = True,
     ) -> None:
@@ -65,7 +69,7 @@ class DistributedCache:
         self.disk = DiskCache(disk_cache_dir) if disk_cache_dir else None
         if redis_client is None and redis_url:
             redis_client = redis.Redis.from_url(redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
-        self.redis = RedisCache(redis_client) if redis_client is not None else None
+        self.redis = RedisCache(redis_client, redis_max_ttl) if redis_client is not None else None
         self._origin = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
         track_cache(self)  # fleet-wide hit/miss counts, read from self's counters by a background thread
         self._stop = threading.Event()

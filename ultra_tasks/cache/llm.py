@@ -63,6 +63,7 @@ def job_cache(settings: Settings) -> DistributedCache:
         disk_cache_dir=settings.effective_cache_disk_dir,
         redis_url=settings.cache_redis_url or settings.redis_url,
         default_ttl=settings.cache_default_ttl,
+        redis_max_ttl=settings.cache_redis_max_ttl,
     )
 
 

@@ -16,11 +16,15 @@ log = logging.getLogger(__name__)
 
 #: seconds an unreachable Redis level is skipped before it is tried again
 RETRY_AFTER_S = 1.0
+#: the longest an entry lives in Redis (seconds), also one put with no TTL: the fleet's Redis runs with
+#: noeviction, so an entry that never expires would hold memory the queues need until someone clears it
+MAX_TTL_S = 30 * 24 * 3600
 
 
 class RedisCache:
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, max_ttl_s: float = MAX_TTL_S) -> None:
         self.client = client
+        self.max_ttl_s = max_ttl_s
         self.stats = LevelStats()
         self._down_until = 0.0
 
@@ -60,11 +64,9 @@ class RedisCache:
     def put(self, namespace: str, key: str, raw: str, ttl_seconds: float | None) -> None:
         if not self.available():
             return
+        ttl = min(ttl_seconds, self.max_ttl_s) if ttl_seconds else self.max_ttl_s
         try:
-            if ttl_seconds:
-                self.client.set(keys.cache_entry(namespace, key), raw, px=max(1, int(ttl_seconds * 1000)))
-            else:
-                self.client.set(keys.cache_entry(namespace, key), raw)
+            self.client.set(keys.cache_entry(namespace, key), raw, px=max(1, int(ttl * 1000)))
         except DOWN as exc:
             self._failed(exc)
 

@@ -179,9 +179,15 @@ class JobSpec(BaseModel):
 
     @model_validator(mode="after")
     def _conversation(self, info: ValidationInfo) -> JobSpec:
+        settings = _settings(info)
+        if settings is not None and len(self.messages) > settings.job_max_messages:
+            raise JobValidationError(
+                "messages",
+                f"has {len(self.messages)} messages, over the limit of {settings.job_max_messages} "
+                "(JOB_MAX_MESSAGES)",
+            )
         if not any(m.role == "user" for m in self.messages):
             raise JobValidationError("messages", "needs at least one user message")
-        settings = _settings(info)
         if settings is not None:
             size = sum(len(m.content) for m in self.messages)
             if size > settings.max_input_chars:

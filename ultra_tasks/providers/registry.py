@@ -20,6 +20,7 @@ from ultra_tasks.providers.deployments import Catalog, catalog
 from ultra_tasks.providers.kinds import get_kind
 from ultra_tasks.providers.kinds.base import PLACEHOLDER_API_KEY, Deployment
 from ultra_tasks.providers.router import DeploymentRouter
+from ultra_tasks.redaction import redact_url
 
 # The deployments the environment defines when there is no deployments file (their names are the
 # providers' names of MODEL_MAP, FALLBACK_CHAINS, PROVIDER_RATE_LIMITS, breakers and metrics).
@@ -59,15 +60,16 @@ def provider_config(name: str, settings: Settings | None = None) -> Deployment:
 
 
 def describe(name: str, settings: Settings | None = None) -> str:
-    """Where ``name``'s calls go, in a few words (``ultra config``); never shows a key."""
+    """Where ``name``'s calls go, in a few words (``ultra config``); never shows a key, nor the password
+    of a base URL (a proxy's ``user:password@``)."""
     config = provider_config(name, settings)
     if not config.configured:
         fake = "; USE_FAKE_PROVIDER is off" if get_kind(config.kind).fakeable else ""
         return f"not configured ({config.missing} is not set{fake})"
     if config.is_fake:
         chosen = "the deployments file" if config.source == "file" else "USE_FAKE_PROVIDER"
-        return f"the local fake provider at {config.base_url} ({chosen})"
-    return f"{config.base_url or 'its official API'}"
+        return f"the local fake provider at {redact_url(config.base_url or '')} ({chosen})"
+    return redact_url(config.base_url) if config.base_url else "its official API"
 
 
 class UnconfiguredProvider(Provider):

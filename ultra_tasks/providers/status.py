@@ -45,7 +45,7 @@ def _where(deployment: Deployment) -> str:
     if not deployment.configured:
         return f"not configured ({deployment.missing} is not set)"
     if deployment.is_fake:
-        return f"fake provider at {deployment.base_url}"
+        return f"fake provider at {redact_url(deployment.base_url or '')}"
     return redact_url(deployment.base_url) if deployment.base_url else "official API"
 
 

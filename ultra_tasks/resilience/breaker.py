@@ -56,6 +56,8 @@ Listener = Callable[[str, str, str], Any]
 REDIS_RETRY_S = 1.0
 #: the retry_after of a call refused by a breaker forced open with no end (an operator clears it)
 FORCED_OPEN_RETRY_S = 300.0
+#: seconds between a process's reminders that it uses a breaker (its name in the fleet's index)
+INDEX_REFRESH_S = 60.0
 
 #: every breaker of this process, so batched success counts are sent at exit
 _live: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
@@ -174,7 +176,7 @@ class CircuitBreaker:
         self._pending_lock = threading.Lock()
         self._listeners: list[Listener] = []
         self._redis_down_until = 0.0
-        self._indexed = False
+        self._indexed_at: float | None = None
         self._local = LocalBreakerState(
             failure_threshold=self.failure_threshold,
             reset_timeout=self.reset_timeout,
@@ -223,9 +225,11 @@ class CircuitBreaker:
             raw = self._script(
                 keys=self._keys, args=[op, self.name, self._channel, self._config, _json_without_nulls(arg)]
             )
-            if not self._indexed:
+            # again now and then: `ultra breakers forget` may have dropped a name this process still uses
+            indexed_at = self._monotonic()
+            if self._indexed_at is None or indexed_at - self._indexed_at >= INDEX_REFRESH_S:
                 self._redis.sadd(keys.breaker_index(), self.name)
-                self._indexed = True
+                self._indexed_at = indexed_at
         except redis.RedisError:
             with self._pending_lock:
                 self._pending_successes += pending
@@ -597,4 +601,23 @@ def breaker_names(client: redis.Redis | None = None) -> list[str]:
     return sorted((client or breaker_redis()).smembers(keys.breaker_index()))  # type: ignore[arg-type]
 
 
-__all__ = ["CircuitBreaker", "CircuitOpenException", "UltraTasksError", "breaker_names", "get_breaker"]
+def forget_breaker(name: str, client: redis.Redis | None = None) -> bool:
+    """Delete a breaker's shared state, counters and index entry (``ultra breakers forget``): for one no
+    process uses any more, such as a deployment renamed or removed. True if it was known. A process still
+    using it starts it afresh, closed, and lists it again within INDEX_REFRESH_S."""
+    client = client or breaker_redis()
+    pipe = client.pipeline(transaction=False)
+    pipe.delete(*keys.breaker(name))
+    pipe.srem(keys.breaker_index(), name)
+    deleted, removed = pipe.execute()
+    return bool(deleted or removed)
+
+
+__all__ = [
+    "CircuitBreaker",
+    "CircuitOpenException",
+    "UltraTasksError",
+    "breaker_names",
+    "forget_breaker",
+    "get_breaker",
+]
