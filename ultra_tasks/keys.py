@@ -45,6 +45,12 @@ def breaker_events() -> str:
     return f"{_ns()}:cb:events"
 
 
+def breaker_notices() -> str:
+    """Pub/sub channel: a closed breaker's first failure after a success (JSON: name, gen), so processes
+    that trust a cached "closed, no failures" verdict send their next success, which resets the count."""
+    return f"{_ns()}:cb:notices"
+
+
 def cache_entry(namespace: str, key: str) -> str:
     """String: one cached value (JSON envelope), level 3."""
     return f"{_ns()}:cache:{namespace}:{key}"

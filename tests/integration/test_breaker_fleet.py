@@ -277,16 +277,24 @@ def test_late_success_from_before_a_trip_does_not_close_the_newer_open(fleet: Fl
     assert breaker.metrics()["successes"] == 1  # it was recorded, with the generation it started in
 
 
-def test_a_trip_in_one_process_reaches_the_others_within_the_sync_interval(
+def test_a_trip_reaches_processes_whose_subscription_is_down_within_the_sync_interval(
     fleet: Fleet, events: list[dict[str, Any]]
 ) -> None:
+    # Given processes that hear no pushed transition (their events subscription is down), and would trust
+    # a "closed" verdict for half a minute while subscribed
     name = _name()
     sync_interval = 0.25
-    options = {"failure_threshold": 3, "reset_timeout": 60, "sync_interval": sync_interval}
-    watchers = fleet.spawn("watch", {"name": name, "max_s": 20, "breaker": options}, n=3)
+    options = {
+        "failure_threshold": 3,
+        "reset_timeout": 60,
+        "sync_interval": sync_interval,
+        "pushed_sync_interval": 30,
+    }
+    watchers = fleet.spawn("watch_unsubscribed", {"name": name, "max_s": 20, "breaker": options}, n=3)
     fleet.go(3)
     time.sleep(0.5)  # the watchers are calling happily, each with a cached closed verdict
-    _trip(CircuitBreaker(name, **options))
+    # one failure trips it: the watchers' successes would reset a count of consecutive failures
+    _trip(CircuitBreaker(name, **{**options, "failure_threshold": 1}))
     tripped = _event(events, name, "open")
     delays = [fleet.result(w)["result"]["refused_at"] - tripped["at"] for w in watchers]
     # the bound, plus a little for one loop iteration and scheduling on a busy machine
@@ -299,12 +307,13 @@ def test_a_trip_is_pushed_to_other_processes_long_before_their_sync_interval(
 ) -> None:
     # Given processes that would trust their cached "closed" verdict for half a minute
     name = _name()
-    options = {"failure_threshold": 3, "reset_timeout": 60, "sync_interval": 30}
+    options = {"failure_threshold": 3, "reset_timeout": 60, "sync_interval": 30, "pushed_sync_interval": 30}
     watchers = fleet.spawn("watch", {"name": name, "max_s": 20, "breaker": options}, n=3)
     fleet.go(3)
     time.sleep(0.5)  # each is calling with its cached verdict, subscribed to the breaker events
     # When another process trips the breaker
-    _trip(CircuitBreaker(name, **options))
+    # one failure trips it: the watchers' successes would reset a count of consecutive failures
+    _trip(CircuitBreaker(name, **{**options, "failure_threshold": 1}))
     tripped = _event(events, name, "open")
     # Then each of them refuses at once: the published transition dropped their cached verdicts
     delays = [fleet.result(w)["result"]["refused_at"] for w in watchers]
