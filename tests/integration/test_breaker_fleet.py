@@ -258,6 +258,35 @@ def test_a_probe_answering_after_its_lease_lapsed_does_not_close_the_breaker(fle
     assert breaker.state == CircuitBreaker.OPEN
 
 
+def test_a_late_success_of_a_lapsed_probe_lease_does_not_close_the_newer_half_open_state(
+    fleet: Fleet,
+) -> None:
+    name = _name()
+    options = {"failure_threshold": 1, "reset_timeout": 0.5, "probe_lease": 0.5}
+    breaker = CircuitBreaker(name, **options)
+    _trip(breaker)
+    time.sleep(0.6)
+    # Given a probe in another process that will answer (successfully) long after its lease lapsed
+    slow = fleet.holding({"name": name, "hold": 6.0, "breaker": options, "no_barrier": True})
+    # When its lease lapses (the breaker opens again: a failed probe), and once the reset timeout has
+    # passed a newer probe, with a lease of its own that outlives its call, is out
+    time.sleep(0.6)
+    with pytest.raises(CircuitOpenException):
+        breaker.call(lambda: "refused: the lapsed lease reopened the breaker")
+    time.sleep(0.6)
+    fleet.redis.delete(f"test:{fleet.run}:started")
+    newer_options = {**options, "probe_lease": 60}
+    newer = fleet.holding({"name": name, "hold": 60, "breaker": newer_options, "no_barrier": True})
+    assert slow.poll() is None, "the old probe answered before the newer one started"
+    assert breaker.state == CircuitBreaker.HALF_OPEN
+    # Then the old probe's late success changes nothing: the newer half-open state and its probe stand
+    fleet.result(slow)
+    assert breaker.state == CircuitBreaker.HALF_OPEN
+    with pytest.raises(CircuitOpenException):
+        breaker.call(lambda: "refused: the newer probe holds the only lease")
+    newer.kill()
+
+
 def test_late_success_from_before_a_trip_does_not_close_the_newer_open(fleet: Fleet) -> None:
     name = _name()
     options = {"failure_threshold": 3, "reset_timeout": 60}
