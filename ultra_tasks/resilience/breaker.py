@@ -321,7 +321,7 @@ class CircuitBreaker:
             return _Token(v.gen, None, "bypass", now)
         if v.state == self.OPEN and now < v.retry_at:
             self._count_rejection()
-            raise CircuitOpenException(self.name, v.retry_at - now)
+            raise CircuitOpenException(self.name, v.retry_at - now, generation=v.gen)
         if v.state == self.FORCED_OPEN:
             self._count_rejection()
             raise CircuitOpenException(self.name, max(0.0, v.retry_at - now), forced=True)
@@ -346,7 +346,9 @@ class CircuitBreaker:
         now = self._monotonic()
         if not reply["allowed"]:
             forced = reply["state"] == self.FORCED_OPEN
-            raise CircuitOpenException(self.name, max(0.0, float(reply["retry_after"])), forced=forced)
+            raise CircuitOpenException(
+                self.name, max(0.0, float(reply["retry_after"])), forced=forced, generation=int(reply["gen"])
+            )
         mode = "bypass" if reply["state"] == self.DISABLED else "shared"
         return _Token(int(reply["gen"]), lease if reply["probe"] else None, mode, now)
 
