@@ -12,7 +12,7 @@ the same Redis do not count), in a tight loop and at paced rates (--rates, calls
 --paced-s seconds each): a worker calls a provider a few times a second, so a verdict refreshed on a
 timer costs it far more per call than a tight loop shows.  Goals: closed path <= 0.05 Redis round trips
 per call at every rate and >= 3x cheaper than pybreaker; trip propagation p99 <= 20 ms.  Bounded;
-loopback only.
+loopback only.  It flushes the Redis database it is given first: not one a test run is using.
 Usage: scripts/bench_breaker.py [--calls 20000] [--trips 50] [--rates 5,50] [--paced-s 25]
        [--redis-url redis://127.0.0.1:6379/11]
 """
