@@ -11,11 +11,11 @@ hash per breaker; every transition happens inside one Lua script on Redis' clock
 
 The closed path avoids Redis: each process trusts its cached "closed" verdict and batches successes into
 its next script call. A transition published anywhere drops the cached verdicts of that breaker in every
-process at once (trip_listener.py), and so does a closed breaker's first failure after a success (so the
-next success anywhere resets the count), so while the process is subscribed a "closed" verdict is trusted
-for ``pushed_sync_interval``; ``sync_interval`` is the bound while that subscription is down. A reply that was
-under way when a transition was pushed is not cached: it may predate the transition. Failures are always
-recorded at once, so the threshold is exact.
+process at once (trip_listener.py), as does a closed breaker's first failure after a success (the next
+success anywhere then reaches Redis and resets the count). So while the process is subscribed, a "closed"
+verdict is trusted for ``pushed_sync_interval``; ``sync_interval`` is the bound while that subscription is
+down. A reply that was under way when a transition was pushed is not cached: it may predate the
+transition. Failures are always recorded at once, so the threshold is exact.
 
 When Redis is unreachable the breaker follows ``redis_down_policy`` (``local``: an in-process breaker;
 ``fail_open``: allow; ``fail_closed``: refuse), logs it once per outage, counts it, and tries Redis again
