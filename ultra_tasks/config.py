@@ -104,8 +104,12 @@ class Settings(BaseSettings):
     #: adaptive timeout's ceiling), or a second probe could start while the first still runs; a lease that
     #: lapses counts as a failed probe
     circuit_breaker_probe_lease: float | None = Field(None, gt=0)  #: default: longest call + 5
-    #: seconds a worker trusts its cached "closed" verdict: the bound on how fast a trip reaches it
+    #: seconds a worker trusts its cached "closed" verdict while it is not subscribed to the breaker
+    #: events (Redis restarting, a network blip): the bound on how fast a trip reaches it then
     circuit_breaker_sync_interval: float = Field(0.25, gt=0, le=60)
+    #: seconds a worker trusts its cached "closed" verdict while it is subscribed: a trip is pushed to it at
+    #: once, so this only bounds the damage of a lost event and how late batched success counts arrive
+    circuit_breaker_pushed_sync_interval: float = Field(10.0, gt=0, le=600)
     #: what breakers do when Redis is unreachable: local (in-process breaker), fail_open, fail_closed
     circuit_breaker_redis_down_policy: str = Field("local", pattern=r"^(local|fail_open|fail_closed)$")
     #: one breaker per provider, or per provider and model

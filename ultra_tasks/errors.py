@@ -198,13 +198,17 @@ class JobTimeoutError(JobError, TimeoutException):
 class CircuitOpenException(UltraTasksError):
     """Public name: the circuit breaker ``name`` is open; try again in ``retry_after`` seconds."""
 
-    def __init__(self, name: str, retry_after: float = 0.0, *, forced: bool = False) -> None:
+    def __init__(
+        self, name: str, retry_after: float = 0.0, *, forced: bool = False, generation: int | None = None
+    ) -> None:
         what = "forced open by an operator" if forced else "open"
         super().__init__(f"circuit breaker {name!r} is {what}; retry in {retry_after:.1f}s")
         self.name = name
         self.retry_after = retry_after
         #: an operator's forced open: it ends when cleared (or its duration runs out), not by probing
         self.forced = forced
+        #: the shared state's generation that refused (None: not known, e.g. Redis down)
+        self.generation = generation
 
 
 class ErrorKind(StrEnum):
@@ -307,10 +311,14 @@ class NoProviderAvailableError(UltraTasksError):
     """No entry of the chain can be called now (breakers open, quota exhausted, rate limits); try at
     ``retry_after`` seconds."""
 
-    def __init__(self, reasons: list[str], retry_after: float) -> None:
+    def __init__(
+        self, reasons: list[str], retry_after: float, *, breaker: CircuitOpenException | None = None
+    ) -> None:
         super().__init__(f"no provider available ({'; '.join(reasons)}); retry in {retry_after:.1f}s")
         self.reasons = reasons
         self.retry_after = retry_after
+        #: when only open breakers stood in the way: the refusal of the one that may be probed first
+        self.breaker = breaker
 
 
 class ApiError(UltraTasksError):

@@ -54,6 +54,18 @@ def breaker_events() -> str:
     return f"{_ns()}:cb:events"
 
 
+def park_carriers(breaker: str, generation: int) -> str:
+    """Counter: jobs parked against one open state of a breaker (its generation); the first
+    CIRCUIT_BREAKER_HALF_OPEN_MAX_CALLS are due when it may be probed (jobs/parking.py). Expires."""
+    return f"{_ns()}:parked:carriers:{breaker}:{generation}"
+
+
+def breaker_notices() -> str:
+    """Pub/sub channel: a closed breaker's first failure after a success (JSON: name, gen), so processes
+    that trust a cached "closed, no failures" verdict send their next success, which resets the count."""
+    return f"{_ns()}:cb:notices"
+
+
 def cache_entry(namespace: str, key: str) -> str:
     """String with expiry: one cached value (JSON envelope), level 3; it expires with the entry's TTL, at
     most CACHE_REDIS_MAX_TTL seconds (cache/redis_level.py)."""

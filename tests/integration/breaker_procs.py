@@ -95,6 +95,14 @@ def watch(cfg: dict[str, Any], breaker: CircuitBreaker) -> dict[str, Any]:
     return {"refused_at": None, "calls": calls}
 
 
+def watch_unsubscribed(cfg: dict[str, Any], breaker: CircuitBreaker) -> dict[str, Any]:
+    """``watch`` as a process whose events subscription is down: nothing is pushed to it."""
+    listener = breaker._trip_listener
+    listener._forget = lambda name: None
+    listener.subscribed.clear()
+    return watch(cfg, breaker)
+
+
 def probe_windows(cfg: dict[str, Any], breaker: CircuitBreaker) -> dict[str, Any]:
     """Keep calling for ``max_s`` seconds; each admitted call holds ``hold`` seconds and succeeds. Report
     the (start, end) of every call admitted while the breaker was not closed (a probe), epoch seconds."""
@@ -118,6 +126,7 @@ SCENARIOS = {
     "probe": probe,
     "hold_success": hold_success,
     "watch": watch,
+    "watch_unsubscribed": watch_unsubscribed,
     "probe_windows": probe_windows,
 }
 

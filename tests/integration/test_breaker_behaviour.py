@@ -265,3 +265,75 @@ def test_a_cancelled_call_while_closed_records_no_success_and_no_failure() -> No
     with pytest.raises(KeyboardInterrupt), breaker:
         raise KeyboardInterrupt
     assert breaker.failure_count == 1  # neither reset by a success nor counted as a second failure
+
+
+class _CountingRedis(redis.Redis):
+    """A breaker's client that counts the commands it sends (its Redis round trips)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sent = 0
+        self.before_reply: Any = None  # called once a reply is in, before the caller reads it
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        self.sent += 1
+        reply = super().execute_command(*args, **options)
+        if self.before_reply is not None:
+            self.before_reply()
+        return reply
+
+
+def _subscribed_breaker(**options: Any) -> tuple[CircuitBreaker, _CountingRedis]:
+    import os
+
+    client = _CountingRedis.from_url(os.environ["REDIS_URL"], socket_timeout=2)
+    breaker = CircuitBreaker(_name(), redis_client=client, **options)
+    assert breaker._trip_listener.subscribed.wait(5)
+    return breaker, client
+
+
+def test_while_subscribed_a_closed_verdict_is_trusted_past_the_sync_interval() -> None:
+    # Given a breaker whose process is subscribed to the breaker events, with a cached "closed" verdict
+    breaker, client = _subscribed_breaker(sync_interval=0.05, pushed_sync_interval=30)
+    breaker.call(lambda: "asks Redis")
+    sent = client.sent
+    # When it is called at a worker's pace, each call later than the sync interval
+    for _ in range(10):
+        time.sleep(0.1)
+        breaker.call(lambda: "through")
+    # Then no call asked Redis: a trip would have been pushed
+    assert client.sent == sent
+
+
+def test_a_reply_under_way_when_a_transition_is_pushed_is_not_cached() -> None:
+    breaker, client = _subscribed_breaker(sync_interval=30, pushed_sync_interval=30)
+    # Given a transition pushed while this process's script call was on its way back
+    client.before_reply = breaker.forget_verdict
+    breaker.call(lambda: "through")
+    client.before_reply = None
+    # Then its reply served that call only: the next call asks Redis again ...
+    sent = client.sent
+    breaker.call(lambda: "asks again")
+    assert client.sent == sent + 1
+    # ... and caches its reply
+    breaker.call(lambda: "cached")
+    assert client.sent == sent + 1
+
+
+def test_a_success_anywhere_after_a_failure_resets_the_count_while_verdicts_are_trusted_long() -> None:
+    # Given two processes' breakers (two instances) trusting a "closed, no failures" verdict for long
+    options: dict[str, Any] = {"failure_threshold": 2, "sync_interval": 0.05, "pushed_sync_interval": 30}
+    watcher, _ = _subscribed_breaker(**options)
+    failing = CircuitBreaker(watcher.name, **options)
+    watcher.call(lambda: "cached verdict: closed, no failures")
+    # When the other one fails once, then the watcher succeeds
+    _fail(failing)
+    deadline = time.monotonic() + 2
+    while watcher._verdict is not None:  # the failure notice reaches its process
+        assert time.monotonic() < deadline, "no failure notice was pushed"
+        time.sleep(0.01)
+    watcher.call(lambda: "a success after the failure")
+    # Then the success reached Redis and reset the count: the next failure does not trip it
+    assert watcher.failure_count == 0
+    _fail(failing)
+    assert failing.state == CircuitBreaker.CLOSED

@@ -258,6 +258,35 @@ def test_a_probe_answering_after_its_lease_lapsed_does_not_close_the_breaker(fle
     assert breaker.state == CircuitBreaker.OPEN
 
 
+def test_a_late_success_of_a_lapsed_probe_lease_does_not_close_the_newer_half_open_state(
+    fleet: Fleet,
+) -> None:
+    name = _name()
+    options = {"failure_threshold": 1, "reset_timeout": 0.5, "probe_lease": 0.5}
+    breaker = CircuitBreaker(name, **options)
+    _trip(breaker)
+    time.sleep(0.6)
+    # Given a probe in another process that will answer (successfully) long after its lease lapsed
+    slow = fleet.holding({"name": name, "hold": 6.0, "breaker": options, "no_barrier": True})
+    # When its lease lapses (the breaker opens again: a failed probe), and once the reset timeout has
+    # passed a newer probe, with a lease of its own that outlives its call, is out
+    time.sleep(0.6)
+    with pytest.raises(CircuitOpenException):
+        breaker.call(lambda: "refused: the lapsed lease reopened the breaker")
+    time.sleep(0.6)
+    fleet.redis.delete(f"test:{fleet.run}:started")
+    newer_options = {**options, "probe_lease": 60}
+    newer = fleet.holding({"name": name, "hold": 60, "breaker": newer_options, "no_barrier": True})
+    assert slow.poll() is None, "the old probe answered before the newer one started"
+    assert breaker.state == CircuitBreaker.HALF_OPEN
+    # Then the old probe's late success changes nothing: the newer half-open state and its probe stand
+    fleet.result(slow)
+    assert breaker.state == CircuitBreaker.HALF_OPEN
+    with pytest.raises(CircuitOpenException):
+        breaker.call(lambda: "refused: the newer probe holds the only lease")
+    newer.kill()
+
+
 def test_late_success_from_before_a_trip_does_not_close_the_newer_open(fleet: Fleet) -> None:
     name = _name()
     options = {"failure_threshold": 3, "reset_timeout": 60}
@@ -277,16 +306,24 @@ def test_late_success_from_before_a_trip_does_not_close_the_newer_open(fleet: Fl
     assert breaker.metrics()["successes"] == 1  # it was recorded, with the generation it started in
 
 
-def test_a_trip_in_one_process_reaches_the_others_within_the_sync_interval(
+def test_a_trip_reaches_processes_whose_subscription_is_down_within_the_sync_interval(
     fleet: Fleet, events: list[dict[str, Any]]
 ) -> None:
+    # Given processes that hear no pushed transition (their events subscription is down), and would trust
+    # a "closed" verdict for half a minute while subscribed
     name = _name()
     sync_interval = 0.25
-    options = {"failure_threshold": 3, "reset_timeout": 60, "sync_interval": sync_interval}
-    watchers = fleet.spawn("watch", {"name": name, "max_s": 20, "breaker": options}, n=3)
+    options = {
+        "failure_threshold": 3,
+        "reset_timeout": 60,
+        "sync_interval": sync_interval,
+        "pushed_sync_interval": 30,
+    }
+    watchers = fleet.spawn("watch_unsubscribed", {"name": name, "max_s": 20, "breaker": options}, n=3)
     fleet.go(3)
     time.sleep(0.5)  # the watchers are calling happily, each with a cached closed verdict
-    _trip(CircuitBreaker(name, **options))
+    # one failure trips it: the watchers' successes would reset a count of consecutive failures
+    _trip(CircuitBreaker(name, **{**options, "failure_threshold": 1}))
     tripped = _event(events, name, "open")
     delays = [fleet.result(w)["result"]["refused_at"] - tripped["at"] for w in watchers]
     # the bound, plus a little for one loop iteration and scheduling on a busy machine
@@ -299,12 +336,13 @@ def test_a_trip_is_pushed_to_other_processes_long_before_their_sync_interval(
 ) -> None:
     # Given processes that would trust their cached "closed" verdict for half a minute
     name = _name()
-    options = {"failure_threshold": 3, "reset_timeout": 60, "sync_interval": 30}
+    options = {"failure_threshold": 3, "reset_timeout": 60, "sync_interval": 30, "pushed_sync_interval": 30}
     watchers = fleet.spawn("watch", {"name": name, "max_s": 20, "breaker": options}, n=3)
     fleet.go(3)
     time.sleep(0.5)  # each is calling with its cached verdict, subscribed to the breaker events
     # When another process trips the breaker
-    _trip(CircuitBreaker(name, **options))
+    # one failure trips it: the watchers' successes would reset a count of consecutive failures
+    _trip(CircuitBreaker(name, **{**options, "failure_threshold": 1}))
     tripped = _event(events, name, "open")
     # Then each of them refuses at once: the published transition dropped their cached verdicts
     delays = [fleet.result(w)["result"]["refused_at"] for w in watchers]

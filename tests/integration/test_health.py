@@ -303,3 +303,50 @@ def test_the_mode_recovers_with_no_job_traffic_once_the_providers_answer_again(
         beat.send_signal(signal.SIGTERM)
         beat.wait(10)
         mode.close()
+
+
+def test_the_mode_recovers_with_no_job_traffic_once_the_database_answers_again(
+    private_postgres: Any, worker_factory: Any, redis_client: Any, tmp_path: Path
+) -> None:
+    # This test's beat and ops worker use a private PostgreSQL it can stop
+    from ultra_tasks.config import reset_settings
+    from ultra_tasks.db.migrate import upgrade_schema
+
+    os.environ["DATABASE_URL"] = private_postgres.url
+    reset_settings()
+    upgrade_schema()
+    redis_client.delete(keys.mode_current())
+    interval, reset = 1.0, 3.0
+    fast = {
+        "HEALTH_CHECK_INTERVAL": str(interval),
+        "DATABASE_BREAKER_RESET_TIMEOUT": str(reset),
+        "DATABASE_URL": private_postgres.url,
+    }
+    worker_factory(queues="ops", concurrency=2, env=fast)
+    beat = _beat(tmp_path, 1, {**os.environ, **fast})
+
+    def mirrored_mode_is(wanted: str, timeout: float) -> float:
+        # the mode as beat's checks left it in Redis (this process's SQL reads would fail meanwhile)
+        started = time.monotonic()
+        while redis_client.hget(keys.mode_current(), "mode") != wanted:
+            assert time.monotonic() - started < timeout, (wanted, redis_client.hgetall(keys.mode_current()))
+            time.sleep(0.1)
+        return time.monotonic() - started
+
+    try:
+        mirrored_mode_is("NORMAL", 30)
+        # Given the database down until the health checks have declared it (and the ops worker's database
+        # breaker has opened)
+        private_postgres.stop()
+        mirrored_mode_is("DEGRADED", 20)
+        time.sleep(reset)
+        # When it answers again, and no job is submitted at all
+        private_postgres.start()
+        recovered_in = mirrored_mode_is("NORMAL", 30)
+        # Then the database check gets through the breaker's probe by itself: NORMAL within the breaker's
+        # reset timeout plus the two good evaluations recovery needs, plus an interval of slack for the
+        # beat's tick and a busy machine
+        assert recovered_in <= reset + 2 * interval + interval + 3.0, recovered_in
+    finally:
+        beat.send_signal(signal.SIGTERM)
+        beat.wait(10)

@@ -82,6 +82,21 @@ def test_a_forced_open_breaker_parks_its_jobs_until_cleared_without_cycling_them
     assert handle.result(timeout=20).text == "echo: waits for the operator"
 
 
+def test_a_breaker_forced_open_for_a_while_parks_its_jobs_once_until_it_runs_out(
+    llm_worker: Any, fake_provider: Any
+) -> None:
+    # Given an operator forced the provider's breaker open for 4 s (ultra breakers force-open --for 4)
+    CircuitBreaker("anthropic").force_open(for_s=4)
+    forced_at = time.monotonic()
+    handle = submit("waits for the operator's duration", model="claude-3-5-haiku-latest", fallback=False)
+    # Then the job is parked once, and runs once the duration is over, with nobody clearing it
+    assert handle.result(timeout=30).text == "echo: waits for the operator's duration"
+    assert time.monotonic() - forced_at >= 4
+    parks = llm_worker.log().count(f"job {handle.id} parked")
+    assert parks == 1, parks
+    assert CircuitBreaker("anthropic").state == CircuitBreaker.CLOSED
+
+
 def test_a_breaker_forced_open_for_a_while_closes_by_itself(redis_client: Any) -> None:
     breaker = CircuitBreaker("forced-for-a-while")
     breaker.force_open(for_s=1)

@@ -292,19 +292,21 @@ def test_recovery_releases_a_large_backlog_in_a_ramp_not_all_at_once(lot: Parkin
     assert counts[-1] == 500
 
 
-def test_a_half_open_breaker_releases_no_more_jobs_than_it_admits_probes(
-    lot: Parking, redis_client: Any
+@pytest.mark.parametrize("probes", [1, 3])
+def test_a_half_open_breaker_releases_no_more_jobs_than_it_has_probes_left(
+    lot: Parking, redis_client: Any, probes: int
 ) -> None:
     later = time.time() + 3600
     for i in range(50):
         lot.park(f"waiting-{i}", "llm.default", {}, later, "open", CAUSE_PROVIDER)
     released: list[str] = []
-    releaser = Releaser(redis_client, lambda j, q, p: bool(released.append(j)) or True, probes=2)
+    releaser = Releaser(redis_client, lambda j, q, p: bool(released.append(j)) or True, probes=probes)
     event = {
         "channel": keys.breaker_events(),
         "data": json.dumps({"name": "openai", "to": "half-open", "gen": 3}),
     }
     releaser.on_event(event)
-    assert len(released) == 2
-    assert lot.depths()["llm.default"] == 48
-    assert all(lot.due_at(f"waiting-{i}") == pytest.approx(later) for i in range(2, 50))
+    # the caller whose acquire half-opened it holds one probe: the others go to parked jobs
+    assert len(released) == probes - 1
+    assert lot.depths()["llm.default"] == 50 - (probes - 1)
+    assert all(lot.due_at(f"waiting-{i}") == pytest.approx(later) for i in range(probes - 1, 50))

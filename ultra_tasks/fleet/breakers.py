@@ -133,7 +133,7 @@ def all_providers_down(breakers: list[BreakerView]) -> str | None:
     interval = get_settings().health_check_interval
     return (
         "every provider's breaker is open: LLM jobs are parked (cause: provider) instead of failing, and "
-        f"the health checks probe each open breaker every {interval:g}s once its reset timeout has passed; "
-        "a breaker that closes releases its jobs in a ramp (PARK_RAMP_FIRST, doubling every "
-        "PARK_RAMP_INTERVAL). A breaker forced open waits for its operator."
+        f"the health checks probe each open breaker every {interval:g}s once its reset timeout has passed, "
+        "as do the first jobs parked against it; a breaker that closes releases the others in a ramp "
+        "(PARK_RAMP_FIRST, doubling every PARK_RAMP_INTERVAL). A breaker forced open waits for its operator."
     )

@@ -24,7 +24,13 @@ Recovery ramps up: an event does not release its whole backlog at once onto a pr
 come back. The first releaser to hear it reschedules the jobs it concerns (one marker key per event, so
 the fleet does it once): PARK_RAMP_FIRST of them due now, twice as many each PARK_RAMP_INTERVAL after, in
 priority order; the due-time releases do the rest. A breaker that half-opens releases no more jobs than it
-admits probes (CIRCUIT_BREAKER_HALF_OPEN_MAX_CALLS). An operator's wake releases everything at once.
+has probes left (CIRCUIT_BREAKER_HALF_OPEN_MAX_CALLS, less the one its caller took as it half-opened it).
+An operator's wake releases everything at once.
+
+Due times must not undo the ramp: jobs parked against an open breaker would all be due the moment it may
+be probed, and the ones still queued when the probe closes it would reach the provider together. So of the
+jobs parked against one open state (``carrier_wait``) only as many as it admits probes are due then; the
+others wait for its close (the ramp), PARK_MAX_WAIT at the latest.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from typing import Any
 import redis
 
 from ultra_tasks import keys
+from ultra_tasks.errors import CircuitOpenException
 from ultra_tasks.redis_client import REDIS_DOWN
 
 log = logging.getLogger(__name__)
@@ -66,6 +73,8 @@ ALL = ("*",)
 AT_ONCE, RAMP, PROBES = "at-once", "ramp", "probes"
 #: jobs rescheduled per pipeline when a ramp starts
 RAMP_CHUNK = 1000
+#: seconds a count of jobs parked against an open state outlives the moment it may be probed
+CARRIER_KEY_GRACE_S = 60
 
 # KEYS: inflight, envelopes, then per queue its parked set and its sets per cause (in ARGV's cause order)
 # ARGV: now, lease, limit, what ('' due jobs, '*' every job, else causes joined by ','), number of causes,
@@ -298,6 +307,28 @@ class Parking:
                 return released
 
 
+def carrier_wait(
+    client: redis.Redis, refusal: CircuitOpenException, *, carriers: int, longest_s: float
+) -> float:
+    """Seconds a job refused by an open breaker (and by nothing else) waits: the refusal's retry_after for
+    the first ``carriers`` jobs parked against that open state (they carry its probes), ``longest_s`` for
+    the rest (a close releases them in a ramp before that). Redis down, or the state not known: the
+    retry_after, as for any job."""
+    if refusal.generation is None:
+        return refusal.retry_after
+    key = keys.park_carriers(refusal.name, refusal.generation)
+    try:
+        pipe = client.pipeline(transaction=True)
+        pipe.incr(key)
+        pipe.expire(key, int(refusal.retry_after) + CARRIER_KEY_GRACE_S, nx=True)
+        parked_before = int(pipe.execute()[0]) - 1
+    except REDIS_DOWN:
+        return refusal.retry_after
+    if parked_before < carriers:
+        return refusal.retry_after
+    return max(refusal.retry_after, longest_s)
+
+
 def ramp_step(index: int, first: int) -> int:
     """The step of a ramp in which the job at ``index`` goes: ``first`` jobs in step 0, then twice as many
     in each next step."""
@@ -349,7 +380,10 @@ class Releaser(threading.Thread):
         if how == AT_ONCE:
             released = self.parking.release(self.publish, causes=causes)
         else:
-            only = self.probes if how == PROBES else None
+            # the caller whose acquire half-opened the breaker holds one of its probes already
+            only = self.probes - 1 if how == PROBES else None
+            if only == 0:
+                return 0
             self.parking.ramp(
                 causes, event, first=self.ramp_first, interval_s=self.ramp_interval_s, only=only
             )

@@ -45,7 +45,7 @@ from ultra_tasks.jobs.outcomes import (
     Succeeded,
     final_outcome,
 )
-from ultra_tasks.jobs.parking import CAUSE_MODE, CAUSE_PROVIDER, CAUSE_SLOT
+from ultra_tasks.jobs.parking import CAUSE_MODE, CAUSE_PROVIDER, CAUSE_SLOT, carrier_wait
 from ultra_tasks.jobs.record_buffer import RecordWriter
 from ultra_tasks.jobs.spec import JobSpec
 from ultra_tasks.keys import QUEUE_DEFAULT
@@ -330,7 +330,20 @@ class JobRun:
                 plan.cache.put_sync(plan.digest, answer, CACHE_NAMESPACE)
         except NoProviderAvailableError as exc:
             log.info("job %s parked: %s", self.job_id, exc)
-            return self.parked(exc.retry_after, str(exc), CAUSE_PROVIDER)
+            wait, reason = exc.retry_after, str(exc)
+            if exc.breaker is not None:
+                wait = carrier_wait(
+                    self.rt.redis,
+                    exc.breaker,
+                    carriers=self.settings.circuit_breaker_half_open_max_calls,
+                    longest_s=self.settings.park_max_wait,
+                )
+                if wait > exc.retry_after:
+                    reason += (
+                        f"; other jobs carry its probes: this one waits for breaker {exc.breaker.name!r} "
+                        f"to close (released in a ramp), {wait:.0f}s at the latest"
+                    )
+            return self.parked(wait, reason, CAUSE_PROVIDER)
         except ChainFailed as exc:
             log.warning("job %s failed: %s", self.job_id, exc.error)
             return self.failed(

@@ -11,8 +11,11 @@ hash per breaker; every transition happens inside one Lua script on Redis' clock
 
 The closed path avoids Redis: each process trusts its cached "closed" verdict and batches successes into
 its next script call. A transition published anywhere drops the cached verdicts of that breaker in every
-process at once (trip_listener.py); ``sync_interval`` is the bound when that subscription is down.
-Failures are always recorded at once, so the threshold is exact.
+process at once (trip_listener.py), as does a closed breaker's first failure after a success (the next
+success anywhere then reaches Redis and resets the count). So while the process is subscribed, a "closed"
+verdict is trusted for ``pushed_sync_interval``; ``sync_interval`` is the bound while that subscription is
+down. A reply that was under way when a transition was pushed is not cached: it may predate the
+transition. Failures are always recorded at once, so the threshold is exact.
 
 When Redis is unreachable the breaker follows ``redis_down_policy`` (``local``: an in-process breaker;
 ``fail_open``: allow; ``fail_closed``: refuse), logs it once per outage, counts it, and tries Redis again
@@ -129,6 +132,7 @@ class CircuitBreaker:
         redis_client: redis.Redis | None = None,
         redis_down_policy: str | None = None,
         sync_interval: float | None = None,
+        pushed_sync_interval: float | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         settings = get_settings()
@@ -142,6 +146,10 @@ class CircuitBreaker:
         self.max_reset_timeout = float(max_reset_timeout or settings.circuit_breaker_max_reset_timeout)
         self.probe_lease = float(probe_lease or settings.effective_probe_lease)
         self.sync_interval = float(sync_interval or settings.circuit_breaker_sync_interval)
+        self.pushed_sync_interval = max(
+            self.sync_interval,
+            float(pushed_sync_interval or settings.circuit_breaker_pushed_sync_interval),
+        )
         self.redis_down_policy = redis_down_policy or settings.circuit_breaker_redis_down_policy
         if self.redis_down_policy not in ("local", "fail_open", "fail_closed"):
             raise ValueError("redis_down_policy must be local, fail_open or fail_closed")
@@ -155,6 +163,7 @@ class CircuitBreaker:
         self._script = self._redis.register_script(BREAKER_LUA)
         self._keys = list(keys.breaker(name))
         self._channel = keys.breaker_events()
+        self._notices = keys.breaker_notices()
         self._config = _json_without_nulls(
             {
                 "failure_threshold": self.failure_threshold,
@@ -171,6 +180,8 @@ class CircuitBreaker:
         )
         self._batch_ok = failure_rate_threshold is None and slow_call_rate_threshold is None
         self._verdict: _Verdict | None = None
+        #: bumped by every pushed transition: a reply fetched across one is not cached
+        self._epoch = 0
         self._pending_successes = 0
         self._pending_rejections = 0
         self._pending_lock = threading.Lock()
@@ -190,13 +201,14 @@ class CircuitBreaker:
         self.redis_unavailable_calls = 0
         _live.add(self)
         #: pushes every transition of the fleet to this process (trip_listener.py)
-        self._trip_listener = ensure_listener(self._redis, self._channel, lambda: _live)
+        self._trip_listener = ensure_listener(self._redis, (self._channel, self._notices), lambda: _live)
 
     def __repr__(self) -> str:
         return f"CircuitBreaker({self.name!r}, failure_threshold={self.failure_threshold})"
 
     def forget_verdict(self) -> None:
         """Drop the cached verdict: the next call asks Redis (a transition was just published)."""
+        self._epoch += 1
         self._verdict = None
 
     # --- listeners -------------------------------------------------------------------------------------
@@ -221,9 +233,11 @@ class CircuitBreaker:
             rejected, self._pending_rejections = self._pending_rejections, 0
         if pending or rejected:
             arg = {**arg, "successes": pending, "rejections": rejected}
+        epoch = self._epoch
         try:
             raw = self._script(
-                keys=self._keys, args=[op, self.name, self._channel, self._config, _json_without_nulls(arg)]
+                keys=self._keys,
+                args=[op, self.name, self._channel, self._config, _json_without_nulls(arg), self._notices],
             )
             # again now and then: `ultra breakers forget` may have dropped a name this process still uses
             indexed_at = self._monotonic()
@@ -242,12 +256,18 @@ class CircuitBreaker:
             # forced open with no end: a caller that waits looks again after this long (clearing it
             # publishes a transition, which wakes what waits for it at once)
             retry_after = reply["retry_after"] = FORCED_OPEN_RETRY_S
-        self._verdict = _Verdict(
-            state=reply["state"],
-            gen=int(reply["gen"]),
-            failures=int(reply["failures"]),
-            fetched=now,
-            retry_at=now + max(0.0, retry_after),
+        # A transition pushed while this script was under way may be newer than its reply (the reply and
+        # the event travel on different connections): then the reply is used for this call only.
+        self._verdict = (
+            _Verdict(
+                state=reply["state"],
+                gen=int(reply["gen"]),
+                failures=int(reply["failures"]),
+                fetched=now,
+                retry_at=now + max(0.0, retry_after),
+            )
+            if epoch == self._epoch
+            else None
         )
         if self._redis_down_until:
             log.warning("circuit breaker %s: Redis reachable again, shared state restored", self.name)
@@ -290,7 +310,14 @@ class CircuitBreaker:
                 return self._degraded_before()
             return None
         v = self._verdict
-        if v is None or now - v.fetched >= self.sync_interval:
+        if v is None:
+            return None
+        age = now - v.fetched
+        if age >= self.sync_interval and not (
+            v.state == self.CLOSED
+            and age < self.pushed_sync_interval
+            and self._trip_listener.subscribed.is_set()
+        ):
             return None
         if v.state == self.CLOSED:
             return _Token(v.gen, None, "shared", now)
@@ -298,7 +325,7 @@ class CircuitBreaker:
             return _Token(v.gen, None, "bypass", now)
         if v.state == self.OPEN and now < v.retry_at:
             self._count_rejection()
-            raise CircuitOpenException(self.name, v.retry_at - now)
+            raise CircuitOpenException(self.name, v.retry_at - now, generation=v.gen)
         if v.state == self.FORCED_OPEN:
             self._count_rejection()
             raise CircuitOpenException(self.name, max(0.0, v.retry_at - now), forced=True)
@@ -323,7 +350,9 @@ class CircuitBreaker:
         now = self._monotonic()
         if not reply["allowed"]:
             forced = reply["state"] == self.FORCED_OPEN
-            raise CircuitOpenException(self.name, max(0.0, float(reply["retry_after"])), forced=forced)
+            raise CircuitOpenException(
+                self.name, max(0.0, float(reply["retry_after"])), forced=forced, generation=int(reply["gen"])
+            )
         mode = "bypass" if reply["state"] == self.DISABLED else "shared"
         return _Token(int(reply["gen"]), lease if reply["probe"] else None, mode, now)
 

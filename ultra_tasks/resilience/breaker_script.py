@@ -4,7 +4,8 @@ transition.
 
 KEYS: 1 state hash, 2 probe leases (zset: lease id -> expiry), 3 metrics hash, 4 failure-rate window hash
       (all share one hash tag, so they live in one cluster slot)
-ARGV: 1 op, 2 breaker name, 3 event channel, 4 config JSON, 5 op argument JSON
+ARGV: 1 op, 2 breaker name, 3 event channel, 4 config JSON, 5 op argument JSON, 6 notice channel (the
+      first failure of a closed breaker after a success is published there)
 
 Ops: acquire (may move open -> half-open, takes a probe lease), record (an outcome with the generation it
 started in), peek (flush batched successes, read state), force_open, disable, reset.
@@ -13,7 +14,7 @@ Reply: JSON {allowed, probe, state, gen, failures, retry_after, last_failure, fr
 
 BREAKER_LUA = r"""
 local state_key, lease_key, metrics_key, window_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local op, name, channel = ARGV[1], ARGV[2], ARGV[3]
+local op, name, channel, notices = ARGV[1], ARGV[2], ARGV[3], ARGV[6]
 local cfg = cjson.decode(ARGV[4])
 local arg = cjson.decode(ARGV[5])
 
@@ -167,6 +168,11 @@ elseif op == 'record' then
       else
         s.failures = s.failures + 1
         dirty = true
+        if s.failures == 1 and notices then
+          -- processes trusting a "no failures" verdict would batch their successes and leave the count
+          -- standing: told, they send the next one, which resets it
+          redis.call('PUBLISH', notices, cjson.encode({name = name, gen = s.gen}))
+        end
         if s.failures >= cfg.failure_threshold then
           transition('open', s.failures .. ' consecutive failures')
         elseif window_trips() then

@@ -121,7 +121,11 @@ class ResilientCaller:
                 return CallOutcome(response, entry, fallback_used=index > 0, attempts=state.attempts)
         if state.unavailable and budget.remaining > 0:
             reasons = [r for r, _ in state.unavailable]
-            raise NoProviderAvailableError(reasons, min(s for _, s in state.unavailable))
+            # only open breakers in the way: the job waits for one of them to be probed or to close
+            breaker = None
+            if len(state.open_breakers) == len(state.unavailable):
+                breaker = min(state.open_breakers, key=lambda exc: exc.retry_after)
+            raise NoProviderAvailableError(reasons, min(s for _, s in state.unavailable), breaker=breaker)
         last_error = state.last_error
         if last_error is None and state.not_configured and len(state.not_configured) == len(state.attempts):
             last_error = state.not_configured[0]  # nothing else was even looked at: say what to set
@@ -177,6 +181,8 @@ class ResilientCaller:
                 why = "breaker forced open by an operator" if exc.forced else "breaker open"
                 state.attempts.append(_skip(entry, f"circuit {why}", deployment))
                 state.unavailable.append((f"{where}: {why}", exc.retry_after))
+                if not exc.forced:
+                    state.open_breakers.append(exc)
             except RateLimitWaitTooLong as exc:
                 state.attempts.append(_skip(entry, f"rate limit: {exc.retry_after:.1f}s wait", deployment))
                 state.unavailable.append((f"{where}: rate limited", exc.retry_after))
@@ -213,6 +219,8 @@ class ResilientCaller:
                 )
             except CircuitOpenException as exc:
                 state.unavailable.append((f"{_where(entry, retry_on)}: breaker open", exc.retry_after))
+                if not exc.forced:
+                    state.open_breakers.append(exc)
             except PermanentProviderError as exc:
                 if isinstance(exc, ContextWindowExceededError | ContentPolicyError):
                     state.last_error = exc
@@ -328,6 +336,8 @@ class _ChainState:
 
     attempts: list[dict[str, Any]] = field(default_factory=list)
     unavailable: list[tuple[str, float]] = field(default_factory=list)
+    #: the refusals of open breakers (not forced) among ``unavailable``
+    open_breakers: list[CircuitOpenException] = field(default_factory=list)
     not_configured: list[ProviderNotConfiguredError] = field(default_factory=list)
     last_error: ProviderError | None = None
 
