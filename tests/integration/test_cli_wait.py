@@ -18,6 +18,24 @@ from conftest import ultra_cli as ultra
 pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("database", "redis_client")]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def nothing_left_waiting(redis_client: Any, database: str) -> Iterator[None]:
+    """These tests leave jobs no worker took: their messages are purged and their rows ended after the
+    module, so a later test of the session (one counting jobs or metrics) does not run or count them."""
+    from ultra_tasks.celery_app import app
+    from ultra_tasks.clock import utcnow
+    from ultra_tasks.jobs import records
+    from ultra_tasks.jobs.models import JobStatus
+
+    started = utcnow()
+    yield
+    app.control.purge()
+    for status in (JobStatus.QUEUED, JobStatus.PARKED):
+        for job in records.list_jobs(limit=500, status=status):
+            if job.created_at.replace(tzinfo=started.tzinfo) >= started:
+                records.mark_expired(job.id)
+
+
 @pytest.fixture
 def no_live_worker(redis_client: Any) -> None:
     """No worker of an earlier test is still taken for alive (a killed one's key lingers ALIVE_TTL_S)."""

@@ -49,7 +49,7 @@ def _rabbitmq_reachable() -> bool:
 
 def _other_redis_db(url: str) -> str:
     base, _, db = url.rpartition("/")
-    return f"{base}/{14 if db != '14' else 12}"
+    return f"{base}/{15 if db != '15' else 12}"
 
 
 def test_the_queue_tests_pass_on_rabbitmq() -> None:
