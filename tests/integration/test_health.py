@@ -350,3 +350,49 @@ def test_the_mode_recovers_with_no_job_traffic_once_the_database_answers_again(
     finally:
         beat.send_signal(signal.SIGTERM)
         beat.wait(10)
+
+
+def test_the_mode_goes_emergency_while_its_redis_is_down_and_recovers_with_no_job_traffic(
+    private_redis: Any, worker_factory: Any, redis_client: Any, tmp_path: Path
+) -> None:
+    # This test's beat and ops worker keep their state in a private Redis it can stop; their broker (and
+    # result backend) stays the session's Redis, so the health task is still delivered meanwhile
+    from sqlalchemy import select
+
+    with session_scope() as s:
+        for model in (ComponentStatus, ModeTransition, OperationModeRecord):
+            s.execute(delete(model))
+    interval = 1.0
+    fast = {
+        "HEALTH_CHECK_INTERVAL": str(interval),
+        "REDIS_URL": private_redis.url,
+        "BROKER_URL": os.environ["REDIS_URL"],
+        "RESULT_BACKEND_URL": os.environ["REDIS_URL"],
+    }
+    worker_factory(queues="ops", concurrency=2, env=fast)
+    beat = _beat(tmp_path, 1, {**os.environ, **fast})
+
+    def recorded_mode_is(wanted: str, timeout: float) -> float:
+        started = time.monotonic()
+        while True:
+            with session_scope() as s:
+                current = s.execute(select(OperationModeRecord.mode)).scalar()
+            if current == wanted:
+                return time.monotonic() - started
+            assert time.monotonic() - started < timeout, (wanted, current)
+            time.sleep(0.1)
+
+    try:
+        recorded_mode_is("NORMAL", 30)
+        # Given the state Redis down: the checks still run, and the mode says so in SQL
+        private_redis.stop()
+        recorded_mode_is("EMERGENCY", 20)
+        # When it answers again, with no job submitted at all
+        private_redis.start()
+        recovered_in = recorded_mode_is("NORMAL", 30)
+        # Then the next checks see it: NORMAL within the two good evaluations recovery needs, plus an
+        # interval of slack for the beat's tick and a busy machine
+        assert recovered_in <= 2 * interval + interval + 3.0, recovered_in
+    finally:
+        beat.send_signal(signal.SIGTERM)
+        beat.wait(10)

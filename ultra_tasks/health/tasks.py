@@ -33,18 +33,27 @@ def health_check() -> dict[str, Any] | None:
     interval = get_settings().health_check_interval
     client = breaker_redis()
     tick = int(time.time() // interval)
-    if not client.set(keys.health_tick(tick), "1", nx=True, ex=max(1, int(interval * 3))):
-        log.info("health check of interval %s already ran", tick)
-        return None
-    client.incr(keys.health_runs())
+    redis_up = True
+    try:
+        if not client.set(keys.health_tick(tick), "1", nx=True, ex=max(1, int(interval * 3))):
+            log.info("health check of interval %s already ran", tick)
+            return None
+        client.incr(keys.health_runs())
+    except REDIS_DOWN as exc:
+        # The state Redis is down (a broker of its own still delivered this task): the checks must run
+        # for the mode to notice it, and notice it coming back. Without the interval's claim a second
+        # beat may evaluate too, which only hastens the mode's hysteresis while the outage lasts.
+        redis_up = False
+        log.warning("health check of interval %s runs unclaimed: Redis is unreachable (%s)", tick, exc)
     if _mode is None:
         _mode = SystemOperationMode()
     summary = check_and_evaluate(_mode)
-    # the status page's plots: queue depths, parked jobs, breaker and cache counters and the mode, once
-    # per interval whoever watches the page
-    from ultra_tasks.metrics.rollup import sample_fleet
+    if redis_up:
+        # the status page's plots: queue depths, parked jobs, breaker and cache counters and the mode,
+        # once per interval whoever watches the page
+        from ultra_tasks.metrics.rollup import sample_fleet
 
-    sample_fleet(client)
+        sample_fleet(client)
     log.info("health: mode %s, checks %s", summary["mode"], summary["checks"])
     return summary
 
