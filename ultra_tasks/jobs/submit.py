@@ -76,6 +76,7 @@ def submit(
     The job table is the outbox: a job recorded while the broker is unreachable is accepted and published
     by the sweeper on beat once the broker is back. ``QueueFullError`` when the jobs held (accepted, not
     final) reach this priority's share of QUEUE_MAX_SIZE (QUEUE_SHED_AT; jobs/admission.py).
+    ``BudgetExceededError`` when the tenant's budget for the period is known not to hold the job.
     """
     settings = get_settings()
     job = validate_submission(
@@ -97,6 +98,10 @@ def submit(
         job_id=job_id,
     )
     payload, expires_in = job.payload, job.expires_in
+    if tenant is not None:
+        payload["tenant"] = tenant
+        # a tenant whose budget already cannot hold this job hears so now, before anything is recorded
+        runtime().billing.admit(tenant, job.spec.request)
     queue = PRIORITY_QUEUES[job.priority]
     new_id = job.job_id or str(uuid.uuid4())
     upgrade_schema()

@@ -176,6 +176,20 @@ def snapshot_renderables(snap: dict[str, Any]) -> list[RenderableType]:
     elif "redis" not in snap["errors"]:
         out.append(Text("cache: no fleet-wide counters reported yet"))
 
+    budgets = snap.get("budgets") or []
+    if budgets:
+        table = Table("tenant", "period", "spent", "budget", "reserved", title="budgets (this period)")
+        for b in budgets:
+            spent, reserved = b.get("spent_usd"), b.get("reserved_usd")
+            table.add_row(
+                Text(str(b.get("tenant"))),
+                str(b.get("period")),
+                "unknown" if spent is None else f"${spent:.6f}",
+                f"${b.get('usd')}",
+                "unknown" if reserved is None else f"${reserved:.6f}",
+            )
+        out.append(table)
+
     if snap.get("timeline"):
         out.append(Text("mode changes, newest first:"))
     for change in (snap.get("timeline") or [])[:TIMELINE_SHOWN]:
