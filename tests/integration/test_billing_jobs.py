@@ -299,3 +299,43 @@ def test_an_unpriced_model_costs_unknown_and_a_budget_refuses_it(
     with pytest.raises(Exception, match="no known price"):
         refused.result(timeout=30)
     assert ledger.calls_of(refused.id) == []
+
+
+@pytest.mark.usefixtures("closed_provider_breakers")
+def test_spend_shows_in_the_fleet_metrics_and_on_the_status_page(
+    worker_factory: Any, fake_provider: Any
+) -> None:
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from ultra_tasks.metrics.collector import fleet_registry
+    from ultra_tasks.status.snapshot import fleet_snapshot
+    from ultra_tasks.status.web import render_page
+
+    worker_factory(concurrency=2, env=FAST)
+    name, tenant_id = _tenant(1.0)
+    prompt = f"metered {uuid.uuid4().hex[:6]}"
+    submit(prompt, model=MODEL, max_tokens=MAX_TOKENS, cache=False, tenant=tenant_id).result(timeout=30)
+    cost = _actual_nusd(prompt) / prices.NANO
+    snap = fleet_snapshot()
+    [mine] = [b for b in snap["budgets"] if b["tenant"] == name]
+    assert mine["spent_usd"] == pytest.approx(cost) and mine["usd"] == 1.0 and mine["period"] == "day"
+    page = render_page(snap)
+    assert f'data-tenant="{name}"' in page and f"${cost:,.6f}" in page
+
+    def counted() -> dict[tuple[str, str | None], float]:
+        text = generate_latest(fleet_registry()).decode()
+        return {
+            (s.name, s.labels.get("direction")): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if family.name.startswith("ultra_billing") and s.labels.get("tenant") == tenant_id
+        }
+
+    wait_for(lambda: ("ultra_billing_cost_usd_total", None) in counted(), 15, "the worker's billing counters")
+    seen = counted()
+    words = len(prompt.split())
+    assert seen[("ultra_billing_cost_usd_total", None)] == pytest.approx(cost)
+    assert seen[("ultra_billing_calls_total", None)] == 1
+    assert seen[("ultra_billing_tokens_total", "input")] == words
+    assert seen[("ultra_billing_tokens_total", "output")] == words + 1

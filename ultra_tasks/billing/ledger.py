@@ -12,7 +12,7 @@ write them.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, cast
@@ -50,11 +50,14 @@ class Entry:
     worst_nusd: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: getattr(self, k) for k in _FIELDS}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Entry:
         return cls(**{k: data.get(k) for k in cls.__dataclass_fields__})  # type: ignore[arg-type]
+
+
+_FIELDS = tuple(Entry.__dataclass_fields__)
 
 
 def attempt_id(token: int, call: int) -> str:
@@ -66,27 +69,26 @@ def lost_attempt_id(previous_token: int, index: int) -> str:
     return f"{previous_token}:lost{index}"
 
 
-def _insert(conn: Connection) -> Any:
-    dialect = conn.dialect.name
-    if dialect == "postgresql":
-        return postgresql.insert(ledger_t).on_conflict_do_nothing(index_elements=["job_id", "attempt_id"])
-    if dialect == "sqlite":
-        return sqlite.insert(ledger_t).on_conflict_do_nothing(index_elements=["job_id", "attempt_id"])
-    return None
+#: the idempotent insert per dialect, built once: building a Core statement costs more CPU than running it
+#: (records.py), and every job that calls a provider runs this one
+_INSERTS: dict[str, Any] = {
+    "postgresql": postgresql.insert(ledger_t).on_conflict_do_nothing(index_elements=["job_id", "attempt_id"]),
+    "sqlite": sqlite.insert(ledger_t).on_conflict_do_nothing(index_elements=["job_id", "attempt_id"]),
+}
+_COLUMNS = tuple(Entry.__dataclass_fields__)
 
 
 def write(conn: Connection, entries: Iterable[Entry | dict[str, Any]], at: datetime | None = None) -> int:
     """Insert the calls not yet recorded, in the caller's transaction; returns how many were new."""
-    rows = [
-        {
-            **(e.to_dict() if isinstance(e, Entry) else Entry.from_dict(e).to_dict()),
-            "created_at": at or utcnow(),
-        }
-        for e in entries
-    ]
+    when = at or utcnow()
+    rows = []
+    for e in entries:
+        row = e.to_dict() if isinstance(e, Entry) else {k: e.get(k) for k in _COLUMNS}
+        row["created_at"] = when
+        rows.append(row)
     if not rows:
         return 0
-    statement = _insert(conn)
+    statement = _INSERTS.get(conn.dialect.name)
     if statement is not None:
         return int(conn.execute(statement, rows).rowcount or 0)
     written = 0
@@ -117,7 +119,11 @@ def apply_buffered(job_id: str, entries: list[dict[str, Any]], at: datetime | No
 
 def calls_of(job_id: str) -> list[Entry]:
     with transaction() as conn:
-        rows = conn.execute(select(ledger_t).where(ledger_t.c.job_id == job_id).order_by(ledger_t.c.id)).all()
+        rows = conn.execute(
+            select(ledger_t)
+            .where(ledger_t.c.job_id == job_id)
+            .order_by(ledger_t.c.created_at, ledger_t.c.attempt_id)
+        ).all()
     return [Entry.from_dict(dict(r._mapping)) for r in rows]
 
 

@@ -14,7 +14,6 @@ in-process cache, and the entry rides on the outcome write.
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -25,6 +24,7 @@ from ultra_tasks.billing.budgets import Budget, BudgetCache, cached, period_boun
 from ultra_tasks.billing.ledger import CallStatus, Entry, attempt_id, lost_attempt_id
 from ultra_tasks.clock import utcnow
 from ultra_tasks.errors import BudgetExceededError, ProviderError, ProviderTimeoutError, UnpricedModelError
+from ultra_tasks.metrics import billing as billing_metrics
 from ultra_tasks.redis_client import REDIS_DOWN
 
 if TYPE_CHECKING:
@@ -135,7 +135,6 @@ class RunMeter:
     #: this run's calls sent so far (the last one's number)
     sent: int = 0
     _open: _OpenCall | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # --- around a call -------------------------------------------------------------------------------
     def opening(self, deployment: Deployment, request: LLMRequest) -> None:
@@ -242,16 +241,12 @@ class RunMeter:
             cost_nusd=cost,
             worst_nusd=opened.worst.nusd,
         )
-        with self._lock:
-            self.entries.append(entry)
-        from ultra_tasks.metrics import billing as billing_metrics
-
+        self.entries.append(entry)
         billing_metrics.count_call(entry)
 
     def take_entries(self) -> list[dict[str, Any]]:
         """The entries not yet written, as the outcome write carries them (JSON)."""
-        with self._lock:
-            taken, self.entries = self.entries, []
+        taken, self.entries = self.entries, []
         return [e.to_dict() for e in taken]
 
     def _settle(self, opened: _OpenCall, actual: int) -> None:

@@ -1,19 +1,20 @@
-"""The tenants' spend against their budgets (the budgets from SQL, this period's totals from their books in
-Redis, rebuilt from the ledger when missing), and the billing counters workers batch into Redis
-(metrics/billing.py)."""
+"""The tenants' spend against their budgets (budgets and this period's spend from SQL: the ledger is the
+record), and the billing counters workers batch into Redis (metrics/billing.py)."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import redis
 
 from ultra_tasks import keys
-from ultra_tasks.billing.book import Book
-from ultra_tasks.billing.budgets import list_budgets
+from ultra_tasks.billing import ledger
+from ultra_tasks.billing.budgets import list_budgets, period_bounds
 from ultra_tasks.billing.prices import usd
+from ultra_tasks.db.migrate import upgrade_schema
 
 
 @dataclass(frozen=True)
@@ -22,8 +23,8 @@ class BudgetView:
     period: str
     usd: float
     hard_cap_usd: float | None
+    #: settled spend in the period (calls of unknown usage at their worst case)
     spent_usd: float | None
-    reserved_usd: float | None
 
     def to_json(self) -> dict[str, Any]:
         used = self.spent_usd / self.usd if self.spent_usd is not None and self.usd else None
@@ -33,26 +34,19 @@ class BudgetView:
             "usd": self.usd,
             "hard_cap_usd": self.hard_cap_usd,
             "spent_usd": self.spent_usd,
-            "reserved_usd": self.reserved_usd,
             "used": used,
         }
 
 
-def read_budgets(client: redis.Redis) -> list[BudgetView]:
-    """Every budget; its spend is None (unknown) when Redis cannot say: the budgets are the database's part,
-    and a Redis outage shows in Redis' own parts."""
-    book = Book(client)
+def read_budgets(now: datetime) -> list[BudgetView]:
+    """Every budget and its period's spend from the ledger (the database alone: the page shows what was
+    spent even while Redis is away; ``ultra budgets list`` adds the reservations in flight)."""
+    upgrade_schema()
     out = []
     for budget in list_budgets():
-        spent = reserved = None
-        try:
-            totals = book.totals(budget)
-            spent, reserved = usd(totals.spent_nusd), usd(totals.reserved_nusd)
-        except redis.RedisError:
-            pass
-        out.append(
-            BudgetView(budget.tenant, budget.period.value, budget.usd, budget.hard_cap_usd, spent, reserved)
-        )
+        start, end = period_bounds(budget.period, now)
+        spent = usd(ledger.charged_nusd(budget.tenant_id, start, end))
+        out.append(BudgetView(budget.tenant, budget.period.value, budget.usd, budget.hard_cap_usd, spent))
     return out
 
 

@@ -74,7 +74,7 @@ READERS: dict[Part, Reader] = {
     Part.QUEUE_STATS: lambda s: read_queue_stats(s.window_s, s.now),
     Part.JOB_TABLE: lambda s: read_job_table(),
     Part.CACHE: lambda s: read_cache(s.state),
-    Part.BUDGETS: lambda s: read_budgets(s.state),
+    Part.BUDGETS: lambda s: read_budgets(s.now),
     Part.BILLING: lambda s: read_billing(s.state),
 }
 

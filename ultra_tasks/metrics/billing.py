@@ -7,6 +7,7 @@ of tracked names count as ``other``, and so do tenants beyond MAX_TENANT_LABELS 
 from __future__ import annotations
 
 import threading
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from ultra_tasks import keys
@@ -38,19 +39,33 @@ def tenant_label(tenant: str | None) -> str:
     return OTHER
 
 
+@lru_cache(maxsize=4096)
+def _fields(tenant: str, model: str, status: str) -> tuple[str, str, str, str, str]:
+    """The hash fields of one (tenant, model, status), made once: JSON for every call would cost each job."""
+    return (
+        field("calls", tenant, model, status),
+        field("tokens", tenant, model, "input"),
+        field("tokens", tenant, model, "output"),
+        field("cost_nusd", tenant, model),
+        field("uncosted", tenant, model),
+    )
+
+
 def count_call(entry: Entry, *, buffer: MetricsBuffer = BUFFER) -> None:
     """One ledger entry into the fleet counters (never raises: metrics must not fail a call)."""
     try:
-        labels = (tenant_label(entry.tenant), tracked_model(entry.model or "unknown"))
+        calls, inp, out, cost, uncosted = _fields(
+            tenant_label(entry.tenant), tracked_model(entry.model or "unknown"), entry.status
+        )
         key = keys.metrics_billing()
-        buffer.incr(key, field("calls", *labels, entry.status))
+        buffer.incr(key, calls)
         if entry.input_tokens:
-            buffer.incr(key, field("tokens", *labels, "input"), entry.input_tokens)
+            buffer.incr(key, inp, entry.input_tokens)
         if entry.output_tokens:
-            buffer.incr(key, field("tokens", *labels, "output"), entry.output_tokens)
+            buffer.incr(key, out, entry.output_tokens)
         if entry.cost_nusd is not None:
-            buffer.incr(key, field("cost_nusd", *labels), entry.cost_nusd)
+            buffer.incr(key, cost, entry.cost_nusd)
         elif entry.status != "error":
-            buffer.incr(key, field("uncosted", *labels))
-    except Exception:
-        pass
+            buffer.incr(key, uncosted)
+    except Exception:  # a call is counted nowhere rather than failing its job
+        return

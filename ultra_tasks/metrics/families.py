@@ -370,15 +370,8 @@ def budget_families(budgets: list[BudgetView]) -> list[Metric]:
         "Each tenant's settled spend in its current period (lost calls at their worst case)",
         labels=["tenant", "period"],
     )
-    reserved = GaugeMetricFamily(
-        "ultra_budget_reserved_usd",
-        "Each tenant's reservations held by calls in flight",
-        labels=["tenant", "period"],
-    )
     for b in budgets:
         budget.add_metric([b.tenant, b.period], b.usd)
         if b.spent_usd is not None:
             spent.add_metric([b.tenant, b.period], b.spent_usd)
-        if b.reserved_usd is not None:
-            reserved.add_metric([b.tenant, b.period], b.reserved_usd)
-    return [budget, spent, reserved]
+    return [budget, spent]

@@ -178,15 +178,14 @@ def snapshot_renderables(snap: dict[str, Any]) -> list[RenderableType]:
 
     budgets = snap.get("budgets") or []
     if budgets:
-        table = Table("tenant", "period", "spent", "budget", "reserved", title="budgets (this period)")
+        table = Table("tenant", "period", "spent", "budget", title="budgets (this period)")
         for b in budgets:
-            spent, reserved = b.get("spent_usd"), b.get("reserved_usd")
+            spent = b.get("spent_usd")
             table.add_row(
                 Text(str(b.get("tenant"))),
                 str(b.get("period")),
                 "unknown" if spent is None else f"${spent:.6f}",
                 f"${b.get('usd')}",
-                "unknown" if reserved is None else f"${reserved:.6f}",
             )
         out.append(table)
 

@@ -360,7 +360,7 @@ def _usd(value: Any) -> str:
 
 
 def _budgets(snap: dict[str, Any]) -> str:
-    """Each tenant's spend against its budget in the current period (and what calls in flight hold)."""
+    """Each tenant's spend (the ledger's) against its budget in the current period."""
     rows = []
     for b in snap.get("budgets") or []:
         used = b.get("used")
@@ -369,10 +369,10 @@ def _budgets(snap: dict[str, Any]) -> str:
             f'<tr data-tenant="{_e(b.get("tenant"))}"><td>{_e(b.get("tenant"))}</td>'
             f"<td>{_e(b.get('period'))}</td>"
             f'<td class="spent">{_e(_usd(b.get("spent_usd")))}</td><td>{_e(_usd(b.get("usd")))}</td>'
-            f"<td>{_e('-' if cap is None else _usd(cap))}</td><td>{_e(_usd(b.get('reserved_usd')))}</td>"
+            f"<td>{_e('-' if cap is None else _usd(cap))}</td>"
             f'<td class="used">{_e("-" if used is None else f"{float(used):.0%}")}</td></tr>'
         )
-    headers = ["tenant", "period", "spent", "budget", "hard cap", "reserved", "used"]
+    headers = ["tenant", "period", "spent", "budget", "hard cap", "used"]
     empty = "no tenant has a budget" if "budgets" in snap else "not available (database unreadable)"
     return _table("budgets", headers, rows, empty)
 

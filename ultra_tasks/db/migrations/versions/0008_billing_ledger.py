@@ -22,9 +22,9 @@ def upgrade() -> None:
         batch.add_column(sa.Column("budget_hard_cap_usd", sa.Float(), nullable=True))
     op.create_table(
         "ledger",
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
-        sa.Column("job_id", sa.String(36), nullable=False),
-        sa.Column("attempt_id", sa.String(64), nullable=False),
+        # the exactly-once guarantee: a call's row is written once however often its write is tried
+        sa.Column("job_id", sa.String(36), primary_key=True),
+        sa.Column("attempt_id", sa.String(64), primary_key=True),
         sa.Column("tenant", sa.String(36), nullable=True),
         sa.Column("deployment", sa.String(64), nullable=True),
         sa.Column("model", sa.String(128), nullable=True),
@@ -35,16 +35,11 @@ def upgrade() -> None:
         sa.Column("worst_nusd", sa.BigInteger(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     )
-    # the exactly-once guarantee: a call's row is written once however often its write is tried
-    op.create_index("ux_ledger_job_attempt", "ledger", ["job_id", "attempt_id"], unique=True)
     op.create_index("ix_ledger_tenant_created", "ledger", ["tenant", "created_at"])
-    op.create_index("ix_ledger_created", "ledger", ["created_at"])
 
 
 def downgrade() -> None:
-    op.drop_index("ix_ledger_created", table_name="ledger")
     op.drop_index("ix_ledger_tenant_created", table_name="ledger")
-    op.drop_index("ux_ledger_job_attempt", table_name="ledger")
     op.drop_table("ledger")
     with op.batch_alter_table("tenants") as batch:
         batch.drop_column("budget_hard_cap_usd")
