@@ -139,3 +139,39 @@ def test_a_call_is_entered_in_the_ledger_once_however_often_its_write_is_applied
         apply("ledger", job, utcnow(), {"entries": [entry.to_dict()]})
     calls: list[Any] = ledger.calls_of(job)
     assert [(c.attempt_id, c.cost_nusd) for c in calls] == [("99:1", 7)]
+
+
+def test_the_door_checks_the_budget_and_the_calls_the_hard_cap(
+    redis_client: redis.Redis, database: str
+) -> None:
+    from ultra_tasks.api.tenants import create_key
+    from ultra_tasks.billing import prices
+    from ultra_tasks.billing.budgets import set_budget, tenant_id_of
+    from ultra_tasks.billing.meter import Accounts, worst_case_of
+    from ultra_tasks.config import get_settings
+    from ultra_tasks.errors import BudgetExceededError
+    from ultra_tasks.providers.base import ChatMessage, LLMRequest
+
+    request = LLMRequest("gpt-4o-mini", (ChatMessage("user", "a question of some words"),), 50)
+    worst = worst_case_of(None, request).nusd or 0
+    name = f"door-{uuid.uuid4().hex[:8]}"
+    create_key(name)
+    # the budget holds two worst cases, the hard cap four
+    set_budget(name, 2 * worst / prices.NANO, period="day", hard_cap=4 * worst / prices.NANO)
+    accounts = Accounts(redis_client, get_settings().model_copy(update={"budget_cache_s": 0}))
+    tenant_id = tenant_id_of(name)
+    budget = accounts.budget_of(tenant_id)
+    assert budget is not None
+    accounts.admit(tenant_id, request)  # nothing spent: it fits
+    # one and a half worst cases settled: the door refuses a new job, whose worst case would cross the budget
+    _, period = accounts.book.reserve(budget, "a", worst, 60)
+    accounts.book.settle(budget, period, "a", worst + worst // 2)
+    with pytest.raises(BudgetExceededError) as refused:
+        accounts.admit(tenant_id, request)
+    assert refused.value.tenant == name and refused.value.retry_after >= 1
+    # while a job already accepted still gets its call, up to the hard cap
+    assert accounts.book.reserve(budget, "b", worst, 60)[0].ok
+    assert accounts.book.reserve(budget, "c", worst, 60)[0].ok
+    assert not accounts.book.reserve(budget, "d", worst, 60)[0].ok
+    # a tenant without a budget is never refused, and costs no Redis step
+    accounts.admit(None, request)
