@@ -339,3 +339,32 @@ def test_spend_shows_in_the_fleet_metrics_and_on_the_status_page(
     assert seen[("ultra_billing_calls_total", None)] == 1
     assert seen[("ultra_billing_tokens_total", "input")] == words
     assert seen[("ultra_billing_tokens_total", "output")] == words + 1
+
+
+@pytest.mark.usefixtures("closed_provider_breakers")
+def test_a_call_the_provider_refused_is_entered_unbilled_and_a_retried_job_keeps_its_count_level(
+    llm_worker: Any, fake_provider: Any
+) -> None:
+    _name, tenant_id = _tenant(1.0)
+    model = "gpt-4o-2024-08-06"
+    fake_provider.add_fault("status", model=model, status=400, times=1)
+    handle = submit(
+        "refused once", model=model, max_tokens=MAX_TOKENS, cache=False, fallback=False, tenant=tenant_id
+    )
+    with pytest.raises(Exception, match="400"):
+        handle.result(timeout=30)
+    [refused] = ledger.calls_of(handle.id)
+    assert (refused.status, refused.cost_nusd) == ("error", 0)
+    # the reservation was refunded: nothing counts against the budget
+    budget = _budget_of(tenant_id)
+    client = redis.Redis.from_url(TEST_REDIS_URL, decode_responses=True)
+    totals = Book(client).totals(budget)
+    assert (totals.spent_nusd, totals.reserved_nusd) == (0, 0)
+    handle.retry()
+    assert handle.result(timeout=30).text == "echo: refused once"
+    statuses = sorted(c.status for c in ledger.calls_of(handle.id))
+    assert statuses == ["error", "ok"]
+    # a fresh attempt budget, and the calls sent kept level with the ledger's rows (so a run after a
+    # worker's death would find exactly the calls it lost)
+    assert int(client.hget(keys.job_lease(handle.id), "sent") or 0) == len(statuses)
+    assert Book(client).totals(budget).spent_nusd == prices.cost_nusd(Price(2.5, 10.0), 2, 3)

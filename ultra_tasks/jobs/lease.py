@@ -491,10 +491,17 @@ class Leases:
             log.info("job %s: lease not given back in Redis (%s); it lapses by itself", job_id, exc)
 
 
-def forget_job_lease(client: redis.Redis, job_id: str) -> None:
+def forget_job_lease(client: redis.Redis, job_id: str, *, sent: int = 0) -> None:
     """Drop a job's lease record (its provider calls with it): ``ultra jobs retry`` gives the job a new
-    attempt budget. Raises ``DependencyUnavailableError`` if Redis cannot be told."""
+    attempt budget. ``sent``: the calls the job's ledger holds, kept as sent so that a later run finds no
+    call missing from it (billing/ledger.py). Raises ``DependencyUnavailableError`` if Redis cannot be
+    told."""
     try:
-        client.delete(keys.job_lease(job_id))
+        pipe = client.pipeline(transaction=True)
+        pipe.delete(keys.job_lease(job_id))
+        if sent:
+            pipe.hset(keys.job_lease(job_id), "sent", sent)
+            pipe.expire(keys.job_lease(job_id), LEASE_RECORD_TTL_S)
+        pipe.execute()
     except REDIS_DOWN as exc:
         raise DependencyUnavailableError("redis", f"job {job_id}'s lease record: {exc}") from exc

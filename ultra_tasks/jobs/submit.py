@@ -325,13 +325,15 @@ class JobHandle:
 
     def retry(self) -> JobHandle:
         """Resubmit a failed or expired job (a dead letter) with a fresh attempt budget."""
+        from ultra_tasks.billing import ledger
         from ultra_tasks.jobs.lease import forget_job_lease
 
         status = self.status()
         if not status.is_final or status is JobStatus.SUCCEEDED:
             raise JobError(self.id, f"job {self.id} is {status.value}: only failed or expired jobs retry")
-        # the lease record counts the job's provider calls across runs: the fresh budget starts at zero
-        forget_job_lease(shared_redis(), self.id)
+        # the lease record counts the job's provider calls across runs: the fresh budget starts at zero,
+        # while the calls sent stay level with the ledger's rows (a later run compares the two)
+        forget_job_lease(shared_redis(), self.id, sent=ledger.count_of(self.id))
         # a dead letter retried is admitted again, through the same bound
         reset = admission.readmit(
             self.id, self.record()["priority"], lambda guard: records.reset_for_retry(self.id, guard=guard)
