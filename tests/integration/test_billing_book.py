@@ -175,3 +175,14 @@ def test_the_door_checks_the_budget_and_the_calls_the_hard_cap(
     assert not accounts.book.reserve(budget, "d", worst, 60)[0].ok
     # a tenant without a budget is never refused, and costs no Redis step
     accounts.admit(None, request)
+
+
+def test_every_key_of_a_book_expires(book: Book, redis_client: redis.Redis) -> None:
+    budget = _budget(0.000_001)
+    _, period = book.reserve(budget, "8:1", 500, 0.05)
+    time.sleep(0.15)
+    book.totals(budget)  # a read moves the lapsed reservation aside, where a late settlement finds it
+    names = keys.billing_book(budget.tenant_id, period)
+    present = [k for k in names if redis_client.exists(k)]
+    assert names[3] in present
+    assert all(redis_client.ttl(k) > 0 for k in present)

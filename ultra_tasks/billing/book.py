@@ -45,6 +45,8 @@ for _, id in ipairs(gone) do
     redis.call('HINCRBY', KEYS[1], 'reserved', n(-tonumber(a)))
     redis.call('HINCRBY', KEYS[1], 'spent', a)
     redis.call('HSET', KEYS[4], id, a)
+    local ttl = redis.call('TTL', KEYS[1])
+    if ttl > 0 then redis.call('EXPIRE', KEYS[4], ttl) end
     redis.call('HDEL', KEYS[3], id)
   end
   redis.call('ZREM', KEYS[2], id)
@@ -71,21 +73,27 @@ return {1, spent, reserved}
 """
 )
 
-# KEYS: book, res, amt, lapsed. ARGV: attempt, actual cost. Returns 1 settled, 2 settled late, 0 nothing.
+# KEYS: book, res, amt, lapsed. ARGV: attempt, actual cost, ttl s (for a book that has none: every key
+# here expires). Returns 1 settled, 2 settled late, 0 nothing.
 SETTLE_LUA = r"""
 local function n(x) return string.format('%.0f', x) end
+local function keep()
+  if redis.call('TTL', KEYS[1]) == -1 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
+end
 local a = redis.call('HGET', KEYS[3], ARGV[1])
 if a then
   redis.call('HDEL', KEYS[3], ARGV[1])
   redis.call('ZREM', KEYS[2], ARGV[1])
   redis.call('HINCRBY', KEYS[1], 'reserved', n(-tonumber(a)))
   redis.call('HINCRBY', KEYS[1], 'spent', ARGV[2])
+  keep()
   return 1
 end
 local l = redis.call('HGET', KEYS[4], ARGV[1])
 if l then
   redis.call('HDEL', KEYS[4], ARGV[1])
   redis.call('HINCRBY', KEYS[1], 'spent', n(tonumber(ARGV[2]) - tonumber(l)))
+  keep()
   return 2
 end
 return 0
@@ -189,7 +197,8 @@ class Book:
 
     def settle(self, budget: Budget, period: str, attempt: str, actual_nusd: int) -> int:
         """The call's actual cost replaces its reservation (0 refunds it)."""
-        return int(self._settle(keys=self._keys(budget, period), args=[attempt, actual_nusd]))
+        ttl = self._ttl(budget, utcnow())
+        return int(self._settle(keys=self._keys(budget, period), args=[attempt, actual_nusd, ttl]))
 
     def totals(self, budget: Budget, now: datetime | None = None) -> Totals:
         """The period's settled spend and open reservations (the book built from the ledger if missing)."""
