@@ -312,11 +312,6 @@ def billing_book(tenant_id: str, period: str) -> tuple[str, str, str, str]:
     return base, f"{base}:res", f"{base}:amt", f"{base}:lapsed"
 
 
-def billing_books_pattern() -> str:
-    """What every key of every budget book matches (``ultra`` operators' scans, tests)."""
-    return f"{_ns()}:billing:*"
-
-
 def budget_events() -> str:
     """Pub/sub channel: a tenant's budget was set or raised (JSON {"tenant"}); releasers release the jobs
     parked for cause ``budget`` at once, and they check their reservation again."""
