@@ -10,6 +10,7 @@ from ultra_tasks.cache.layered import DistributedCache
 from ultra_tasks.celery_app import app
 from ultra_tasks.config import Settings, get_settings
 from ultra_tasks.errors import (
+    BudgetExceededError,
     CircuitOpenException,
     ConfigurationError,
     DependencyUnavailableError,
@@ -42,6 +43,7 @@ from ultra_tasks.resilience.fallback import Fallback
 __version__ = "0.1.0"
 
 __all__ = [
+    "BudgetExceededError",
     "CircuitBreaker",
     "CircuitOpenException",
     "ConfigurationError",

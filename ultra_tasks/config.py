@@ -330,6 +330,12 @@ class Settings(BaseSettings):
     api_batch_max_lines: int = Field(50_000, ge=1)
     #: seconds the API trusts a key it looked up (a revoked key is refused at most this late)
     api_key_cache_s: float = Field(2.0, ge=0, le=300)
+    #: seconds a process trusts the tenants' budgets it read (a changed budget applies at most this late,
+    #: at once in workers told by ``ultra budgets set``)
+    budget_cache_s: float = Field(5.0, ge=0, le=300)
+    #: seconds a job whose budget cannot hold it while other calls hold reservations waits before it
+    #: checks again (those mostly settle below their worst case)
+    budget_recheck_s: float = Field(2.0, gt=0, le=3600)
     #: connections the API serves at once; more are answered 503
     api_max_connections: int = Field(1000, ge=1)
     #: TLS certificate (PEM) the API serves; with API_TLS_KEYFILE, required beyond loopback

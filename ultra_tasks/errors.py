@@ -31,8 +31,10 @@ Third-party errors (redis, SQLAlchemy, the provider SDKs) are mapped to these at
             │   ├── ContextWindowExceededError  input too large for this model (a larger one may take it)
             │   └── ContentPolicyError          refused by this provider's content policy
             ├── ProviderAuthError       401, 403
-            └── ProviderNotConfiguredError  no API key and no USE_FAKE_PROVIDER: names the variable to set
+            ├── ProviderNotConfiguredError  no API key and no USE_FAKE_PROVIDER: names the variable to set
+            └── UnpricedModelError      a budgeted tenant's call to a model with no known price (not sent)
     NoProviderAvailableError            every entry of a job's fallback chain is unavailable for now
+    BudgetExceededError                 a tenant's budget cannot hold a job's worst case (now, or this period)
     ApiError                            an HTTP API request refused: OpenAI's status, type, param and code
 """
 
@@ -299,6 +301,11 @@ class ProviderNotConfiguredError(PermanentProviderError):
         return {**super().to_dict(), "missing": self.variable}
 
 
+class UnpricedModelError(PermanentProviderError):
+    """A tenant with a budget asked for a model whose price is unknown on its deployment: its cost could
+    not be bounded, so the call is not sent. Give the deployment a ``price`` in the deployments file."""
+
+
 class ContextWindowExceededError(ProviderBadRequestError):
     """Permanent for this model, but a model with a larger context window may answer."""
 
@@ -319,6 +326,18 @@ class NoProviderAvailableError(UltraTasksError):
         self.retry_after = retry_after
         #: when only open breakers stood in the way: the refusal of the one that may be probed first
         self.breaker = breaker
+
+
+class BudgetExceededError(UltraTasksError):
+    """The tenant's budget for the period cannot hold this job's worst-case cost (billing/): at submit,
+    when its settled spend already leaves no room (the API answers 429 ``insufficient_quota``); on a
+    worker, when the reservation does not fit now (the job is parked for cause ``budget``).
+    ``retry_after``: seconds until it may fit (reservations settle, or the period rolls over)."""
+
+    def __init__(self, tenant: str, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.tenant = tenant
+        self.retry_after = retry_after
 
 
 class ApiError(UltraTasksError):

@@ -179,7 +179,7 @@ def parked(queue: str) -> str:
 
 #: what a job can be parked for; each has a set per queue (``parked_for``). jobs/parking.py says what each
 #: means and what releases it.
-PARK_CAUSES = ("provider", "mode", "slot")
+PARK_CAUSES = ("provider", "mode", "slot", "budget")
 
 
 def parked_for(queue: str, cause: str) -> str:
@@ -340,3 +340,25 @@ def jobs_finished() -> str:
 def api_rate(tenant_id: str, minute: int) -> str:
     """Counter with expiry (two minutes): the HTTP API requests of one tenant in one minute (its rpm)."""
     return f"{_ns()}:api:rpm:{tenant_id}:{minute}"
+
+
+def billing_book(tenant_id: str, period: str) -> tuple[str, str, str, str]:
+    """Keys of one tenant's budget in one period (``d20261201``, ``m202612``; billing/book.py): the totals
+    hash (settled spend and open reservations, nano-USD, and whether it was built from the ledger), the
+    open reservations by deadline (sorted set, Redis ms), their amounts (hash), and reservations that
+    lapsed and were counted at their worst case (hash), so a late settlement corrects the count. One
+    hash tag: the book's Lua scripts touch all four. Expire a while after their period ends."""
+    base = f"{_ns()}:billing:{{{tenant_id}:{period}}}"
+    return base, f"{base}:res", f"{base}:amt", f"{base}:lapsed"
+
+
+def budget_events() -> str:
+    """Pub/sub channel: a tenant's budget was set or raised (JSON {"tenant"}); releasers release the jobs
+    parked for cause ``budget`` at once, and they check their reservation again."""
+    return f"{_ns()}:billing:events"
+
+
+def metrics_billing() -> str:
+    """Hash: fleet-wide calls, tokens and cost (nano-USD) by tenant and model, HINCRBY'd by workers in
+    batches (metrics/billing.py); fields are JSON label lists."""
+    return f"{_ns()}:metrics:billing"

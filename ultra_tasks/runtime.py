@@ -25,6 +25,8 @@ from ultra_tasks.resilience.pipeline import ResilientCaller
 if TYPE_CHECKING:
     import redis
 
+    from ultra_tasks.billing.meter import Accounts
+
 T = TypeVar("T")
 
 
@@ -46,6 +48,7 @@ class Runtime:
         self.redis = redis_client or shared_redis(self.settings.redis_url)
         self.registry = registry or default_registry()
         self._caller, self._effects, self._leases, self._cache = caller, effects, leases, cache
+        self._billing: Accounts | None = None
         self._lock = threading.Lock()
 
     def _once(self, attr: str, make: Callable[[], T]) -> T:
@@ -78,6 +81,13 @@ class Runtime:
     def leases(self) -> Leases:
         """The leases of the jobs this process runs (the heartbeat renews them all)."""
         return self._once("_leases", lambda: Leases(self.redis, self.settings))
+
+    @property
+    def billing(self) -> Accounts:
+        """The tenants' budgets (cached) and their books in Redis."""
+        from ultra_tasks.billing.meter import Accounts
+
+        return self._once("_billing", lambda: Accounts(self.redis, self.settings))
 
 
 _current: Runtime | None = None

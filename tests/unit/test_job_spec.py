@@ -65,7 +65,7 @@ def test_a_spec_cannot_be_changed_after_it_is_made() -> None:
         ({"cache": "yes"}, "cache", "expected true or false"),
         ({"chain": ["nobody:gpt-4o"]}, "chain[0]", "provider:model"),
         ({"chain": ["openai:" + "m" * 200]}, "chain[0]", "over the limit of 128"),
-        ({"tenant": "x"}, "tenant", "unknown field (a job has: model, messages"),
+        ({"owner": "x"}, "owner", "unknown field (a job has: model, messages"),
     ],
 )
 def test_every_bad_field_is_refused_by_name(change: dict[str, Any], field: str, words: str) -> None:

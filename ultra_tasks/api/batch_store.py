@@ -197,7 +197,7 @@ def create(
                 "priority": priority,
                 "queue": queue,
                 "model": submission.model,
-                "request": submission.payload,
+                "request": {**submission.payload, "tenant": tenant_id},
                 "attempts": 0,
                 "created_at": now,
                 "updated_at": now,

@@ -14,9 +14,11 @@ from ultra_tasks.api import completions
 from ultra_tasks.api.auth import authenticate
 from ultra_tasks.api.tenants import TenantInfo
 from ultra_tasks.api.waiter import JobWaiter, final_outcomes
+from ultra_tasks.billing.meter import BUDGET_REASON
 from ultra_tasks.config import get_settings
 from ultra_tasks.errors import (
     ApiError,
+    BudgetExceededError,
     DependencyUnavailableError,
     JobNotFoundError,
     JobValidationError,
@@ -71,6 +73,8 @@ def submit_error(exc: Exception, job_id: str) -> ApiError:
             code="queue_full",
             headers={"Retry-After": "1"},
         )
+    if isinstance(exc, BudgetExceededError):
+        return insufficient_quota(str(exc), exc.retry_after)
     if isinstance(exc, SubmitOutcomeUnknownError):
         return ApiError(
             503,
@@ -92,6 +96,21 @@ def after_the_job(error: ApiError, *, rejoinable: bool) -> ApiError:
     if not rejoinable:
         error.headers = {**error.headers, **NO_RETRY}
     return error
+
+
+def insufficient_quota(message: str, retry_after: float, job_id: str | None = None) -> ApiError:
+    """OpenAI's answer to an account out of credit: 429, type and code ``insufficient_quota``."""
+    headers = {"Retry-After": str(max(1, int(retry_after)))}
+    if job_id is not None:
+        headers["X-Job-Id"] = job_id
+    return ApiError(
+        429,
+        f"You exceeded your current quota: {message}. Raise the tenant's budget "
+        "(`ultra budgets set`) or wait for its next period.",
+        type="insufficient_quota",
+        code="insufficient_quota",
+        headers=headers,
+    )
 
 
 def priority_of(header: str | None) -> str:
@@ -139,7 +158,7 @@ async def create_chat_completion(
             )
         except SubmitOutcomeUnknownError as exc:
             raise after_the_job(submit_error(exc, job_id), rejoinable=idempotency_key is not None) from None
-        except (JobValidationError, QueueFullError) as exc:
+        except (JobValidationError, QueueFullError, BudgetExceededError) as exc:
             raise submit_error(exc, job_id) from None
         try:
             if handle.id != job_id:  # the key's first request made the job: wait for that one
@@ -165,6 +184,13 @@ async def create_chat_completion(
     finally:
         registration.close()
     if outcome is None:
+        parked = await run_in_threadpool(_parked_for_budget, job_id)
+        if parked is not None:
+            # the job waits for its budget: a retry without the key would park another one beside it
+            refused = insufficient_quota(
+                f"job {job_id} is parked: {parked}", get_settings().budget_recheck_s, job_id
+            )
+            raise after_the_job(refused, rejoinable=idempotency_key is not None)
         pending = ApiError(
             504,
             f"Job {job_id} did not finish within {timeout:g} s; it goes on. "
@@ -187,6 +213,18 @@ async def create_chat_completion(
             headers={"Cache-Control": "no-cache", "X-Job-Id": job_id},
         )
     return JSONResponse(completions.chat_completion(job_id, outcome), headers={"X-Job-Id": job_id})
+
+
+def _parked_for_budget(job_id: str) -> str | None:
+    """Why the job waits, when it is parked because its tenant's budget cannot hold it now."""
+    try:
+        row = records.get_job(job_id)
+    except JobNotFoundError:
+        return None
+    reason = row.status_reason or ""
+    if row.status == JobStatus.PARKED.value and reason.startswith(BUDGET_REASON):
+        return reason
+    return None
 
 
 def tenant_job(job_id: str, tenant: TenantInfo) -> Any:

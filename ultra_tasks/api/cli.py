@@ -24,6 +24,9 @@ def register(cli: typer.Typer, guarded: Callable[[Any], Any]) -> None:
     """Add the API's commands to the ``ultra`` command line."""
     cli.add_typer(keys_cli, name="keys")
     cli.add_typer(batches_cli, name="batches")
+    from ultra_tasks.billing import cli as billing_cli
+
+    billing_cli.register(cli, guarded)
 
     @cli.command("api")
     @guarded
@@ -49,13 +52,14 @@ def register(cli: typer.Typer, guarded: Callable[[Any], Any]) -> None:
         tenant: str = typer.Option(..., "--tenant", help="The tenant's name (made on first use)."),
         rpm: int | None = typer.Option(None, "--rpm", min=1, help="Requests per minute for the tenant."),
         budget_usd: float | None = typer.Option(
-            None, "--budget-usd", min=0, help="The tenant's budget (USD)."
+            None, "--budget-usd", min=0, help="The tenant's budget per --period (USD)."
         ),
+        period: str | None = typer.Option(None, "--period", help="The budget's period: day or month."),
     ) -> None:
         """Make a key for a tenant; the key is printed once, on the last line, and never kept."""
         from ultra_tasks.api.tenants import create_key
 
-        info, key = create_key(tenant, rpm=rpm, budget_usd=budget_usd)
+        info, key = create_key(tenant, rpm=rpm, budget_usd=budget_usd, budget_period=period)
         console.print(f"key {info.id} for tenant {info.tenant}; it is shown once, keep it now:")
         print(key)
 

@@ -7,6 +7,7 @@ would cost each request tens of milliseconds).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets
 import uuid
@@ -62,10 +63,14 @@ class KeyInfo:
 
 
 def create_key(
-    tenant: str, *, rpm: int | None = None, budget_usd: float | None = None
+    tenant: str,
+    *,
+    rpm: int | None = None,
+    budget_usd: float | None = None,
+    budget_period: str | None = None,
 ) -> tuple[KeyInfo, str]:
-    """A new key for ``tenant`` (made on first use; ``rpm`` and ``budget_usd`` update it when given):
-    (its record, the key itself, which is not kept)."""
+    """A new key for ``tenant`` (made on first use; ``rpm``, ``budget_usd`` and ``budget_period`` (day or
+    month) update it when given): (its record, the key itself, which is not kept)."""
     name = tenant.strip()
     if not name or len(name) > 128:
         raise ConfigurationError("--tenant: expected a name of 1 to 128 characters")
@@ -73,6 +78,8 @@ def create_key(
         raise ConfigurationError("--rpm: expected a positive number of requests per minute")
     if budget_usd is not None and budget_usd < 0:
         raise ConfigurationError("--budget-usd: expected a non-negative amount")
+    if budget_period is not None and budget_period not in ("day", "month"):
+        raise ConfigurationError(f"--period: expected day or month, got {budget_period!r}")
     upgrade_schema()
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     now = utcnow()
@@ -85,7 +92,12 @@ def create_key(
                     tenant_id = str(uuid.uuid4())
                     conn.execute(
                         tenants_t.insert().values(
-                            id=tenant_id, name=name, rpm=rpm, budget_usd=budget_usd, created_at=now
+                            id=tenant_id,
+                            name=name,
+                            rpm=rpm,
+                            budget_usd=budget_usd,
+                            budget_period=budget_period or "month",
+                            created_at=now,
                         )
                     )
                 else:
@@ -94,6 +106,8 @@ def create_key(
                         changes["rpm"] = rpm
                     if budget_usd is not None:
                         changes["budget_usd"] = budget_usd
+                    if budget_period is not None:
+                        changes["budget_period"] = budget_period
                     if changes:
                         conn.execute(update(tenants_t).where(tenants_t.c.id == tenant_id).values(**changes))
                 conn.execute(
@@ -105,10 +119,22 @@ def create_key(
                         created_at=now,
                     )
                 )
+            if budget_usd is not None or budget_period is not None:
+                _budget_changed(tenant_id)
             return info, key
         except IntegrityError:
             continue
     raise ConfigurationError(f"tenant {name!r} could not be recorded; try again")
+
+
+def _budget_changed(tenant_id: str) -> None:
+    """Tell the fleet (billing/budgets.py); a fleet that cannot be told reads it within BUDGET_CACHE_S."""
+    from ultra_tasks.billing.budgets import forget, notify
+    from ultra_tasks.redis_client import REDIS_DOWN, shared_redis
+
+    forget()
+    with contextlib.suppress(*REDIS_DOWN):
+        notify(shared_redis(), tenant_id)
 
 
 def list_keys() -> list[KeyInfo]:

@@ -144,9 +144,13 @@ class Tenant(Base):
     name: Mapped[str] = mapped_column(String(128), unique=True)
     #: requests per minute its keys may make together (NULL: no limit)
     rpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    #: spending limit in US dollars (NULL: none); enforced by billing, recorded here
+    #: spending limit in US dollars per ``budget_period`` (NULL: none; billing/budgets.py)
     budget_usd: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    #: "day" or "month" (UTC): the period ``budget_usd`` is for
+    budget_period: Mapped[str] = mapped_column(String(8), default="month", server_default="month")
+    #: the ceiling no call's worst case may cross (NULL: ``budget_usd`` is the ceiling too)
+    budget_hard_cap_usd: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class ApiKey(Base):
@@ -218,3 +222,29 @@ class BatchLine(Base):
     custom_id: Mapped[str] = mapped_column(String(512))
 
     __table_args__ = (Index("ux_batch_lines_batch_custom", "batch_id", "custom_id", unique=True),)
+
+
+class LedgerEntry(Base):
+    """One provider call of a job (billing/ledger.py): exactly one row per (job, attempt), the attempt
+    named by the run's lease token and the call's number. ``status``: ``ok`` (usage known), ``error``
+    (the provider answered with an error: nothing billed) or ``unknown`` (the call may have been billed:
+    it timed out, or its worker died). Costs in nano-USD; NULL when the price or the usage is unknown."""
+
+    __tablename__ = "ledger"
+
+    #: the key is the call itself: a second write of the same call is refused by it (and ignored)
+    job_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    attempt_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    deployment: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    model: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    status: Mapped[str] = mapped_column(String(8))
+    input_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    output_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    cost_nusd: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    #: what the call's worst case was (what an ``unknown`` call counts against its budget)
+    worst_nusd: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    # one index beside the key: every job that calls a provider inserts a row, and each index costs it
+    __table_args__ = (Index("ix_ledger_tenant_created", "tenant", "created_at"),)

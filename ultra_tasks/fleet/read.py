@@ -30,6 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ultra_tasks.clock import utcnow
 from ultra_tasks.config import get_settings
 from ultra_tasks.errors import DependencyUnavailableError
+from ultra_tasks.fleet.billing import read_billing, read_budgets
 from ultra_tasks.fleet.breakers import read_breakers
 from ultra_tasks.fleet.cache import read_cache
 from ultra_tasks.fleet.jobs import read_job_counters, read_job_table, read_queue_stats
@@ -73,6 +74,8 @@ READERS: dict[Part, Reader] = {
     Part.QUEUE_STATS: lambda s: read_queue_stats(s.window_s, s.now),
     Part.JOB_TABLE: lambda s: read_job_table(),
     Part.CACHE: lambda s: read_cache(s.state),
+    Part.BUDGETS: lambda s: read_budgets(s.now),
+    Part.BILLING: lambda s: read_billing(s.state),
 }
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+from ultra_tasks.fleet.billing import BillingCounters, BudgetView
 from ultra_tasks.fleet.breakers import BreakerView
 from ultra_tasks.fleet.cache import FleetCache
 from ultra_tasks.fleet.jobs import JobCounters
@@ -40,6 +41,8 @@ class Part(StrEnum):
     QUEUE_STATS = "queue_stats"
     JOB_TABLE = "job_table"
     CACHE = "cache"
+    BUDGETS = "budgets"
+    BILLING = "billing"
 
 
 #: the store each part is read from
@@ -55,6 +58,8 @@ STORE_OF = {
     Part.QUEUE_STATS: Store.DATABASE,
     Part.JOB_TABLE: Store.DATABASE,
     Part.CACHE: Store.REDIS,
+    Part.BUDGETS: Store.DATABASE,
+    Part.BILLING: Store.REDIS,
 }
 
 
@@ -92,6 +97,8 @@ class FleetSnapshot:
     queue_stats: QueueStats | None = None
     job_table: JobTableSummary | None = None
     cache: FleetCache | None = None
+    budgets: list[BudgetView] | None = None
+    billing: BillingCounters | None = None
 
     @property
     def mode(self) -> ModeView:

@@ -66,14 +66,15 @@ local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 """
 
 # KEYS[1] lease hash; ARGV: owner, ttl ms, record ttl s, own takeover (1/0), precount (1/0).
-# Returns {1, token, calls before this run} when taken, {0, owner, ms left} when another run holds it.
+# Returns {1, token, calls before this run, calls sent before this run, the token replaced} when taken,
+# {0, owner, ms left} when another run holds it.
 # ``precount`` counts the run's first provider call now, in the same step (most runs make exactly one:
 # it saves a round trip per job); a run that makes none gives it back when it ends. ``prev`` keeps the
 # token this one replaced, for a run that must abandon a lease it cannot use (RELEASE mode 2).
 ACQUIRE_LUA = (
     _NOW
     + r"""
-local cur = redis.call('HMGET', KEYS[1], 'owner', 'token', 'exp', 'calls')
+local cur = redis.call('HMGET', KEYS[1], 'owner', 'token', 'exp', 'calls', 'sent')
 local exp = tonumber(cur[3] or '0')
 if cur[1] and exp > now_ms and not (cur[1] == ARGV[1] and ARGV[4] == '1') then
   return {0, cur[1], exp - now_ms}
@@ -87,7 +88,7 @@ if ARGV[5] == '1' then
   redis.call('HINCRBY', KEYS[1], 'sent', 1)
 end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
-return {1, stoken, tonumber(cur[4] or '0')}
+return {1, stoken, tonumber(cur[4] or '0'), tonumber(cur[5] or '0'), cur[2] or '0'}
 """
 )
 
@@ -166,6 +167,10 @@ class Lease:
     precounted: bool = False
     #: when the lease was last taken or extended in Redis (monotonic seconds)
     extended_at: float = 0.0
+    #: provider calls the job's earlier runs sent (Redis' count): those the ledger lacks died in flight
+    sent_before: int = 0
+    #: the token of the run this lease replaced (names the calls that run left unrecorded)
+    previous_token: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -254,7 +259,7 @@ class Leases:
         ttl_ms = int(self.ttl_s * 1000)
         redis_down: Exception | None = None
         token: int | None = None
-        calls = 0
+        calls = sent = previous = 0
         try:
             reply = self._acquire(
                 keys=[keys.job_lease(job_id)], args=[owner, ttl_ms, LEASE_RECORD_TTL_S, 1, 1]
@@ -262,6 +267,8 @@ class Leases:
             if int(reply[0]) == 0:
                 return Held(str(reply[1]), int(reply[2]) / 1000)
             token, calls = int(reply[1]), int(reply[2])
+            if len(reply) > 4:
+                sent, previous = int(reply[3]), int(reply[4])
         except REDIS_DOWN as exc:
             redis_down = exc
         taken_at = self._clock()
@@ -301,8 +308,16 @@ class Leases:
         if token is None:  # Redis down: the database issued the token, and calls are counted there
             lease = Lease(job_id, owner, start.token, start.attempts)
         else:
-            previous = max(calls, start.attempts)
-            lease = Lease(job_id, owner, start.token, previous + 1, precounted=True, extended_at=taken_at)
+            lease = Lease(
+                job_id,
+                owner,
+                start.token,
+                max(calls, start.attempts) + 1,
+                precounted=True,
+                extended_at=taken_at,
+                sent_before=sent,
+                previous_token=previous,
+            )
         return Acquired(self._hold(lease), start)
 
     def _hold(self, lease: Lease) -> Lease:
@@ -476,10 +491,17 @@ class Leases:
             log.info("job %s: lease not given back in Redis (%s); it lapses by itself", job_id, exc)
 
 
-def forget_job_lease(client: redis.Redis, job_id: str) -> None:
+def forget_job_lease(client: redis.Redis, job_id: str, *, sent: int = 0) -> None:
     """Drop a job's lease record (its provider calls with it): ``ultra jobs retry`` gives the job a new
-    attempt budget. Raises ``DependencyUnavailableError`` if Redis cannot be told."""
+    attempt budget. ``sent``: the calls the job's ledger holds, kept as sent so that a later run finds no
+    call missing from it (billing/ledger.py). Raises ``DependencyUnavailableError`` if Redis cannot be
+    told."""
     try:
-        client.delete(keys.job_lease(job_id))
+        pipe = client.pipeline(transaction=True)
+        pipe.delete(keys.job_lease(job_id))
+        if sent:
+            pipe.hset(keys.job_lease(job_id), "sent", sent)
+            pipe.expire(keys.job_lease(job_id), LEASE_RECORD_TTL_S)
+        pipe.execute()
     except REDIS_DOWN as exc:
         raise DependencyUnavailableError("redis", f"job {job_id}'s lease record: {exc}") from exc

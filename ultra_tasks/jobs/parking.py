@@ -64,9 +64,11 @@ CLAIM_BATCH = 200
 #: - mode: held back by the operation mode (EMERGENCY runs only some queues): a mode that improves
 #:   releases it;
 #: - slot: waiting for the start slot it reserved (DEGRADED slows llm.low): released early only by the
-#:   mode returning to NORMAL, since a released slotted job runs without asking again.
+#:   mode returning to NORMAL, since a released slotted job runs without asking again;
+#: - budget: its tenant's budget cannot hold its worst case now (billing/): a budget set or raised
+#:   releases it, else it is due when reservations may have settled or the period rolls over.
 CAUSES = keys.PARK_CAUSES
-CAUSE_PROVIDER, CAUSE_MODE, CAUSE_SLOT = CAUSES
+CAUSE_PROVIDER, CAUSE_MODE, CAUSE_SLOT, CAUSE_BUDGET = CAUSES
 #: what an operator's wake (``Parking.wake``) releases: every parked job, whatever its cause
 ALL = ("*",)
 #: how an event releases the jobs parked for its causes (``released_by``)
@@ -377,6 +379,10 @@ class Releaser(threading.Thread):
         causes, how, event = released_by(message)
         if not causes:
             return 0
+        if CAUSE_BUDGET in causes and causes != ALL:
+            from ultra_tasks.billing import budgets
+
+            budgets.forget()  # the jobs released check the budget just set, not this process's old copy
         if how == AT_ONCE:
             released = self.parking.release(self.publish, causes=causes)
         else:
@@ -399,7 +405,9 @@ class Releaser(threading.Thread):
         while not self._stop_event.is_set():
             pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
-                pubsub.subscribe(keys.parked_wake(), keys.breaker_events(), keys.mode_events())
+                pubsub.subscribe(
+                    keys.parked_wake(), keys.breaker_events(), keys.mode_events(), keys.budget_events()
+                )
                 next_poll = 0.0
                 while not self._stop_event.is_set():
                     message = pubsub.get_message(timeout=min(self.poll_s, 0.5))
@@ -444,6 +452,8 @@ def released_by(message: dict[str, Any]) -> tuple[tuple[str, ...], str, str]:
         if event.get("to") == "half-open":
             return (CAUSE_PROVIDER,), PROBES, event_id
         return nothing
+    if channel == keys.budget_events():
+        return (CAUSE_BUDGET,), AT_ONCE, ""
     if channel == keys.mode_events():
         before, after = event.get("from"), event.get("to")
         event_id = f"mode:{before}:{after}:{event.get('at')}"

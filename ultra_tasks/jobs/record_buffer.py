@@ -33,6 +33,7 @@ import redis
 from sqlalchemy.exc import SQLAlchemyError
 
 from ultra_tasks import keys
+from ultra_tasks.billing import ledger
 from ultra_tasks.clock import utcnow
 from ultra_tasks.errors import DependencyUnavailableError
 from ultra_tasks.jobs import outcome_buffer, records
@@ -51,6 +52,8 @@ _APPLY: dict[str, Callable[..., bool | None]] = {
     "parked": records.mark_parked,
     "expired": records.mark_expired,
     "released": lambda job_id, at=None: records.mark_released(job_id),
+    # provider calls of a run whose outcome write did not carry them (billing/ledger.py)
+    "ledger": lambda job_id, at=None, entries=(): ledger.apply_buffered(job_id, list(entries), at),
 }
 #: writes that end a run: one the database refuses becomes a failed outcome
 _OUTCOMES = ("succeeded", "failed", "parked", "expired")
@@ -81,7 +84,7 @@ def apply(op: str, job_id: str, at: datetime, args: dict[str, Any]) -> bool | No
             "kind": "internal",
             "message": f"the job's {op} outcome could not be recorded: {str(exc)[:1000]}",
         }
-        fenced = {k: v for k, v in args.items() if k in ("token", "attempts")}
+        fenced = {k: v for k, v in args.items() if k in ("token", "attempts", "ledger")}
         return records.mark_failed(job_id, error, at=at, **fenced)
 
 

@@ -16,6 +16,7 @@ from typing import Any, cast
 from sqlalchemy import ColumnElement, Connection, Table, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from ultra_tasks.billing import ledger as billing_ledger
 from ultra_tasks.clock import utcnow
 from ultra_tasks.db.engine import (
     has_replicas,
@@ -591,8 +592,10 @@ def mark_parked(
     at: datetime | None = None,
     token: int | None = None,
     attempts: int | None = None,
+    ledger: list[dict[str, Any]] | None = None,
 ) -> bool:
     """The job cannot run now: parked for ``wait_s`` (or until what it waits for recovers), with why.
+    ``ledger``: the run's provider calls (as ``mark_succeeded``).
     ``attempts``: the job's provider calls so far (absolute); ``calls`` (added) is for callers without a
     lease. False if the run no longer holds the job."""
     now = at or utcnow()
@@ -614,6 +617,8 @@ def mark_parked(
         params["token"] = token
     with transaction() as conn:
         result = conn.execute(update(jobs).where(*where).values(**values), params)
+        if ledger:
+            billing_ledger.write(conn, ledger, now)
     return result.rowcount > 0
 
 
@@ -639,8 +644,11 @@ def mark_succeeded(
     at: datetime | None = None,
     token: int | None = None,
     attempts: int | None = None,
+    ledger: list[dict[str, Any]] | None = None,
 ) -> bool:
-    """The run's answer; False if a newer run holds the job or it is final under another run."""
+    """The run's answer; False if a newer run holds the job or it is final under another run. ``ledger``:
+    the run's provider calls, entered in the same transaction whether or not the row takes the answer
+    (a call made is a call made; each is entered once: billing/ledger.py)."""
     params = {
         "job_id": job_id,
         "attempts": attempts if attempts is not None else calls,
@@ -653,6 +661,8 @@ def mark_succeeded(
     }
     with transaction() as conn:
         written = conn.execute(_SUCCEEDED, params).rowcount > 0
+        if ledger:
+            billing_ledger.write(conn, ledger, at)
     return _ended(job_id, written)
 
 
@@ -663,8 +673,10 @@ def mark_failed(
     at: datetime | None = None,
     token: int | None = None,
     attempts: int | None = None,
+    ledger: list[dict[str, Any]] | None = None,
 ) -> bool:
-    """The run's failure; False if a newer run holds the job or it is final under another run."""
+    """The run's failure; False if a newer run holds the job or it is final under another run.
+    ``ledger``: the run's provider calls (as ``mark_succeeded``)."""
     params = {
         "job_id": job_id,
         "attempts": attempts if attempts is not None else calls,
@@ -676,6 +688,8 @@ def mark_failed(
     }
     with transaction() as conn:
         written = conn.execute(_FAILED, params).rowcount > 0
+        if ledger:
+            billing_ledger.write(conn, ledger, at)
     return _ended(job_id, written)
 
 

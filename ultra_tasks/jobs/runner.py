@@ -20,12 +20,15 @@ from typing import Any
 
 import redis
 
+from ultra_tasks.billing import ledger
+from ultra_tasks.billing.meter import RunMeter
 from ultra_tasks.cache.layered import DistributedCache
 from ultra_tasks.cache.llm import NAMESPACE as CACHE_NAMESPACE
 from ultra_tasks.cache.llm import FillLock, is_cacheable, request_digest
 from ultra_tasks.clock import utcnow
 from ultra_tasks.config import Settings
 from ultra_tasks.errors import (
+    BudgetExceededError,
     DependencyUnavailableError,
     JobValidationError,
     LeaseLostError,
@@ -45,12 +48,14 @@ from ultra_tasks.jobs.outcomes import (
     Succeeded,
     final_outcome,
 )
-from ultra_tasks.jobs.parking import CAUSE_MODE, CAUSE_PROVIDER, CAUSE_SLOT, carrier_wait
+from ultra_tasks.jobs.parking import CAUSE_BUDGET, CAUSE_MODE, CAUSE_PROVIDER, CAUSE_SLOT, carrier_wait
 from ultra_tasks.jobs.record_buffer import RecordWriter
 from ultra_tasks.jobs.spec import JobSpec
 from ultra_tasks.keys import QUEUE_DEFAULT
 from ultra_tasks.metrics import rollup
 from ultra_tasks.mode.effects import Admission, ModeEffects
+from ultra_tasks.providers.base import LLMRequest, LLMResponse
+from ultra_tasks.providers.kinds.base import Deployment
 from ultra_tasks.redis_client import REDIS_DOWN
 from ultra_tasks.resilience.chains import chain_for
 from ultra_tasks.resilience.pipeline import ChainFailed, ResilientCaller
@@ -62,11 +67,12 @@ log = logging.getLogger(__name__)
 
 class LeasedBudget(AttemptBudget):
     """The job's attempt budget, where taking an attempt also counts the call in the run's lease: a call
-    goes out only while the lease holds, and a run that takes the job over continues its budget."""
+    goes out only while the lease holds, and a run that takes the job over continues its budget. Its
+    ``meter`` keeps the calls' accounts: reservations against the tenant's budget and ledger entries."""
 
-    def __init__(self, total: int, leases: Leases, lease: Lease) -> None:
+    def __init__(self, total: int, leases: Leases, lease: Lease, meter: RunMeter | None = None) -> None:
         super().__init__(total)
-        self.leases, self.lease = leases, lease
+        self.leases, self.lease, self.meter = leases, lease, meter
 
     def take(self) -> bool:
         if not super().take():
@@ -81,6 +87,20 @@ class LeasedBudget(AttemptBudget):
     def refund(self, *, sent: bool = False) -> None:
         super().refund(sent=sent)
         self.leases.refund_call(self.lease, sent=sent)
+        if self.meter is not None and not sent:
+            self.meter.cancel()
+
+    def opening(self, deployment: Deployment, request: LLMRequest) -> None:
+        if self.meter is not None:
+            self.meter.opening(deployment, request)
+
+    def answered(self, response: LLMResponse) -> None:
+        if self.meter is not None:
+            self.meter.answered(response)
+
+    def failed(self, exc: BaseException) -> None:
+        if self.meter is not None:
+            self.meter.failed(exc)
 
 
 def execute_job(
@@ -129,6 +149,7 @@ def execute_job(
         log.warning("job %s is not in the job table; running it unrecorded", job_id)
     writer = RecordWriter(rt.redis)
     outcome: Outcome | None = None
+    run: JobRun | None = None
     try:
         if start is None and lease.recorded:
             earlier = _backend_outcome(rt.redis, job_id)
@@ -139,7 +160,8 @@ def execute_job(
                 "started", job_id, utcnow(), worker=owner, token=lease.token, lease_ttl_s=leases.ttl_s
             )
         picked_up = time.monotonic()
-        outcome = JobRun(rt, job_id, payload, lease, start, queue, writer).run()
+        run = JobRun(rt, job_id, payload, lease, start, queue, writer)
+        outcome = run.run()
         if outcome.final:
             _count_in_rollup(outcome.status, start, picked_up)
         return outcome
@@ -158,6 +180,8 @@ def execute_job(
             raise
         raise DependencyUnavailableError("redis", str(exc)) from exc
     finally:
+        if run is not None:
+            run.record.write_calls()
         leases.release(lease, final=outcome is not None and outcome.final)
 
 
@@ -223,7 +247,8 @@ class JobRun:
         self.start = start
         # the job's own queue is authoritative (the starvation guard moves jobs up); else the message's
         self.queue = (start.queue if start is not None else None) or queue or QUEUE_DEFAULT
-        self.record = _Record(writer, job_id, lease)
+        self.meter = RunMeter(job_id, None, lease.token)
+        self.record = _Record(writer, job_id, lease, self.meter)
         #: the job's provider calls before this run (a run that took it over continues its budget)
         self.calls_before = lease.charged
 
@@ -231,6 +256,9 @@ class JobRun:
         spec = self.spec()
         if isinstance(spec, Failed):
             return spec
+        self.meter.tenant = spec.tenant
+        if self.lease.sent_before > 0 and self.lease.recorded:
+            self.lost_calls(spec)
         outcome = self.expiry()
         if outcome is not None:
             return outcome
@@ -250,6 +278,20 @@ class JobRun:
         except JobValidationError as exc:
             log.warning("job %s has a malformed request: %s", self.job_id, exc)
             return self.failed({"type": type(exc).__name__, "kind": "invalid_request", "message": str(exc)})
+
+    def lost_calls(self, spec: JobSpec) -> None:
+        """Calls an earlier run sent and never entered in the ledger (its worker died with them in flight)
+        are entered as unknown usage, before this run makes any: sent (the lease's count) minus entered."""
+        try:
+            missing = self.lease.sent_before - ledger.count_of(self.job_id)
+            if missing > 0:
+                entries = self.meter.lost_calls(missing, self.lease.previous_token, spec.request)
+                ledger.record(entries)
+                log.warning(
+                    "job %s: %d call(s) of an earlier run entered with unknown usage", self.job_id, missing
+                )
+        except DependencyUnavailableError as exc:
+            log.warning("job %s: earlier runs' calls not checked against the ledger (%s)", self.job_id, exc)
 
     def expiry(self) -> Expired | None:
         expires_at = self.start.expires_at if self.start is not None else None
@@ -307,8 +349,16 @@ class JobRun:
 
     def call(self, spec: JobSpec, plan: _CachePlan) -> Outcome:
         """The provider call through the resilient pipeline, along the job's chain."""
+        meter = self.meter
+        if spec.tenant is not None:
+            accounts = self.rt.billing
+            meter.budget = accounts.budget_of(spec.tenant)
+            meter.accounts = accounts if meter.budget is not None else None
         budget = LeasedBudget(
-            max(0, self.settings.effective_attempt_budget - self.calls_before), self.rt.leases, self.lease
+            max(0, self.settings.effective_attempt_budget - self.calls_before),
+            self.rt.leases,
+            self.lease,
+            meter,
         )
         request = spec.request
         try:
@@ -344,6 +394,9 @@ class JobRun:
                         f"to close (released in a ramp), {wait:.0f}s at the latest"
                     )
             return self.parked(wait, reason, CAUSE_PROVIDER)
+        except BudgetExceededError as exc:
+            log.info("job %s parked: %s", self.job_id, exc)
+            return self.parked(exc.retry_after, str(exc), CAUSE_BUDGET)
         except ChainFailed as exc:
             log.warning("job %s failed: %s", self.job_id, exc.error)
             return self.failed(
@@ -414,10 +467,25 @@ class JobRun:
 
 class _Record:
     """The run's writes to its job's row, each fenced by its lease's token and carrying the job's calls
-    as an absolute count (idempotent, in whatever order the buffer applies them)."""
+    as an absolute count (idempotent, in whatever order the buffer applies them). An outcome write also
+    carries the run's provider calls into the ledger, in its transaction (entered once each, whether
+    the row takes the outcome or not)."""
 
-    def __init__(self, writer: RecordWriter, job_id: str, lease: Lease) -> None:
-        self.writer, self.job_id, self.lease = writer, job_id, lease
+    def __init__(self, writer: RecordWriter, job_id: str, lease: Lease, meter: RunMeter) -> None:
+        self.writer, self.job_id, self.lease, self.meter = writer, job_id, lease, meter
+
+    def write_calls(self) -> None:
+        """Enter the calls no outcome write carried (the run stopped: its lease lost, an outage, a bug)."""
+        self.meter.close()
+        entries = self.meter.take_entries()
+        if not entries:
+            return
+        try:
+            self.writer.write("ledger", self.job_id, entries=entries)
+        except DependencyUnavailableError as exc:
+            log.error(
+                "job %s: %d provider call(s) not entered in the ledger (%s)", self.job_id, len(entries), exc
+            )
 
     def write(self, op: str, **args: Any) -> None:
         if not self.lease.recorded:
@@ -425,6 +493,10 @@ class _Record:
         self.lease.check()
         if op != "expired":
             args["attempts"] = self.lease.charged
+            self.meter.close()
+            calls = self.meter.take_entries()
+            if calls:
+                args["ledger"] = calls
         applied = self.writer.write(op, self.job_id, token=self.lease.token, **args)
         if applied is False:  # the row has seen a newer run: this one's outcome is not the job's
             self.lease.lost = True

@@ -99,6 +99,8 @@ class JobSpec(BaseModel):
     fallback: StrictBool = True
     #: the job's own fallback chain, "provider:model" entries, first tried first
     chain: tuple[StrictStr, ...] | None = None
+    #: the HTTP API tenant whose job it is (its budget and ledger entries); None: Python and CLI jobs
+    tenant: StrictStr | None = Field(None, max_length=36)
 
     @field_validator("model")
     @classmethod
@@ -220,6 +222,8 @@ class JobSpec(BaseModel):
         data = self.model_dump(mode="json")
         if self.chain is None:
             del data["chain"]
+        if self.tenant is None:
+            del data["tenant"]
         return data
 
     @cached_property

@@ -76,6 +76,7 @@ def submit(
     The job table is the outbox: a job recorded while the broker is unreachable is accepted and published
     by the sweeper on beat once the broker is back. ``QueueFullError`` when the jobs held (accepted, not
     final) reach this priority's share of QUEUE_MAX_SIZE (QUEUE_SHED_AT; jobs/admission.py).
+    ``BudgetExceededError`` when the tenant's budget for the period is known not to hold the job.
     """
     settings = get_settings()
     job = validate_submission(
@@ -97,6 +98,10 @@ def submit(
         job_id=job_id,
     )
     payload, expires_in = job.payload, job.expires_in
+    if tenant is not None:
+        payload["tenant"] = tenant
+        # a tenant whose budget already cannot hold this job hears so now, before anything is recorded
+        runtime().billing.admit(tenant, job.spec.request)
     queue = PRIORITY_QUEUES[job.priority]
     new_id = job.job_id or str(uuid.uuid4())
     upgrade_schema()
@@ -320,13 +325,15 @@ class JobHandle:
 
     def retry(self) -> JobHandle:
         """Resubmit a failed or expired job (a dead letter) with a fresh attempt budget."""
+        from ultra_tasks.billing import ledger
         from ultra_tasks.jobs.lease import forget_job_lease
 
         status = self.status()
         if not status.is_final or status is JobStatus.SUCCEEDED:
             raise JobError(self.id, f"job {self.id} is {status.value}: only failed or expired jobs retry")
-        # the lease record counts the job's provider calls across runs: the fresh budget starts at zero
-        forget_job_lease(shared_redis(), self.id)
+        # the lease record counts the job's provider calls across runs: the fresh budget starts at zero,
+        # while the calls sent stay level with the ledger's rows (a later run compares the two)
+        forget_job_lease(shared_redis(), self.id, sent=ledger.count_of(self.id))
         # a dead letter retried is admitted again, through the same bound
         reset = admission.readmit(
             self.id, self.record()["priority"], lambda guard: records.reset_for_retry(self.id, guard=guard)

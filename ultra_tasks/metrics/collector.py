@@ -45,6 +45,10 @@ def snapshot_families(snapshot: FleetSnapshot) -> Iterator[Metric]:
         yield from families.component_families(snapshot.components)
     if snapshot.queue_stats is not None:
         yield from families.queue_stats_families(snapshot.queue_stats)
+    if snapshot.billing is not None:
+        yield from families.billing_families(snapshot.billing)
+    if snapshot.budgets is not None:
+        yield from families.budget_families(snapshot.budgets)
     yield from _read_families(snapshot)
 
 

@@ -14,6 +14,7 @@ from prometheus_client.core import (
     SummaryMetricFamily,
 )
 
+from ultra_tasks.fleet.billing import BillingCounters, BudgetView
 from ultra_tasks.fleet.breakers import BreakerView
 from ultra_tasks.fleet.cache import FleetCache
 from ultra_tasks.fleet.jobs import JobCounters
@@ -324,3 +325,53 @@ def component_families(components: list[ComponentView]) -> list[Metric]:
         for st in COMPONENT_STATUSES:
             status.add_metric([c.component, c.kind, st], 1 if st == c.status else 0)
     return [status]
+
+
+# --- billing ----------------------------------------------------------------------------------------------
+def billing_families(billing: BillingCounters) -> list[Metric]:
+    """Cost, tokens and calls by tenant and model (bounded: metrics/billing.py)."""
+    cost = CounterMetricFamily(
+        "ultra_billing_cost_usd",
+        "What provider calls cost, fleet-wide, by tenant and model (calls of unknown cost left out)",
+        labels=["tenant", "model"],
+    )
+    for (tenant, model), nusd in sorted(billing.cost_nusd.items()):
+        cost.add_metric([tenant, model], nusd / 1e9)
+    tokens = CounterMetricFamily(
+        "ultra_billing_tokens",
+        "Tokens of provider calls, fleet-wide, by tenant, model and direction (input, output)",
+        labels=["tenant", "model", "direction"],
+    )
+    for (tenant, model, direction), n in sorted(billing.tokens.items()):
+        tokens.add_metric([tenant, model, direction], n)
+    calls = CounterMetricFamily(
+        "ultra_billing_calls",
+        "Provider calls entered in the ledger, by tenant, model and status (ok, error, unknown)",
+        labels=["tenant", "model", "status"],
+    )
+    for (tenant, model, status), n in sorted(billing.calls.items()):
+        calls.add_metric([tenant, model, status], n)
+    uncosted = CounterMetricFamily(
+        "ultra_billing_uncosted_calls",
+        "Provider calls whose cost is unknown (no price, or usage lost), by tenant and model",
+        labels=["tenant", "model"],
+    )
+    for (tenant, model), n in sorted(billing.uncosted.items()):
+        uncosted.add_metric([tenant, model], n)
+    return [cost, tokens, calls, uncosted]
+
+
+def budget_families(budgets: list[BudgetView]) -> list[Metric]:
+    budget = GaugeMetricFamily(
+        "ultra_budget_usd", "Each tenant's budget for its current period", labels=["tenant", "period"]
+    )
+    spent = GaugeMetricFamily(
+        "ultra_budget_spent_usd",
+        "Each tenant's settled spend in its current period (lost calls at their worst case)",
+        labels=["tenant", "period"],
+    )
+    for b in budgets:
+        budget.add_metric([b.tenant, b.period], b.usd)
+        if b.spent_usd is not None:
+            spent.add_metric([b.tenant, b.period], b.spent_usd)
+    return [budget, spent]

@@ -363,6 +363,8 @@ class FakeProviderServer:
             "arrivals": [],
             # requests per last user message (prompt_key): how often each job reached the provider
             "by_prompt": {},
+            # answers sent per last user message: the calls that completed, each with its usage
+            "ok_by_prompt": {},
         }
 
     # -- control API (state is only touched on the server loop, so no locks) ------------------
@@ -478,6 +480,7 @@ class FakeProviderServer:
         if isinstance(model, str):
             self._stats["by_model"][model] = self._stats["by_model"].get(model, 0) + 1
         problem = _validate(body)
+        key = None
         if problem is None:
             last_user = next(
                 (_text(m.get("content")) for m in reversed(body["messages"]) if m.get("role") == "user"), ""
@@ -536,6 +539,9 @@ class FakeProviderServer:
             if await self._pause(float(params.get("max_s", 600))):
                 return self._drop(request)
         self._record(call, "ok")
+        answered = self._stats["ok_by_prompt"]
+        if key is not None and (key in answered or len(answered) < MAX_PROMPTS):
+            answered[key] = answered.get(key, 0) + 1
         return _answer(api, body, system)
 
 

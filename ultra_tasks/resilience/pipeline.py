@@ -255,6 +255,11 @@ class ResilientCaller:
             self._wait_for_rate_limit(name, tokens)
             if not budget.take():
                 raise _BudgetSpent()
+            try:
+                budget.opening(deployment, request)  # the budget's reservation, before anything is sent
+            except BaseException:
+                budget.refund()
+                raise
             timeout = self.timeouts.timeout(name, entry.model)
             if deployment.timeout_s is not None:
                 timeout = min(timeout, deployment.timeout_s)
@@ -279,6 +284,7 @@ class ResilientCaller:
                 budget.refund()
                 raise
             except ProviderError as exc:
+                budget.failed(exc)
                 attempts.append({**exc.to_dict(), "entry": where, "timeout_s": round(timeout, 3)})
                 if isinstance(exc, ProviderTimeoutError):
                     self.timeouts.record(name, entry.model, timeout)
@@ -297,6 +303,7 @@ class ResilientCaller:
                     router.finished(deployment, latency)
                 if deployment.max_concurrency is not None:
                     self.slots.release(name, slot)
+            budget.answered(response)
             self.timeouts.record(name, entry.model, latency)
             return response
 

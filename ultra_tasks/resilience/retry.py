@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 from tenacity.stop import stop_base
 
 from ultra_tasks.config import Settings
 from ultra_tasks.errors import ErrorKind, ProviderError
+
+if TYPE_CHECKING:
+    from ultra_tasks.providers.base import LLMRequest, LLMResponse
+    from ultra_tasks.providers.kinds.base import Deployment
 
 RETRYABLE = (ErrorKind.TRANSIENT, ErrorKind.RATE_LIMITED)
 
@@ -44,6 +48,18 @@ class AttemptBudget:
         did (``sent``) but is not charged to the job (a failed half-open probe reports on the provider)."""
         with self._lock:
             self.used = max(0, self.used - 1)
+
+    # What a call taken from the budget became, for the job's cost accounting (billing/meter.py): the
+    # plain budget keeps no accounts.
+    def opening(self, deployment: Deployment, request: LLMRequest) -> None:
+        """The call just taken is about to go to ``deployment``; may refuse it by raising (nothing sent:
+        the caller gives the attempt back)."""
+
+    def answered(self, response: LLMResponse) -> None:
+        """The call answered."""
+
+    def failed(self, exc: BaseException) -> None:
+        """The call went out and failed."""
 
 
 class _BudgetSpent(stop_base):

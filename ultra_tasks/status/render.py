@@ -176,6 +176,19 @@ def snapshot_renderables(snap: dict[str, Any]) -> list[RenderableType]:
     elif "redis" not in snap["errors"]:
         out.append(Text("cache: no fleet-wide counters reported yet"))
 
+    budgets = snap.get("budgets") or []
+    if budgets:
+        table = Table("tenant", "period", "spent", "budget", title="budgets (this period)")
+        for b in budgets:
+            spent = b.get("spent_usd")
+            table.add_row(
+                Text(str(b.get("tenant"))),
+                str(b.get("period")),
+                "unknown" if spent is None else f"${spent:.6f}",
+                f"${b.get('usd')}",
+            )
+        out.append(table)
+
     if snap.get("timeline"):
         out.append(Text("mode changes, newest first:"))
     for change in (snap.get("timeline") or [])[:TIMELINE_SHOWN]:

@@ -65,6 +65,8 @@ def snapshot_json(snapshot: FleetSnapshot) -> dict[str, Any]:
     if snapshot.job_table is not None:
         snap["job_table"] = dict(snapshot.job_table)
     snap["cache"] = snapshot.cache.to_json() if snapshot.cache is not None else {}
+    if snapshot.budgets is not None:
+        snap["budgets"] = [b.to_json() for b in snapshot.budgets]
     if snapshot.mode_history is not None:
         snap["timeline"] = [change.to_json() for change in snapshot.mode_history.timeline]
     errs = errors(snapshot)

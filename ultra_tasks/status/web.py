@@ -355,6 +355,28 @@ def _admission(snap: dict[str, Any]) -> str:
     return _table("admission", headers, rows, "not available (Redis unreadable)")
 
 
+def _usd(value: Any) -> str:
+    return "unknown" if value is None else f"${float(value):,.6f}"
+
+
+def _budgets(snap: dict[str, Any]) -> str:
+    """Each tenant's spend (the ledger's) against its budget in the current period."""
+    rows = []
+    for b in snap.get("budgets") or []:
+        used = b.get("used")
+        cap = b.get("hard_cap_usd")
+        rows.append(
+            f'<tr data-tenant="{_e(b.get("tenant"))}"><td>{_e(b.get("tenant"))}</td>'
+            f"<td>{_e(b.get('period'))}</td>"
+            f'<td class="spent">{_e(_usd(b.get("spent_usd")))}</td><td>{_e(_usd(b.get("usd")))}</td>'
+            f"<td>{_e('-' if cap is None else _usd(cap))}</td>"
+            f'<td class="used">{_e("-" if used is None else f"{float(used):.0%}")}</td></tr>'
+        )
+    headers = ["tenant", "period", "spent", "budget", "hard cap", "used"]
+    empty = "no tenant has a budget" if "budgets" in snap else "not available (database unreadable)"
+    return _table("budgets", headers, rows, empty)
+
+
 def _queues(snap: dict[str, Any]) -> str:
     queues = snap.get("queues") or {}
     rows = [
@@ -536,6 +558,7 @@ def render_page(snap: dict[str, Any], history: History | str | None = None) -> s
         f"<section><h2>Queues</h2>{_queues(snap)}</section>"
         f"<section><h2>Job table</h2>{_job_table(snap, now)}</section>"
         f"<section><h2>Cache</h2>{_cache(snap)}</section>"
+        f"<section><h2>Budgets</h2>{_budgets(snap)}</section>"
         f"<section><h2>Mode changes</h2>{_timeline(snap, now)}</section>"
         f'<footer>generated <span id="generated-at">{time_html(snap.get("generated_at"), now)}</span>; '
         f'reloads every {REFRESH_S} s; <a href="status.json">JSON</a> · <a href="metrics">metrics</a>'
