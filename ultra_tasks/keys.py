@@ -360,5 +360,6 @@ def budget_events() -> str:
 
 def metrics_billing() -> str:
     """Hash: fleet-wide calls, tokens and cost (nano-USD) by tenant and model, HINCRBY'd by workers in
-    batches (metrics/billing.py); fields are JSON label lists."""
+    batches (metrics/billing.py); fields are JSON label lists. Owner: metrics/billing.py, whose labels are
+    bounded (tenants a process labels x tracked models); no expiry (counters only grow)."""
     return f"{_ns()}:metrics:billing"
