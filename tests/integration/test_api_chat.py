@@ -156,6 +156,7 @@ def test_a_body_over_the_bound_is_refused_with_413_before_it_is_read(api: ApiSer
     assert set(response.json()["error"]) == {"message", "type", "param", "code"}
 
 
+@pytest.mark.usefixtures("fresh_latencies")
 def test_past_the_wait_the_answer_is_504_naming_the_job_which_goes_on(
     api: ApiServer, key: str, fake_provider: Any
 ) -> None:
@@ -250,6 +251,7 @@ def _jobs_with_prompt(prompt: str) -> list[Any]:
     return [r for r in records.list_jobs(limit=300) if r.request["messages"][-1]["content"] == prompt]
 
 
+@pytest.mark.usefixtures("fresh_latencies")
 def test_an_sdk_with_its_default_retries_makes_one_job_of_a_request_that_outlasts_the_wait(
     api: ApiServer, key: str, fake_provider: Any
 ) -> None:
@@ -267,6 +269,7 @@ def test_an_sdk_with_its_default_retries_makes_one_job_of_a_request_that_outlast
     assert fake_provider.stats()["by_prompt"].get(prompt_key(prompt), 0) == 1
 
 
+@pytest.mark.usefixtures("fresh_latencies")
 def test_an_sdk_retry_with_an_idempotency_key_waits_on_the_same_job_again(
     api: ApiServer, key: str, fake_provider: Any
 ) -> None:

@@ -415,6 +415,8 @@ def test_stats_count_requests_by_api_model_and_outcome(
     arrivals = stats.pop("arrivals")
     by_prompt = stats.pop("by_prompt")
     assert sum(by_prompt.values()) == 4
+    # three of the four were answered: the per-prompt count of completed calls says so
+    assert sum(stats.pop("ok_by_prompt").values()) == 3
     assert len(arrivals) == 4 and arrivals == sorted(arrivals)
     assert abs(arrivals[-1] - time.time()) < 5
     assert stats == {
