@@ -38,6 +38,7 @@ def _key(*budget: str) -> str:
     return made.stdout.strip().splitlines()[-1]
 
 
+@pytest.mark.usefixtures("closed_provider_breakers")
 def test_a_request_the_budget_cannot_hold_is_refused_with_openais_insufficient_quota(api: ApiServer) -> None:
     key = _key("--budget-usd", "0", "--period", "day")
     with pytest.raises(openai.RateLimitError) as info:
@@ -52,9 +53,10 @@ def test_a_request_the_budget_cannot_hold_is_refused_with_openais_insufficient_q
     assert int(info.value.response.headers["Retry-After"]) >= 1
 
 
-# a 1.5 s call must not be cut by a timeout learned from the session's fast calls: a timed-out call keeps
-# its worst case reserved, and the retry would not fit either
-@pytest.mark.usefixtures("fresh_latencies")
+# The providers' breakers closed and an empty latency history: a call refused by a breaker an earlier test
+# left open falls back to a dearer model, and one cut by a learned timeout keeps its worst case reserved;
+# either way neither job fits next to the other
+@pytest.mark.usefixtures("closed_provider_breakers", "fresh_latencies")
 def test_a_request_whose_job_is_parked_for_its_budget_is_answered_429_naming_the_job(api: ApiServer) -> None:
     prompt = "[[sleep_ms=1500]] one of two"
     worst = prices.worst_case(Price(0.15, 0.60), len(prompt), 1, 20).nusd or 0
