@@ -186,3 +186,55 @@ def test_every_key_of_a_book_expires(book: Book, redis_client: redis.Redis) -> N
     present = [k for k in names if redis_client.exists(k)]
     assert names[3] in present
     assert all(redis_client.ttl(k) > 0 for k in present)
+
+
+def test_the_door_judges_a_budget_from_the_ledger_while_its_redis_is_down(database: str) -> None:
+    from ultra_tasks.api.tenants import create_key
+    from ultra_tasks.billing import prices
+    from ultra_tasks.billing.budgets import set_budget, tenant_id_of
+    from ultra_tasks.billing.meter import Accounts, worst_case_of
+    from ultra_tasks.config import get_settings
+    from ultra_tasks.errors import BudgetExceededError
+    from ultra_tasks.providers.base import ChatMessage, LLMRequest
+
+    request = LLMRequest("gpt-4o-mini", (ChatMessage("user", "a question while Redis is away"),), 50)
+    worst = worst_case_of(None, request).nusd or 0
+    name = f"no-redis-{uuid.uuid4().hex[:8]}"
+    create_key(name)
+    set_budget(name, 2 * worst / prices.NANO, period="day")
+    tenant_id = tenant_id_of(name)
+    # a Redis nobody listens on: every command is refused
+    gone = redis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
+    accounts = Accounts(gone, get_settings().model_copy(update={"budget_cache_s": 0}))
+    accounts.admit(tenant_id, request)  # nothing in the ledger: it fits, with no Redis error
+    ledger.record([Entry(str(uuid.uuid4()), "1:1", "ok", tenant=tenant_id, model="m", cost_nusd=worst + 1)])
+    with pytest.raises(BudgetExceededError):
+        accounts.admit(tenant_id, request)
+
+
+def test_budgets_read_before_the_database_went_down_still_hold(
+    private_postgres: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ultra_tasks.api.tenants import create_key
+    from ultra_tasks.billing.budgets import BudgetCache, set_budget, tenant_id_of
+    from ultra_tasks.config import reset_settings
+    from ultra_tasks.db.migrate import upgrade_schema
+    from ultra_tasks.errors import DependencyUnavailableError
+
+    monkeypatch.setenv("DATABASE_URL", private_postgres.url)
+    reset_settings()
+    upgrade_schema()
+    name = f"db-down-{uuid.uuid4().hex[:8]}"
+    create_key(name)
+    set_budget(name, 0.5, period="month")
+    tenant_id = tenant_id_of(name)
+    assert tenant_id is not None
+    warm = BudgetCache(0)
+    assert warm.get(tenant_id) is not None
+    private_postgres.stop()
+    # a worker that read the budgets before keeps judging its jobs by them
+    kept = warm.get(tenant_id)
+    assert kept is not None and kept.budget_nusd == 500_000_000
+    # one that never read them cannot know a tenant's budget: its jobs wait for the database
+    with pytest.raises(DependencyUnavailableError):
+        BudgetCache(0).get(tenant_id)

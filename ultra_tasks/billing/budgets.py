@@ -9,6 +9,7 @@ accepted before the budget ran out still run up to it. Without a hard cap the bu
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -24,7 +25,9 @@ from ultra_tasks.billing.prices import to_nusd
 from ultra_tasks.db.engine import transaction
 from ultra_tasks.db.migrate import upgrade_schema
 from ultra_tasks.db.models import Tenant
-from ultra_tasks.errors import ConfigurationError
+from ultra_tasks.errors import ConfigurationError, DependencyUnavailableError
+
+log = logging.getLogger(__name__)
 
 tenants_t = cast(Table, Tenant.__table__)
 _WITH_BUDGET = select(tenants_t).where(tenants_t.c.budget_usd.is_not(None))
@@ -184,13 +187,23 @@ class BudgetCache:
         if self._clock() - self._read_at >= self.ttl_s:
             with self._lock:
                 if self._clock() - self._read_at >= self.ttl_s:
-                    with transaction() as conn:
-                        rows = conn.execute(
-                            select(tenants_t).where(tenants_t.c.budget_usd.is_not(None))
-                        ).all()
-                    self._budgets = {b.tenant_id: b for b in (_budget(r) for r in rows) if b is not None}
-                    self._read_at = self._clock()
+                    self._refresh()
         return self._budgets.get(tenant_id)
+
+    def _refresh(self) -> None:
+        try:
+            with transaction() as conn:
+                rows = conn.execute(_WITH_BUDGET).all()
+        except DependencyUnavailableError as exc:
+            if self._read_at == -float("inf"):
+                raise  # never read: a tenant's budget is not known, so its jobs wait for the database
+            # The budgets last read still hold while the database is down (a change made meanwhile
+            # cannot have been saved either), so budgeted jobs run on; asked again after the TTL.
+            log.warning("budgets: the database is unreachable (%s); using the budgets read before", exc)
+            self._read_at = self._clock()
+            return
+        self._budgets = {b.tenant_id: b for b in (_budget(r) for r in rows) if b is not None}
+        self._read_at = self._clock()
 
     def forget(self) -> None:
         self._read_at = -float("inf")

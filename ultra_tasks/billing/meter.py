@@ -22,6 +22,7 @@ from ultra_tasks.billing import prices
 from ultra_tasks.billing.book import Book
 from ultra_tasks.billing.budgets import Budget, BudgetCache, cached, period_bounds
 from ultra_tasks.billing.ledger import CallStatus, Entry, attempt_id, lost_attempt_id
+from ultra_tasks.billing.ledger import charged_nusd as ledger_charged
 from ultra_tasks.clock import utcnow
 from ultra_tasks.errors import BudgetExceededError, ProviderError, ProviderTimeoutError, UnpricedModelError
 from ultra_tasks.metrics import billing as billing_metrics
@@ -98,7 +99,13 @@ class Accounts:
         if not known:
             return  # unpriced: the worker refuses the call, naming what to set
         worst = max(known)
-        spent = self.book.totals(budget).spent_nusd
+        try:
+            spent = self.book.totals(budget).spent_nusd
+        except REDIS_DOWN:
+            # the book is out of reach: the ledger it is built from answers the same question (the calls
+            # themselves wait for Redis: a reservation needs it)
+            start, end = period_bounds(budget.period, utcnow())
+            spent = ledger_charged(budget.tenant_id, start, end)
         if spent + worst > budget.budget_nusd:
             _, end = period_bounds(budget.period, utcnow())
             raise BudgetExceededError(
