@@ -232,9 +232,12 @@ def test_budgets_read_before_the_database_went_down_still_hold(
     warm = BudgetCache(0)
     assert warm.get(tenant_id) is not None
     private_postgres.stop()
-    # a worker that read the budgets before keeps judging its jobs by them
+    # a worker that read the budgets before keeps judging its jobs by them, also after a budget event
+    # asked it to read them again
     kept = warm.get(tenant_id)
     assert kept is not None and kept.budget_nusd == 500_000_000
+    warm.forget()
+    assert warm.get(tenant_id) == kept
     # one that never read them cannot know a tenant's budget: its jobs wait for the database
     with pytest.raises(DependencyUnavailableError):
         BudgetCache(0).get(tenant_id)

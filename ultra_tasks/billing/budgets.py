@@ -181,6 +181,8 @@ class BudgetCache:
         self.ttl_s, self._clock = ttl_s, clock
         self._budgets: dict[str, Budget] = {}
         self._read_at = -float("inf")
+        #: whether the budgets were ever read (a forgotten cache still holds what it read)
+        self._loaded = False
         self._lock = threading.Lock()
 
     def get(self, tenant_id: str) -> Budget | None:
@@ -195,7 +197,7 @@ class BudgetCache:
             with transaction() as conn:
                 rows = conn.execute(_WITH_BUDGET).all()
         except DependencyUnavailableError as exc:
-            if self._read_at == -float("inf"):
+            if not self._loaded:
                 raise  # never read: a tenant's budget is not known, so its jobs wait for the database
             # The budgets last read still hold while the database is down (a change made meanwhile
             # cannot have been saved either), so budgeted jobs run on; asked again after the TTL.
@@ -204,6 +206,7 @@ class BudgetCache:
             return
         self._budgets = {b.tenant_id: b for b in (_budget(r) for r in rows) if b is not None}
         self._read_at = self._clock()
+        self._loaded = True
 
     def forget(self) -> None:
         self._read_at = -float("inf")
