@@ -294,13 +294,17 @@ def database() -> str:
 
 @pytest.fixture
 def fake_provider() -> Iterator[object]:
-    """Control of the session's fake provider; faults and counters are reset after the test."""
+    """Control of the session's fake provider; faults and counters are reset after the test, and so are
+    the providers' breakers its faults may have opened (a later test would fall back or park)."""
+    from ultra_tasks import CircuitBreaker
     from ultra_tasks.providers.fake_server import FakeProviderControl
 
     control = FakeProviderControl(os.environ["FAKE_PROVIDER_URL"])
     control.reset()
     yield control
     control.reset()
+    for name in ("openai", "anthropic"):
+        CircuitBreaker(name).reset()
 
 
 @dataclass
