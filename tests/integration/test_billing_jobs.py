@@ -95,7 +95,14 @@ def test_two_hundred_jobs_racing_for_a_budget_of_fifty_use_it_and_never_overspen
     book = Book(redis.Redis.from_url(TEST_REDIS_URL))
     budget = _budget_of(tenant_id)
 
+    swept = [time.monotonic()]
+
     def settled() -> bool:
+        # what beat's sweeper does in a deployment (no beat runs here): a run an outage interrupted gave its
+        # job back unpublished; if the task's retry could not be sent either, the sweeper sends it again
+        if time.monotonic() - swept[0] > 3:
+            ops_tasks.sweep()
+            swept[0] = time.monotonic()
         totals = book.totals(budget)
         statuses = Counter(JobHandle(i).status() for i in ids)
         done = statuses[JobStatus.SUCCEEDED] + statuses[JobStatus.PARKED]
