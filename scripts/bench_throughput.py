@@ -72,7 +72,8 @@ def _setup_env(tmp: Path) -> None:
         os.environ.pop("DATABASE_URL", None)
 
 
-def _start(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+def _start(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """A process of the bench (its output to ``log``), with this environment plus ``env``."""
     # scripts/ on the path: workers import the plain tasks of bench_tasks.py
     path = os.pathsep.join(p for p in (str(ROOT / "scripts"), os.environ.get("PYTHONPATH", "")) if p)
     with open(log, "wb") as fh:
@@ -82,7 +83,7 @@ def _start(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
             stderr=subprocess.STDOUT,
             start_new_session=True,
             cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": path},
+            env={**os.environ, "PYTHONPATH": path, **(env or {})},
         )
 
 

@@ -6,6 +6,9 @@ families at all (``ultra_metrics_part_up`` says so), rather than zeros that woul
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -330,35 +333,42 @@ def component_families(components: list[ComponentView]) -> list[Metric]:
 # --- billing ----------------------------------------------------------------------------------------------
 def billing_families(billing: BillingCounters) -> list[Metric]:
     """Cost, tokens and calls by tenant and model (bounded: metrics/billing.py)."""
-    cost = CounterMetricFamily(
-        "ultra_billing_cost_usd",
-        "What provider calls cost, fleet-wide, by tenant and model (calls of unknown cost left out)",
-        labels=["tenant", "model"],
-    )
-    for (tenant, model), nusd in sorted(billing.cost_nusd.items()):
-        cost.add_metric([tenant, model], nusd / 1e9)
-    tokens = CounterMetricFamily(
-        "ultra_billing_tokens",
-        "Tokens of provider calls, fleet-wide, by tenant, model and direction (input, output)",
-        labels=["tenant", "model", "direction"],
-    )
-    for (tenant, model, direction), n in sorted(billing.tokens.items()):
-        tokens.add_metric([tenant, model, direction], n)
-    calls = CounterMetricFamily(
-        "ultra_billing_calls",
-        "Provider calls entered in the ledger, by tenant, model and status (ok, error, unknown)",
-        labels=["tenant", "model", "status"],
-    )
-    for (tenant, model, status), n in sorted(billing.calls.items()):
-        calls.add_metric([tenant, model, status], n)
-    uncosted = CounterMetricFamily(
-        "ultra_billing_uncosted_calls",
-        "Provider calls whose cost is unknown (no price, or usage lost), by tenant and model",
-        labels=["tenant", "model"],
-    )
-    for (tenant, model), n in sorted(billing.uncosted.items()):
-        uncosted.add_metric([tenant, model], n)
-    return [cost, tokens, calls, uncosted]
+
+    def counter(
+        name: str, doc: str, labels: list[str], values: Mapping[Any, float], unit: float = 1
+    ) -> Metric:
+        family = CounterMetricFamily(name, doc, labels=labels)
+        for key, n in sorted(values.items()):
+            family.add_metric(list(key), n / unit)
+        return family
+
+    return [
+        counter(
+            "ultra_billing_cost_usd",
+            "What provider calls cost, fleet-wide, by tenant and model (calls of unknown cost left out)",
+            ["tenant", "model"],
+            billing.cost_nusd,
+            unit=1e9,  # nano-USD
+        ),
+        counter(
+            "ultra_billing_tokens",
+            "Tokens of provider calls, fleet-wide, by tenant, model and direction (input, output)",
+            ["tenant", "model", "direction"],
+            billing.tokens,
+        ),
+        counter(
+            "ultra_billing_calls",
+            "Provider calls entered in the ledger, by tenant, model and status (ok, error, unknown)",
+            ["tenant", "model", "status"],
+            billing.calls,
+        ),
+        counter(
+            "ultra_billing_uncosted_calls",
+            "Provider calls whose cost is unknown (no price, or usage lost), by tenant and model",
+            ["tenant", "model"],
+            billing.uncosted,
+        ),
+    ]
 
 
 def budget_families(budgets: list[BudgetView]) -> list[Metric]:
